@@ -1,0 +1,194 @@
+"""Detection of a watermark in one text or one sequence of token ids.
+
+Scoring (per-token tuple keys and green bits) belongs to the scheme; this module tests them:
+it strips the prompt, deduplicates repeated (context, token) tuples, and computes the exact
+p-value under the null hypothesis that the text was written without the key.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distillmark.watermark.errors import InputError, ParameterError
+from distillmark.watermark.keys import WatermarkSpec
+from distillmark.watermark.registry import Scheme, scheme_for
+from distillmark.watermark.tokenizer import tokenizer_for
+
+from .stats import binomial_tail, unique_keys
+
+__all__ = ["DetectionResult", "Detector", "detect_ids", "Verdict", "DEFAULT_MIN_SCORED"]
+
+#: Default number of scored (distinct) tuples below which the answer is "insufficient evidence".
+DEFAULT_MIN_SCORED = 25
+#: Default significance level of the decision.
+DEFAULT_ALPHA = 1e-3
+
+
+class Verdict:
+    WATERMARKED = "watermarked"
+    NOT_WATERMARKED = "not watermarked"
+    INSUFFICIENT = "insufficient evidence"
+
+
+@dataclass(frozen=True)
+class DetectionResult:
+    """Result of a watermark test on one text.
+
+    Attributes:
+        statistic: number of green tuples among the scored ones (the binomial test statistic).
+        pvalue: exact ``P(Binomial(n_scored, gamma) >= statistic)``; may underflow to 0.0
+            below ~1e-308, then ``log10_pvalue`` still holds its value.
+        log10_pvalue: log10 of the p-value, finite whatever its size.
+        n_tokens: tokens in the text (after stripping the prompt).
+        n_scored: distinct tuples scored (after dedup, without the first ``h`` tokens).
+        n_repeated: scorable tokens left out because their tuple was already counted.
+        gamma: probability that a tuple is green under the null (the scheme's exact value).
+        min_scored: fewer scored tuples than this is "insufficient evidence".
+        dedup: whether repeated tuples were counted once.
+        scheme: scheme name.
+        key_id: public id of the key tested.
+    """
+
+    statistic: int
+    pvalue: float
+    log10_pvalue: float
+    n_tokens: int
+    n_scored: int
+    n_repeated: int
+    gamma: float
+    min_scored: int
+    dedup: bool
+    scheme: str
+    key_id: str
+
+    @property
+    def green_fraction(self) -> float:
+        """Share of scored tuples that are green (0.0 when nothing was scored)."""
+        return self.statistic / self.n_scored if self.n_scored else 0.0
+
+    @property
+    def z_score(self) -> float:
+        """Standardised green count, for reading only (the p-value is exact, not from z)."""
+        if not self.n_scored:
+            return 0.0
+        sd = math.sqrt(self.n_scored * self.gamma * (1.0 - self.gamma))
+        return (self.statistic - self.gamma * self.n_scored) / sd
+
+    def is_sufficient(self) -> bool:
+        return self.n_scored >= self.min_scored
+
+    def is_watermarked(self, alpha: float = DEFAULT_ALPHA) -> bool:
+        """True when the evidence suffices and ``pvalue < alpha``."""
+        _check_alpha(alpha)
+        return self.is_sufficient() and self.log10_pvalue < math.log10(alpha)
+
+    def verdict(self, alpha: float = DEFAULT_ALPHA) -> str:
+        """One of "watermarked", "not watermarked", "insufficient evidence"."""
+        if self.is_watermarked(alpha):
+            return Verdict.WATERMARKED
+        if not self.is_sufficient():
+            return Verdict.INSUFFICIENT
+        return Verdict.NOT_WATERMARKED
+
+    def to_dict(self, alpha: float | None = None) -> dict[str, Any]:
+        """JSON-ready dict; with ``alpha``, the decision at that level is included."""
+        d: dict[str, Any] = {
+            "statistic": self.statistic, "pvalue": self.pvalue,
+            "log10_pvalue": self.log10_pvalue, "n_tokens": self.n_tokens,
+            "n_scored": self.n_scored, "n_repeated": self.n_repeated,
+            "green_fraction": self.green_fraction, "z_score": self.z_score,
+            "gamma": self.gamma, "min_scored": self.min_scored, "dedup": self.dedup,
+            "test": "binomial", "scheme": self.scheme, "key_id": self.key_id,
+        }
+        if alpha is not None:
+            d["alpha"] = alpha
+            d["verdict"] = self.verdict(alpha)
+        return d
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 < alpha < 1.0:
+        raise ParameterError(f"`alpha` must be in (0, 1), got {alpha}")
+
+
+def detect_ids(ids: np.ndarray, scheme: Scheme, *, prompt_len: int = 0, dedup: bool = True,
+               min_scored: int = DEFAULT_MIN_SCORED) -> DetectionResult:
+    """Test token ids for ``scheme``'s watermark.
+
+    Args:
+        ids: ``(n,) int`` token ids; if ``prompt_len > 0`` the first ``prompt_len`` are the
+            prompt: they serve as context for the first completion tokens but are never scored.
+        scheme: the scheme object (``registry.scheme_for(spec)``).
+        dedup: count each distinct tuple once (the only way the test is exact; keep it on).
+        min_scored: below this many scored tuples the verdict is "insufficient evidence".
+    """
+    ids = np.asarray(ids)
+    if prompt_len < 0 or prompt_len > ids.size:
+        raise ParameterError(f"`prompt_len` must be in 0..{ids.size}, got {prompt_len}")
+    if min_scored < 1:
+        raise ParameterError(f"`min_scored` must be >= 1, got {min_scored}")
+    h = scheme.context_width
+    keys = scheme.tuple_keys(ids)
+    keys = keys[max(0, prompt_len - h):]
+    n_scorable = keys.size
+    if dedup:
+        keys = unique_keys(keys)
+    n = int(keys.size)
+    k = int(np.count_nonzero(scheme.key_scores(keys))) if n else 0
+    gamma = scheme.gamma_effective
+    tail = binomial_tail(k, n, gamma)
+    return DetectionResult(statistic=k, pvalue=tail.pvalue, log10_pvalue=tail.log10_pvalue,
+                           n_tokens=int(ids.size - prompt_len), n_scored=n,
+                           n_repeated=n_scorable - n, gamma=gamma, min_scored=min_scored,
+                           dedup=dedup, scheme=scheme.name, key_id=scheme.key_id)
+
+
+class Detector:
+    """Detects one spec's watermark in texts: tokenises with the spec's tokenizer and tests.
+
+    Args:
+        spec: the watermark spec.
+        tokenizer: path of the tokenizer (tokenizer.json or a model directory) to use instead of
+            the one recorded in the spec; refused unless its fingerprint matches the spec's.
+        min_scored: threshold of "insufficient evidence".
+        dedup: count each distinct tuple once.
+    """
+
+    def __init__(self, spec: WatermarkSpec, *, tokenizer: str | Path | None = None,
+                 min_scored: int = DEFAULT_MIN_SCORED, dedup: bool = True) -> None:
+        self.spec = spec
+        self.scheme = scheme_for(spec)
+        self.tokenizer = tokenizer_for(spec.tokenizer, tokenizer)
+        self.min_scored = min_scored
+        self.dedup = dedup
+
+    def encode(self, text: str) -> np.ndarray:
+        """Token ids of ``text`` (no special tokens added): ``(n,) int64``."""
+        if not isinstance(text, str):
+            raise InputError(f"`text` must be a str, got {type(text).__name__}")
+        if not text.strip():
+            raise InputError("text is empty" if not text else "text is only whitespace")
+        return np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids,
+                          dtype=np.int64)
+
+    def detect(self, text: str, *, prompt: str | None = None) -> DetectionResult:
+        """Test one text. With ``prompt``, the text is taken to follow it: the prompt's last
+        tokens are context for the first scored ones (as at generation), never scored."""
+        ids = self.encode(text)
+        prompt_len = 0
+        if prompt:
+            p_ids = np.asarray(self.tokenizer.encode(prompt, add_special_tokens=False).ids,
+                               dtype=np.int64)
+            ids = np.concatenate([p_ids, ids])
+            prompt_len = p_ids.size
+        return detect_ids(ids, self.scheme, prompt_len=prompt_len, dedup=self.dedup,
+                          min_scored=self.min_scored)
+
+    def detect_ids(self, ids: np.ndarray, *, prompt_len: int = 0) -> DetectionResult:
+        return detect_ids(ids, self.scheme, prompt_len=prompt_len, dedup=self.dedup,
+                          min_scored=self.min_scored)

@@ -1,0 +1,46 @@
+"""The exceptions distillmark raises.
+
+One base class, :class:`DistillmarkError`, and a few specific kinds that also subclass the
+matching builtin, so ``except ValueError`` keeps working for callers that do not know us.
+Every message is one line that names the thing at fault, shows the bad value and says the fix.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DistillmarkError",
+    "ParameterError",
+    "SpecError",
+    "TokenizerMismatchError",
+    "InputError",
+    "ModelNotFoundError",
+    "MissingDependencyError",
+]
+
+
+class DistillmarkError(Exception):
+    """Base class of every error distillmark raises on purpose."""
+
+
+class ParameterError(DistillmarkError, ValueError):
+    """A parameter is out of range or of the wrong kind."""
+
+
+class SpecError(DistillmarkError, ValueError):
+    """A watermark spec (key file) is missing, unreadable or invalid."""
+
+
+class TokenizerMismatchError(DistillmarkError, ValueError):
+    """The tokenizer at hand is not the one the spec was made for."""
+
+
+class InputError(DistillmarkError, ValueError):
+    """Input text or data cannot be used (empty, not UTF-8, a directory, ...)."""
+
+
+class ModelNotFoundError(DistillmarkError, FileNotFoundError):
+    """A model file or directory cannot be found or is not a model."""
+
+
+class MissingDependencyError(DistillmarkError, ImportError):
+    """An optional dependency (an extra) is needed but not installed."""

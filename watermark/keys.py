@@ -1,0 +1,246 @@
+"""Watermark specs: the secret key, the scheme and its parameters, the tokenizer it is bound to.
+
+A spec is a small JSON file (mode 0600)::
+
+    {"distillmark_spec": 1, "key_id": "dmk-3f9c0a...", "secret": "<base64, 32 bytes>",
+     "scheme": "greenlist", "params": {...},
+     "tokenizer": {"source": "builtin:smollm2-135m-instruct", "sha256": "...", "vocab_size": 49152},
+     "created": "2026-11-28T21:00:00Z"}
+
+``key_id`` is public: a one-way function of the secret (HKDF label ``key-id``), safe to print and
+to put in reports. The secret itself never appears in ``repr``, logs, ``--json`` output or
+reports. Per-account specs (for attribution) are derived from a master spec with HKDF
+(:func:`derive_account_spec`); they record the account id and the master's key id.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import secrets as _secrets
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import SpecError
+from .prf import derive_subkey
+from .tokenizer import TokenizerInfo
+
+__all__ = [
+    "SPEC_VERSION",
+    "SECRET_BYTES",
+    "WatermarkSpec",
+    "new_spec",
+    "derive_account_spec",
+    "load_spec",
+    "save_spec",
+    "key_id_of",
+]
+
+SPEC_VERSION = 1
+SECRET_BYTES = 32
+_FORMAT_FIELD = "distillmark_spec"
+
+
+def key_id_of(secret: bytes) -> str:
+    """The public identifier of a secret: ``dmk-`` and 16 hex digits of an HKDF output."""
+    return "dmk-" + derive_subkey(secret, "key-id", length=8).hex()
+
+
+@dataclass(frozen=True)
+class WatermarkSpec:
+    """Everything needed to embed or detect one watermark.
+
+    Attributes:
+        secret: 32 bytes of key material (never shown by ``repr``).
+        scheme: scheme name, e.g. ``"greenlist"``.
+        params: the scheme's parameters, validated by the scheme.
+        tokenizer: the tokenizer the token ids refer to.
+        key_id: public id derived from ``secret``.
+        account_id: set for a per-account spec derived from a master spec.
+        parent_key_id: the master's key id, for a per-account spec.
+        created: ISO-8601 UTC time of creation.
+    """
+
+    secret: bytes = field(repr=False)
+    scheme: str
+    params: Mapping[str, Any]
+    tokenizer: TokenizerInfo
+    key_id: str = ""
+    account_id: str | None = None
+    parent_key_id: str | None = None
+    created: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.secret, bytes) or len(self.secret) != SECRET_BYTES:
+            raise SpecError(f"secret must be {SECRET_BYTES} bytes")
+        expected = key_id_of(self.secret)
+        if not self.key_id:
+            object.__setattr__(self, "key_id", expected)
+        elif self.key_id != expected:
+            raise SpecError(f"key_id {self.key_id!r} does not belong to this secret "
+                            "(the spec was edited or corrupted)")
+        if not self.created:
+            object.__setattr__(self, "created", _now())
+        from .registry import validate_params
+
+        object.__setattr__(self, "params", validate_params(self.scheme, self.params))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    def public_dict(self) -> dict[str, Any]:
+        """Everything but the secret: what may go into logs and reports."""
+        d: dict[str, Any] = {
+            "key_id": self.key_id,
+            "scheme": self.scheme,
+            "params": dict(self.params),
+            "tokenizer": self.tokenizer.to_dict(),
+        }
+        if self.account_id is not None:
+            d["account_id"] = self.account_id
+            d["parent_key_id"] = self.parent_key_id
+        return d
+
+    def to_json(self) -> str:
+        """The spec file's content, secret included. Write it only with :func:`save_spec`."""
+        d: dict[str, Any] = {_FORMAT_FIELD: SPEC_VERSION, "key_id": self.key_id,
+                             "secret": base64.b64encode(self.secret).decode("ascii"),
+                             "scheme": self.scheme, "params": dict(self.params),
+                             "tokenizer": self.tokenizer.to_dict(), "created": self.created}
+        if self.account_id is not None:
+            d["account"] = {"id": self.account_id, "parent_key_id": self.parent_key_id}
+        return json.dumps(d, indent=2) + "\n"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def new_spec(scheme: str, params: Mapping[str, Any], tokenizer: TokenizerInfo, *,
+             secret: bytes | None = None) -> WatermarkSpec:
+    """A spec with a fresh 32-byte secret from the OS's CSPRNG (or the ``secret`` given)."""
+    if secret is None:
+        secret = _secrets.token_bytes(SECRET_BYTES)
+    return WatermarkSpec(secret=secret, scheme=scheme, params=params, tokenizer=tokenizer)
+
+
+def derive_account_spec(master: WatermarkSpec, account_id: str) -> WatermarkSpec:
+    """The spec of one account, derived from the master's secret with HKDF.
+
+    Deterministic: the same master and account id always give the same spec, so an investigator
+    holding the master can re-derive every account's key. Accounts' keys are independent of each
+    other to anyone without the master secret.
+    """
+    if not isinstance(account_id, str) or not account_id or len(account_id) > 256:
+        raise SpecError(f"`account_id` must be a non-empty string of at most 256 characters, "
+                        f"got {account_id!r}")
+    if master.account_id is not None:
+        raise SpecError(f"spec {master.key_id} is already an account spec; derive from the master")
+    secret = derive_subkey(master.secret, "account/" + account_id, length=SECRET_BYTES)
+    return WatermarkSpec(secret=secret, scheme=master.scheme, params=master.params,
+                         tokenizer=master.tokenizer, account_id=account_id,
+                         parent_key_id=master.key_id)
+
+
+def save_spec(spec: WatermarkSpec, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write a spec atomically with mode 0600. Refuses to replace a file unless ``overwrite``."""
+    path = Path(path)
+    if path.is_dir():
+        raise SpecError(f"{path} is a directory; give a file name for the key")
+    if path.exists() and not overwrite:
+        raise SpecError(f"{path} already exists; refusing to overwrite a key (use --force)")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise SpecError(f"directory {parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".distillmark-key-", dir=parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(spec.to_json())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _require(d: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
+    if name not in d:
+        raise SpecError(f"{where}: missing field {name!r}")
+    value = d[name]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise SpecError(f"{where}: field {name!r} must be {kind.__name__}, "
+                        f"got {type(value).__name__}")
+    return value
+
+
+def load_spec(path: str | Path) -> WatermarkSpec:
+    """Read and validate a spec file; any problem is one :class:`SpecError` line."""
+    path = Path(path)
+    where = f"key file {path}"
+    if path.is_dir():
+        raise SpecError(f"{where} is a directory, not a key file")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(f"{where} does not exist (make one with `distillmark keygen`)") from None
+    except OSError as exc:
+        raise SpecError(f"{where} cannot be read: {exc.strerror}") from None
+    try:
+        mode = path.stat().st_mode & 0o077
+    except OSError:
+        mode = 0
+    if mode:
+        warnings.warn(f"{where} is readable by other users (mode {oct(path.stat().st_mode & 0o777)});"
+                      " chmod 600 it", stacklevel=2)
+    try:
+        d = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{where} is not UTF-8 (byte offset {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} "
+                        f"column {exc.colno}") from None
+    if not isinstance(d, dict):
+        raise SpecError(f"{where} must hold a JSON object")
+    if _FORMAT_FIELD not in d:
+        raise SpecError(f"{where} is not a distillmark spec (no {_FORMAT_FIELD!r} field)")
+    version = d[_FORMAT_FIELD]
+    if version != SPEC_VERSION:
+        raise SpecError(f"{where} has spec version {version!r}; this distillmark reads version "
+                        f"{SPEC_VERSION} (upgrade distillmark)")
+    secret_b64 = _require(d, "secret", str, where)
+    try:
+        secret = base64.b64decode(secret_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise SpecError(f"{where}: field 'secret' is not valid base64") from None
+    if len(secret) != SECRET_BYTES:
+        raise SpecError(f"{where}: secret must decode to {SECRET_BYTES} bytes, got {len(secret)}")
+    scheme = _require(d, "scheme", str, where)
+    params = _require(d, "params", dict, where)
+    tokd = _require(d, "tokenizer", dict, where)
+    tokenizer = TokenizerInfo(source=_require(tokd, "source", str, where + " tokenizer"),
+                              sha256=_require(tokd, "sha256", str, where + " tokenizer"),
+                              vocab_size=_require(tokd, "vocab_size", int, where + " tokenizer"))
+    key_id = _require(d, "key_id", str, where)
+    account = d.get("account")
+    account_id = parent = None
+    if account is not None:
+        if not isinstance(account, dict):
+            raise SpecError(f"{where}: field 'account' must be an object")
+        account_id = _require(account, "id", str, where + " account")
+        parent = _require(account, "parent_key_id", str, where + " account")
+    try:
+        return WatermarkSpec(secret=secret, scheme=scheme, params=params, tokenizer=tokenizer,
+                             key_id=key_id, account_id=account_id, parent_key_id=parent,
+                             created=str(d.get("created", "")))
+    except SpecError as exc:
+        raise SpecError(f"{where}: {exc}") from None
