@@ -82,7 +82,7 @@ class GreenListParams:
     context_width: int = 1
     seeding: str = "lefthash"
     combine: str = "hash"
-    n_lists: int = 1024
+    n_lists: int = 256
     top_k: int = 40
 
     def __post_init__(self) -> None:

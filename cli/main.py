@@ -1,0 +1,326 @@
+"""The ``distillmark`` command: thin commands that parse, call the library and render.
+
+Exit codes, like grep: 0 = a watermark was found, 1 = not found or insufficient evidence,
+2 = usage or input error. Human output goes to stdout, diagnostics to stderr; ``--json`` prints
+each result's ``to_dict()`` (one object per input, JSON Lines for several).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, List, Optional
+
+import typer
+
+from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, DetectionResult, Detector
+from distillmark.watermark import (BUILTIN_SMOLLM2, PRESETS, DistillmarkError, InputError,
+                                   derive_account_spec, load_spec, load_tokenizer, new_spec,
+                                   save_spec, scheme_for)
+
+EXIT_FOUND, EXIT_NOT_FOUND, EXIT_ERROR = 0, 1, 2
+
+_EXIT_HELP = ("Exit status: 0 if a watermark was found, 1 if not (or the evidence was "
+              "insufficient), 2 on a usage or input error.")
+
+app = typer.Typer(
+    name="distillmark",
+    help="Watermark language-model output and test texts for the watermark. " + _EXIT_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _err(message: str) -> None:
+    typer.echo(f"distillmark: error: {message}", err=True)
+
+
+def _info(message: str, quiet: bool = False) -> None:
+    if not quiet:
+        typer.echo(message, err=True)
+
+
+@contextmanager
+def _errors_exit() -> Iterator[None]:
+    """Turn library errors into one line on stderr and exit status 2, never a traceback."""
+    try:
+        yield
+    except DistillmarkError as exc:
+        _err(str(exc))
+        raise typer.Exit(EXIT_ERROR) from None
+    except KeyboardInterrupt:
+        _err("interrupted")
+        raise typer.Exit(130) from None
+
+
+def _fmt_p(result: DetectionResult) -> str:
+    if result.pvalue > 0:
+        return f"{result.pvalue:.3g}"
+    return f"1e{result.log10_pvalue:.1f}"
+
+
+def _read_text(name: str) -> str:
+    """Read one input (``-`` is stdin) as strict UTF-8; problems become one-line InputErrors."""
+    if name == "-":
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
+        if isinstance(data, str):
+            return data
+        label = "<stdin>"
+    else:
+        path = Path(name)
+        if path.is_dir():
+            raise InputError(f"{name}: is a directory (give text files)")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise InputError(f"{name}: no such file") from None
+        except OSError as exc:
+            raise InputError(f"{name}: cannot read: {exc.strerror}") from None
+        label = name
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{label}: not valid UTF-8: byte 0x{data[exc.start]:02x} at offset "
+                         f"{exc.start}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# keygen
+
+
+@app.command()
+def keygen(
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the key (mode 0600)."),
+    preset: str = typer.Option("greenlist", help="Parameter preset: " + ", ".join(PRESETS)),
+    gamma: Optional[float] = typer.Option(None, help="Green fraction of the vocabulary."),
+    delta: Optional[float] = typer.Option(None, help="Logit bias of green tokens."),
+    context_width: Optional[int] = typer.Option(None, "--context-width",
+                                                help="Tokens before a token that pick its list."),
+    seeding: Optional[str] = typer.Option(None, help="lefthash or selfhash."),
+    combine: Optional[str] = typer.Option(None, help="hash or min (windows of 2+ tokens)."),
+    n_lists: Optional[int] = typer.Option(None, help="Number of green lists (power of two)."),
+    tokenizer: str = typer.Option(BUILTIN_SMOLLM2, help="tokenizer.json, a model directory, "
+                                  "or builtin:NAME."),
+    derive_from: Optional[Path] = typer.Option(None, help="Derive an account key from this "
+                                               "master key (with --account)."),
+    account: Optional[str] = typer.Option(None, help="Account id for --derive-from."),
+    force: bool = typer.Option(False, help="Replace an existing key file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the key's public fields as JSON."),
+) -> None:
+    """Make a new watermark key (a spec file), or derive an account's key from a master key."""
+    with _errors_exit():
+        if (derive_from is None) != (account is None):
+            raise InputError("--derive-from and --account go together")
+        if derive_from is not None and account is not None:
+            spec = derive_account_spec(load_spec(derive_from), account)
+        else:
+            scheme, params = PRESETS[preset] if preset in PRESETS else (None, None)
+            if scheme is None or params is None:
+                raise InputError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+            params = dict(params)
+            for name, value in [("gamma", gamma), ("delta", delta),
+                                ("context_width", context_width), ("seeding", seeding),
+                                ("combine", combine), ("n_lists", n_lists)]:
+                if value is not None:
+                    params[name] = value
+            _, info = load_tokenizer(tokenizer)
+            spec = new_spec(scheme, params, info)
+        save_spec(spec, out, overwrite=force)
+    if as_json:
+        typer.echo(json.dumps(spec.public_dict()))
+    else:
+        typer.echo(f"wrote {out} (key id {spec.key_id}, scheme {spec.scheme}); keep it secret")
+
+
+# --------------------------------------------------------------------------------------------
+# detect
+
+
+@app.command(epilog=_EXIT_HELP)
+def detect(
+    files: List[str] = typer.Argument(None, help="Text files to test; - or nothing: stdin."),
+    key: Path = typer.Option(..., "--key", "-k", help="The watermark key (spec file)."),
+    alpha: float = typer.Option(DEFAULT_ALPHA, help="Significance level of the verdict."),
+    min_scored: int = typer.Option(DEFAULT_MIN_SCORED, help="Fewer scored tokens than this "
+                                   "is 'insufficient evidence'."),
+    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer to use instead of the one "
+                                            "recorded in the key (must match it)."),
+    prompt: Optional[str] = typer.Option(None, help="The prompt the text answers (context "
+                                         "for its first tokens, never scored)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per input."),
+) -> None:
+    """Test texts for the watermark of KEY with an exact p-value."""
+    if not 0.0 < alpha < 1.0:
+        _err(f"--alpha must be in (0, 1), got {alpha}")
+        raise typer.Exit(EXIT_ERROR)
+    with _errors_exit():
+        detector = Detector(load_spec(key), tokenizer=tokenizer, min_scored=min_scored)
+    names = list(files) if files else ["-"]
+    found = errors = 0
+    for name in names:
+        try:
+            result = detector.detect(_read_text(name), prompt=prompt)
+        except DistillmarkError as exc:
+            msg = str(exc)
+            _err(msg if msg.startswith(name + ":") else f"{name}: {msg}")
+            errors += 1
+            continue
+        found += result.is_watermarked(alpha)
+        label = "<stdin>" if name == "-" else name
+        if as_json:
+            typer.echo(json.dumps({"source": label, **result.to_dict(alpha)}))
+        else:
+            typer.echo(f"{label}: {result.verdict(alpha)} (p = {_fmt_p(result)}; "
+                       f"{result.statistic}/{result.n_scored} scored tokens green, "
+                       f"{result.green_fraction:.1%}; {result.n_tokens} tokens; "
+                       f"key {result.key_id})")
+    raise typer.Exit(EXIT_ERROR if errors else EXIT_FOUND if found else EXIT_NOT_FOUND)
+
+
+# --------------------------------------------------------------------------------------------
+# generate and demo (need the hf extra)
+
+
+def _hf() -> Any:
+    from distillmark.watermark import hf
+
+    return hf
+
+
+def _check_model_tokenizer(lm: Any, spec: Any) -> None:
+    from distillmark.watermark.errors import TokenizerMismatchError
+    from distillmark.watermark.tokenizer import fingerprint
+
+    if fingerprint(lm.tokenizer_json()) != spec.tokenizer.sha256:
+        raise TokenizerMismatchError(
+            f"model {lm.source} has a different tokenizer from the one key {spec.key_id} was "
+            "made for; make a key with --tokenizer pointing at this model")
+
+
+@app.command()
+def generate(
+    prompts: List[str] = typer.Argument(..., help="Prompts to answer."),
+    key: Optional[Path] = typer.Option(None, "--key", "-k", help="The watermark key."),
+    no_watermark: bool = typer.Option(False, "--no-watermark",
+                                      help="Generate without a watermark (a control text)."),
+    model: Optional[str] = typer.Option(None, help="GGUF file or local HF model directory "
+                                        "(default: the embedded SmolLM2-135M-Instruct)."),
+    max_new_tokens: int = typer.Option(128, help="Tokens to generate per answer."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature (0 = greedy)."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
+    batch_size: int = typer.Option(8, help="Prompts generated together."),
+    seed: Optional[int] = typer.Option(None, help="Random seed of the sampler."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per answer."),
+) -> None:
+    """Answer PROMPTS with a language model, watermarked with KEY."""
+    with _errors_exit():
+        if no_watermark == (key is not None):
+            raise InputError("give --key KEY to watermark, or --no-watermark for a control text")
+        spec = load_spec(key) if key is not None else None
+        hf = _hf()
+        _info("loading model…", as_json)
+        lm = hf.load_model(model)
+        scheme = None
+        if spec is not None:
+            _check_model_tokenizer(lm, spec)
+            scheme = scheme_for(spec)
+        outs = hf.generate(lm, prompts, scheme=scheme, max_new_tokens=max_new_tokens,
+                           temperature=temperature, top_p=top_p, batch_size=batch_size,
+                           seed=seed)
+    for o in outs:
+        if as_json:
+            typer.echo(json.dumps({"prompt": o.prompt, "text": o.text,
+                                   "n_tokens": len(o.completion_ids),
+                                   "key_id": spec.key_id if spec else None}))
+        else:
+            typer.echo(o.text)
+
+
+DEMO_PROMPTS = [
+    "Explain why the sky is blue to a ten-year-old.",
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    "What are the main causes of inflation, and how do central banks respond?",
+    "Give me three tips for learning a new language as an adult.",
+]
+
+
+@app.command()
+def demo(
+    model: Optional[str] = typer.Option(None, help="GGUF file or local HF model directory "
+                                        "(default: the embedded SmolLM2-135M-Instruct)."),
+    max_new_tokens: int = typer.Option(120, help="Tokens per answer."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature."),
+    alpha: float = typer.Option(DEFAULT_ALPHA, help="Significance level of the verdicts."),
+    seed: int = typer.Option(0, help="Random seed of the sampler."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per answer."),
+) -> None:
+    """Make a key, generate watermarked answers and unwatermarked controls, detect them all."""
+    from rich.console import Console
+    from rich.table import Table
+
+    with _errors_exit():
+        hf = _hf()
+        _info("loading the model (the first run converts it once, about a minute)…", as_json)
+        lm = hf.load_model(model)
+        with tempfile.TemporaryDirectory(prefix="distillmark-demo-") as tmp:
+            tok_path = Path(tmp) / "tokenizer.json"
+            tok_path.write_text(lm.tokenizer_json(), encoding="utf-8")
+            _, info = load_tokenizer(BUILTIN_SMOLLM2 if model is None else tok_path)
+            spec = new_spec("greenlist", {}, info)
+            key_path = save_spec(spec, Path(tmp) / "demo-key.json")
+            _info(f"made key {spec.key_id} ({key_path.name}, mode 0600, deleted after the demo)",
+                  as_json)
+            _check_model_tokenizer(lm, spec)
+            scheme = scheme_for(spec)
+            detector = Detector(load_spec(key_path), tokenizer=tok_path)
+            rows = []
+            for label, sch in (("watermarked", scheme), ("control", None)):
+                _info(f"generating {len(DEMO_PROMPTS)} {label} answers…", as_json)
+                outs = hf.generate(lm, DEMO_PROMPTS, scheme=sch, max_new_tokens=max_new_tokens,
+                                   temperature=temperature, batch_size=len(DEMO_PROMPTS),
+                                   seed=seed)
+                for o in outs:
+                    if not o.text.strip():
+                        rows.append((label, o, None))
+                        continue
+                    rows.append((label, o, detector.detect(o.text)))
+    correct = 0
+    if as_json:
+        for label, o, r in rows:
+            d = {"kind": label, "prompt": o.prompt, "text": o.text}
+            d.update(r.to_dict(alpha) if r is not None else {"verdict": "empty answer"})
+            typer.echo(json.dumps(d))
+    table = Table(title=f"distillmark demo: key {spec.key_id}, greenlist "
+                        f"γ={spec.params['gamma']} δ={spec.params['delta']} "
+                        f"h={spec.params['context_width']}, alpha={alpha:g}")
+    for col in ("answer", "prompt", "tokens", "scored", "green", "p-value", "verdict"):
+        table.add_column(col, justify="right" if col in ("tokens", "scored", "green",
+                                                         "p-value") else "left",
+                         no_wrap=True, overflow="ellipsis", max_width=32)
+    for label, o, r in rows:
+        ok = r is not None and (r.is_watermarked(alpha) == (label == "watermarked"))
+        correct += ok
+        if r is None:
+            table.add_row(label, o.prompt, "0", "0", "-", "-", "empty answer")
+            continue
+        table.add_row(label, o.prompt,
+                      str(r.n_tokens), str(r.n_scored), f"{r.green_fraction:.0%}", _fmt_p(r),
+                      r.verdict(alpha))
+    console = Console(stderr=as_json)
+    console.print(table)
+    console.print(f"{correct}/{len(rows)} answers classified correctly: watermarked answers "
+                  f"should be found, controls not. Expected green share without the key: "
+                  f"{spec.params['gamma']:.0%}.")
+    if rows:
+        sample = next(o for label, o, _ in rows if label == "watermarked")
+        console.print(f"\nA watermarked answer:\n[italic]{sample.text.strip()[:400]}[/italic]")
+    raise typer.Exit(EXIT_FOUND if correct == len(rows) else EXIT_NOT_FOUND)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

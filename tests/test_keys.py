@@ -1,0 +1,317 @@
+"""Watermark specs: key generation, the key file, loading errors, per-account derivation."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from distillmark.watermark import (SpecError, TokenizerInfo, WatermarkSpec, derive_account_spec,
+                                   load_spec, new_spec, save_spec)
+from distillmark.watermark.keys import key_id_of
+from distillmark.watermark.prf import derive_subkey
+
+SECRET = bytes(range(32))
+#: Recorded from the implementation: ``key_id_of(bytes(range(32)))``.
+KAT_KEY_ID = "dmk-c0a43a3c32eb211e"
+
+
+def _secret_forms(secret: bytes) -> list[str]:
+    return [base64.b64encode(secret).decode(), secret.hex(), repr(secret), str(list(secret))]
+
+
+@pytest.fixture
+def fresh_spec(tokenizer_info: TokenizerInfo) -> WatermarkSpec:
+    """A spec with a fresh secret from the OS's CSPRNG, as `keygen` makes it."""
+    return new_spec("greenlist", {}, tokenizer_info)
+
+
+# -- keygen and the key file ------------------------------------------------------------------
+
+def test_keygen_file_mode_and_round_trip(fresh_spec: WatermarkSpec, tmp_path: Path) -> None:
+    path = save_spec(fresh_spec, tmp_path / "key.json")
+    assert path == tmp_path / "key.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key.json"]  # no temp file left
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a 0600 file must load without a permission warning
+        loaded = load_spec(path)
+    assert loaded == fresh_spec
+    assert loaded.secret == fresh_spec.secret
+    assert loaded.key_id == fresh_spec.key_id
+    assert loaded.params == fresh_spec.params
+    assert loaded.tokenizer == fresh_spec.tokenizer
+    assert loaded.created == fresh_spec.created
+
+
+def test_new_spec_fills_in_defaults_and_secret(tokenizer_info: TokenizerInfo) -> None:
+    a = new_spec("greenlist", {"gamma": 0.5}, tokenizer_info)
+    b = new_spec("greenlist", {"gamma": 0.5}, tokenizer_info)
+    assert len(a.secret) == 32 and a.secret != b.secret and a.key_id != b.key_id
+    assert a.params["gamma"] == 0.5
+    assert {"delta", "context_width", "seeding", "combine", "n_lists", "top_k"} <= set(a.params)
+    assert a.vocab_size == tokenizer_info.vocab_size == 49152
+    assert a.created.endswith("Z")
+
+
+def test_secret_never_in_repr_or_public_dict(fresh_spec: WatermarkSpec) -> None:
+    text = repr(fresh_spec) + str(fresh_spec) + json.dumps(fresh_spec.public_dict())
+    for form in _secret_forms(fresh_spec.secret):
+        assert form not in text
+    assert "secret" not in fresh_spec.public_dict()
+    assert fresh_spec.key_id in repr(fresh_spec)
+    assert fresh_spec.public_dict()["key_id"] == fresh_spec.key_id
+    # the check above can fail: the key file itself does hold the secret
+    assert _secret_forms(fresh_spec.secret)[0] in fresh_spec.to_json()
+
+
+def test_save_refuses_to_overwrite(spec_factory: Callable[..., WatermarkSpec],
+                                   fresh_spec: WatermarkSpec, tmp_path: Path) -> None:
+    path = tmp_path / "key.json"
+    save_spec(spec_factory(), path)
+    before = path.read_bytes()
+    with pytest.raises(SpecError, match="already exists; refusing to overwrite") as exc:
+        save_spec(fresh_spec, path)
+    assert str(path) in str(exc.value) and "\n" not in str(exc.value)
+    assert path.read_bytes() == before
+    save_spec(fresh_spec, path, overwrite=True)
+    assert load_spec(path).key_id == fresh_spec.key_id
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_save_errors(fresh_spec: WatermarkSpec, tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="is a directory; give a file name"):
+        save_spec(fresh_spec, tmp_path)
+    with pytest.raises(SpecError, match="does not exist"):
+        save_spec(fresh_spec, tmp_path / "no" / "such" / "key.json")
+
+
+def test_interrupted_save_leaves_no_file(fresh_spec: WatermarkSpec, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(fd: int) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_spec(fresh_spec, tmp_path / "key.json")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_warns_on_readable_file(spec_factory: Callable[..., WatermarkSpec],
+                                     tmp_path: Path) -> None:
+    path = save_spec(spec_factory(), tmp_path / "key.json")
+    path.chmod(0o644)
+    with pytest.warns(UserWarning, match="readable by other users"):
+        assert load_spec(path).key_id == KAT_KEY_ID
+
+
+# -- key ids ----------------------------------------------------------------------------------------
+
+def test_key_id_is_a_deterministic_function_of_the_secret(
+        spec_factory: Callable[..., WatermarkSpec]) -> None:
+    assert key_id_of(SECRET) == KAT_KEY_ID
+    assert key_id_of(SECRET) == "dmk-" + derive_subkey(SECRET, "key-id", length=8).hex()
+    assert spec_factory().key_id == KAT_KEY_ID
+    assert spec_factory(gamma=0.5, context_width=2).key_id == KAT_KEY_ID  # params do not matter
+    assert spec_factory(secret=bytes(range(1, 33))).key_id != KAT_KEY_ID
+    assert len(KAT_KEY_ID) == len("dmk-") + 16
+
+
+def test_spec_rejects_wrong_secret_and_foreign_key_id(tokenizer_info: TokenizerInfo) -> None:
+    with pytest.raises(SpecError, match="secret must be 32 bytes"):
+        WatermarkSpec(secret=bytes(16), scheme="greenlist", params={}, tokenizer=tokenizer_info)
+    with pytest.raises(SpecError, match="does not belong to this secret"):
+        WatermarkSpec(secret=SECRET, scheme="greenlist", params={}, tokenizer=tokenizer_info,
+                      key_id="dmk-0000000000000000")
+
+
+def test_new_spec_validates_params(tokenizer_info: TokenizerInfo) -> None:
+    with pytest.raises(SpecError, match="`gamma` must be in \\(0, 1\\), got 1.5"):
+        new_spec("greenlist", {"gamma": 1.5}, tokenizer_info)
+    with pytest.raises(SpecError, match="unknown greenlist parameter\\(s\\): colour"):
+        new_spec("greenlist", {"colour": "green"}, tokenizer_info)
+    with pytest.raises(SpecError, match="unknown scheme 'kgw2'"):
+        new_spec("kgw2", {}, tokenizer_info)
+
+
+# -- loading: one SpecError line for each problem ------------------------------------------------
+
+def _valid_dict(spec: WatermarkSpec) -> dict[str, Any]:
+    return json.loads(spec.to_json())
+
+
+def _write(path: Path, content: str | bytes) -> Path:
+    if isinstance(content, str):
+        content = content.encode("utf-8")
+    path.write_bytes(content)
+    path.chmod(0o600)
+    return path
+
+
+def _load_error(path: Path) -> str:
+    with pytest.raises(SpecError) as exc:
+        load_spec(path)
+    msg = str(exc.value)
+    assert "\n" not in msg, msg
+    return msg
+
+
+def _mutated(spec: WatermarkSpec, mutate: Callable[[dict[str, Any]], None]) -> str:
+    d = _valid_dict(spec)
+    mutate(d)
+    return json.dumps(d)
+
+
+def test_load_missing_file(tmp_path: Path) -> None:
+    msg = _load_error(tmp_path / "nope.json")
+    assert f"key file {tmp_path / 'nope.json'} does not exist" in msg
+    assert "distillmark keygen" in msg
+
+
+def test_load_directory(tmp_path: Path) -> None:
+    msg = _load_error(tmp_path)
+    assert f"key file {tmp_path} is a directory, not a key file" in msg
+
+
+def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(d: dict[str, Any]) -> None:
+        d[key] = value
+    return mutate
+
+
+def _drop(*path: str) -> Callable[[dict[str, Any]], None]:
+    def mutate(d: dict[str, Any]) -> None:
+        for key in path[:-1]:
+            d = d[key]
+        del d[path[-1]]
+    return mutate
+
+
+def _set_param(name: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(d: dict[str, Any]) -> None:
+        d["params"][name] = value
+    return mutate
+
+
+def _tamper_key_id(d: dict[str, Any]) -> None:
+    d["key_id"] = key_id_of(bytes(range(1, 33)))
+
+
+BAD_CONTENT: dict[str, tuple[Any, list[str]]] = {
+    # case: (content or mutation of a valid spec dict, substrings of the message)
+    "not utf-8": (b'{"a": "\xff"}', ["is not UTF-8 (byte offset 7)"]),
+    "not json": ("{distillmark_spec: 1", ["is not valid JSON: ", "at line 1 column 2"]),
+    "empty": ("", ["is not valid JSON: Expecting value at line 1 column 1"]),
+    "json list": ("[1, 2]", ["must hold a JSON object"]),
+    "no format field": (_drop("distillmark_spec"),
+                        ["is not a distillmark spec (no 'distillmark_spec' field)"]),
+    "version 2": (_set("distillmark_spec", 2),
+                  ["has spec version 2; this distillmark reads version 1 (upgrade distillmark)"]),
+    "version string": (_set("distillmark_spec", "1"), ["has spec version '1'"]),
+    "missing secret": (_drop("secret"), ["missing field 'secret'"]),
+    "missing scheme": (_drop("scheme"), ["missing field 'scheme'"]),
+    "missing params": (_drop("params"), ["missing field 'params'"]),
+    "missing key_id": (_drop("key_id"), ["missing field 'key_id'"]),
+    "missing tokenizer": (_drop("tokenizer"), ["missing field 'tokenizer'"]),
+    "missing tokenizer sha": (_drop("tokenizer", "sha256"),
+                              ["tokenizer: missing field 'sha256'"]),
+    "secret not str": (_set("secret", 12), ["field 'secret' must be str, got int"]),
+    "vocab_size bool": (lambda d: d["tokenizer"].__setitem__("vocab_size", True),
+                        ["field 'vocab_size' must be int, got bool"]),
+    "bad base64": (_set("secret", "not*base64!"), ["field 'secret' is not valid base64"]),
+    "short secret": (_set("secret", base64.b64encode(bytes(16)).decode()),
+                     ["secret must decode to 32 bytes, got 16"]),
+    "long secret": (_set("secret", base64.b64encode(bytes(33)).decode()),
+                    ["secret must decode to 32 bytes, got 33"]),
+    "tampered key_id": (_tamper_key_id,
+                        ["key_id 'dmk-", "does not belong to this secret",
+                         "(the spec was edited or corrupted)"]),
+    "unknown scheme": (_set("scheme", "kgw2"), ["unknown scheme 'kgw2'; known: greenlist"]),
+    "gamma 1.5": (_set_param("gamma", 1.5), ["`gamma` must be in (0, 1), got 1.5"]),
+    "context_width 9": (_set_param("context_width", 9), ["`context_width` must be in 0..8"]),
+    "unknown param": (_set_param("colour", "green"),
+                      ["unknown greenlist parameter(s): colour"]),
+    "account not object": (_set("account", "alice"), ["field 'account' must be an object"]),
+    "account without parent": (_set("account", {"id": "alice"}),
+                               ["account: missing field 'parent_key_id'"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONTENT))
+def test_load_error_messages(case: str, spec_factory: Callable[..., WatermarkSpec],
+                             tmp_path: Path) -> None:
+    content, expected = BAD_CONTENT[case]
+    if callable(content):
+        content = _mutated(spec_factory(), content)
+    path = _write(tmp_path / "key.json", content)
+    msg = _load_error(path)
+    assert msg.startswith(f"key file {path}"), msg
+    for part in expected:
+        assert part in msg, (part, msg)
+
+
+def test_load_rejects_boolean_version(spec_factory: Callable[..., WatermarkSpec],
+                                      tmp_path: Path) -> None:
+    # JSON `true` is not the version number 1 (Python's True == 1 must not let it through);
+    # the loader rejects booleans for every other integer field.
+    path = _write(tmp_path / "key.json", _mutated(spec_factory(), _set("distillmark_spec", True)))
+    msg = _load_error(path)
+    assert "has spec version True" in msg
+
+
+def test_load_accepts_the_unmodified_file(spec_factory: Callable[..., WatermarkSpec],
+                                          tmp_path: Path) -> None:
+    # the mutations above start from a file that loads
+    spec = spec_factory(gamma=0.3)
+    path = _write(tmp_path / "key.json", json.dumps(_valid_dict(spec)))
+    assert load_spec(path) == spec
+
+
+# -- per-account specs -------------------------------------------------------------------------
+
+def test_derive_account_spec(spec_factory: Callable[..., WatermarkSpec]) -> None:
+    master = spec_factory(gamma=0.3, context_width=2)
+    alice = derive_account_spec(master, "alice")
+    again = derive_account_spec(master, "alice")
+    bob = derive_account_spec(master, "bob")
+    assert alice.secret == again.secret and alice.key_id == again.key_id
+    assert len({master.secret, alice.secret, bob.secret}) == 3
+    assert len({master.key_id, alice.key_id, bob.key_id}) == 3
+    assert alice.account_id == "alice" and bob.account_id == "bob"
+    assert alice.parent_key_id == bob.parent_key_id == master.key_id
+    assert alice.params == master.params and alice.tokenizer == master.tokenizer
+    assert alice.scheme == master.scheme
+    assert alice.secret == derive_subkey(master.secret, "account/alice", length=32)
+    pub = alice.public_dict()
+    assert pub["account_id"] == "alice" and pub["parent_key_id"] == master.key_id
+    for form in _secret_forms(alice.secret) + _secret_forms(master.secret):
+        assert form not in json.dumps(pub) + repr(alice)
+    # a different master gives different account keys
+    other = derive_account_spec(spec_factory(secret=bytes(range(1, 33))), "alice")
+    assert other.secret != alice.secret
+
+
+def test_derive_account_spec_refusals(spec_factory: Callable[..., WatermarkSpec]) -> None:
+    master = spec_factory()
+    alice = derive_account_spec(master, "alice")
+    with pytest.raises(SpecError, match="is already an account spec; derive from the master"):
+        derive_account_spec(alice, "bob")
+    for bad in ("", "x" * 257, 7):
+        with pytest.raises(SpecError, match="`account_id` must be a non-empty string"):
+            derive_account_spec(master, bad)  # type: ignore[arg-type]
+    assert derive_account_spec(master, "x" * 256).account_id == "x" * 256
+
+
+def test_account_spec_round_trip(spec_factory: Callable[..., WatermarkSpec],
+                                 tmp_path: Path) -> None:
+    alice = derive_account_spec(spec_factory(), "alice")
+    loaded = load_spec(save_spec(alice, tmp_path / "alice.json"))
+    assert loaded == alice
+    assert loaded.account_id == "alice" and loaded.parent_key_id == KAT_KEY_ID

