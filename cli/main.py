@@ -10,16 +10,25 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, List, Optional
 
 import typer
-
 from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, DetectionResult, Detector
-from distillmark.watermark import (BUILTIN_SMOLLM2, PRESETS, DistillmarkError, InputError,
-                                   derive_account_spec, load_spec, load_tokenizer, new_spec,
-                                   save_spec, scheme_for)
+from distillmark.watermark import (
+    BUILTIN_SMOLLM2,
+    PRESETS,
+    DistillmarkError,
+    InputError,
+    derive_account_spec,
+    load_spec,
+    load_tokenizer,
+    new_spec,
+    save_spec,
+    scheme_for,
+)
+from distillmark.watermark.engines import load_generator
 
 EXIT_FOUND, EXIT_NOT_FOUND, EXIT_ERROR = 0, 1, 2
 
@@ -63,10 +72,18 @@ def _fmt_p(result: DetectionResult) -> str:
     return f"1e{result.log10_pvalue:.1f}"
 
 
-def _read_text(name: str) -> str:
+DEFAULT_MAX_BYTES = 1 << 30
+
+
+def _read_text(name: str, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
     """Read one input (``-`` is stdin) as strict UTF-8; problems become one-line InputErrors."""
+    too_big = (f"{name}: larger than --max-bytes {max_bytes} bytes; split it, or raise "
+               "--max-bytes if memory allows")
     if name == "-":
-        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
+        stream = getattr(sys.stdin, "buffer", sys.stdin)
+        data = stream.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise InputError(too_big.replace(name, "<stdin>", 1))
         if isinstance(data, str):
             return data
         label = "<stdin>"
@@ -75,6 +92,8 @@ def _read_text(name: str) -> str:
         if path.is_dir():
             raise InputError(f"{name}: is a directory (give text files)")
         try:
+            if path.stat().st_size > max_bytes:
+                raise InputError(too_big)
             data = path.read_bytes()
         except FileNotFoundError:
             raise InputError(f"{name}: no such file") from None
@@ -96,18 +115,18 @@ def _read_text(name: str) -> str:
 def keygen(
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the key (mode 0600)."),
     preset: str = typer.Option("greenlist", help="Parameter preset: " + ", ".join(PRESETS)),
-    gamma: Optional[float] = typer.Option(None, help="Green fraction of the vocabulary."),
-    delta: Optional[float] = typer.Option(None, help="Logit bias of green tokens."),
-    context_width: Optional[int] = typer.Option(None, "--context-width",
+    gamma: float | None = typer.Option(None, help="Green fraction of the vocabulary."),
+    delta: float | None = typer.Option(None, help="Logit bias of green tokens."),
+    context_width: int | None = typer.Option(None, "--context-width",
                                                 help="Tokens before a token that pick its list."),
-    seeding: Optional[str] = typer.Option(None, help="lefthash or selfhash."),
-    combine: Optional[str] = typer.Option(None, help="hash or min (windows of 2+ tokens)."),
-    n_lists: Optional[int] = typer.Option(None, help="Number of green lists (power of two)."),
+    seeding: str | None = typer.Option(None, help="lefthash or selfhash."),
+    combine: str | None = typer.Option(None, help="hash or min (windows of 2+ tokens)."),
+    n_lists: int | None = typer.Option(None, help="Number of green lists (power of two)."),
     tokenizer: str = typer.Option(BUILTIN_SMOLLM2, help="tokenizer.json, a model directory, "
                                   "or builtin:NAME."),
-    derive_from: Optional[Path] = typer.Option(None, help="Derive an account key from this "
+    derive_from: Path | None = typer.Option(None, help="Derive an account key from this "
                                                "master key (with --account)."),
-    account: Optional[str] = typer.Option(None, help="Account id for --derive-from."),
+    account: str | None = typer.Option(None, help="Account id for --derive-from."),
     force: bool = typer.Option(False, help="Replace an existing key file."),
     as_json: bool = typer.Option(False, "--json", help="Print the key's public fields as JSON."),
 ) -> None:
@@ -118,7 +137,7 @@ def keygen(
         if derive_from is not None and account is not None:
             spec = derive_account_spec(load_spec(derive_from), account)
         else:
-            scheme, params = PRESETS[preset] if preset in PRESETS else (None, None)
+            scheme, params = PRESETS.get(preset, (None, None))
             if scheme is None or params is None:
                 raise InputError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
             params = dict(params)
@@ -142,15 +161,16 @@ def keygen(
 
 @app.command(epilog=_EXIT_HELP)
 def detect(
-    files: List[str] = typer.Argument(None, help="Text files to test; - or nothing: stdin."),
+    files: list[str] = typer.Argument(None, help="Text files to test; - or nothing: stdin."),
     key: Path = typer.Option(..., "--key", "-k", help="The watermark key (spec file)."),
     alpha: float = typer.Option(DEFAULT_ALPHA, help="Significance level of the verdict."),
     min_scored: int = typer.Option(DEFAULT_MIN_SCORED, help="Fewer scored tokens than this "
                                    "is 'insufficient evidence'."),
-    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer to use instead of the one "
+    tokenizer: str | None = typer.Option(None, help="Tokenizer to use instead of the one "
                                             "recorded in the key (must match it)."),
-    prompt: Optional[str] = typer.Option(None, help="The prompt the text answers (context "
+    prompt: str | None = typer.Option(None, help="The prompt the text answers (context "
                                          "for its first tokens, never scored)."),
+    max_bytes: int = typer.Option(DEFAULT_MAX_BYTES, help="Refuse inputs larger than this."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per input."),
 ) -> None:
     """Test texts for the watermark of KEY with an exact p-value."""
@@ -163,10 +183,14 @@ def detect(
     found = errors = 0
     for name in names:
         try:
-            result = detector.detect(_read_text(name), prompt=prompt)
+            result = detector.detect(_read_text(name, max_bytes), prompt=prompt)
         except DistillmarkError as exc:
-            msg = str(exc)
-            _err(msg if msg.startswith(name + ":") else f"{name}: {msg}")
+            msg, label = str(exc), "<stdin>" if name == "-" else name
+            _err(msg if msg.startswith(label + ":") else f"{label}: {msg}")
+            errors += 1
+            continue
+        except MemoryError:
+            _err(f"{name}: out of memory while testing it; lower --max-bytes or split the file")
             errors += 1
             continue
         found += result.is_watermarked(alpha)
@@ -182,38 +206,27 @@ def detect(
 
 
 # --------------------------------------------------------------------------------------------
-# generate and demo (need the hf extra)
+# generate and demo (need the hf or llama extra)
 
-
-def _hf() -> Any:
-    from distillmark.watermark import hf
-
-    return hf
-
-
-def _check_model_tokenizer(lm: Any, spec: Any) -> None:
-    from distillmark.watermark.errors import TokenizerMismatchError
-    from distillmark.watermark.tokenizer import fingerprint
-
-    if fingerprint(lm.tokenizer_json()) != spec.tokenizer.sha256:
-        raise TokenizerMismatchError(
-            f"model {lm.source} has a different tokenizer from the one key {spec.key_id} was "
-            "made for; make a key with --tokenizer pointing at this model")
+_ENGINE_HELP = ("Generation engine: auto (llama.cpp for GGUF models where installed, else "
+                "transformers), transformers, or llama.cpp.")
+_MODEL_HELP = ("GGUF file or local Hugging Face model directory (default: the embedded "
+               "SmolLM2-135M-Instruct).")
 
 
 @app.command()
 def generate(
-    prompts: List[str] = typer.Argument(..., help="Prompts to answer."),
-    key: Optional[Path] = typer.Option(None, "--key", "-k", help="The watermark key."),
+    prompts: list[str] = typer.Argument(..., help="Prompts to answer."),
+    key: Path | None = typer.Option(None, "--key", "-k", help="The watermark key."),
     no_watermark: bool = typer.Option(False, "--no-watermark",
                                       help="Generate without a watermark (a control text)."),
-    model: Optional[str] = typer.Option(None, help="GGUF file or local HF model directory "
-                                        "(default: the embedded SmolLM2-135M-Instruct)."),
+    model: str | None = typer.Option(None, help=_MODEL_HELP),
+    engine: str = typer.Option("auto", help=_ENGINE_HELP),
     max_new_tokens: int = typer.Option(128, help="Tokens to generate per answer."),
     temperature: float = typer.Option(1.0, help="Sampling temperature (0 = greedy)."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
     batch_size: int = typer.Option(8, help="Prompts generated together."),
-    seed: Optional[int] = typer.Option(None, help="Random seed of the sampler."),
+    seed: int | None = typer.Option(None, help="Random seed of the sampler."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per answer."),
 ) -> None:
     """Answer PROMPTS with a language model, watermarked with KEY."""
@@ -221,21 +234,22 @@ def generate(
         if no_watermark == (key is not None):
             raise InputError("give --key KEY to watermark, or --no-watermark for a control text")
         spec = load_spec(key) if key is not None else None
-        hf = _hf()
         _info("loading model…", as_json)
-        lm = hf.load_model(model)
+        gen = load_generator(engine, model)
         scheme = None
         if spec is not None:
-            _check_model_tokenizer(lm, spec)
+            gen.check_tokenizer(spec)
             scheme = scheme_for(spec)
-        outs = hf.generate(lm, prompts, scheme=scheme, max_new_tokens=max_new_tokens,
-                           temperature=temperature, top_p=top_p, batch_size=batch_size,
-                           seed=seed)
+        outs = gen.generate(prompts, scheme=scheme, max_new_tokens=max_new_tokens,
+                            temperature=temperature, top_p=top_p, batch_size=batch_size,
+                            seed=seed)
     for o in outs:
         if as_json:
             typer.echo(json.dumps({"prompt": o.prompt, "text": o.text,
                                    "n_tokens": len(o.completion_ids),
                                    "key_id": spec.key_id if spec else None}))
+        elif len(outs) > 1:
+            typer.echo(f"## {o.prompt}\n{o.text}\n")
         else:
             typer.echo(o.text)
 
@@ -250,8 +264,8 @@ DEMO_PROMPTS = [
 
 @app.command()
 def demo(
-    model: Optional[str] = typer.Option(None, help="GGUF file or local HF model directory "
-                                        "(default: the embedded SmolLM2-135M-Instruct)."),
+    model: str | None = typer.Option(None, help=_MODEL_HELP),
+    engine: str = typer.Option("auto", help=_ENGINE_HELP),
     max_new_tokens: int = typer.Option(120, help="Tokens per answer."),
     temperature: float = typer.Option(1.0, help="Sampling temperature."),
     alpha: float = typer.Option(DEFAULT_ALPHA, help="Significance level of the verdicts."),
@@ -263,26 +277,32 @@ def demo(
     from rich.table import Table
 
     with _errors_exit():
-        hf = _hf()
-        _info("loading the model (the first run converts it once, about a minute)…", as_json)
-        lm = hf.load_model(model)
+        _info("loading the model (a first transformers run converts it once, about a "
+              "minute)…", as_json)
+        gen = load_generator(engine, model)
         with tempfile.TemporaryDirectory(prefix="distillmark-demo-") as tmp:
-            tok_path = Path(tmp) / "tokenizer.json"
-            tok_path.write_text(lm.tokenizer_json(), encoding="utf-8")
-            _, info = load_tokenizer(BUILTIN_SMOLLM2 if model is None else tok_path)
+            if model is None:
+                tok_source: str | Path = BUILTIN_SMOLLM2
+            elif gen.engine == "transformers":
+                tok_source = Path(tmp) / "tokenizer.json"
+                tok_source.write_text(gen.tokenizer_json(), encoding="utf-8")  # type: ignore[attr-defined]
+            else:
+                raise InputError("demo with --model needs --engine transformers (to read the "
+                                 "model's tokenizer)")
+            _, info = load_tokenizer(tok_source)
             spec = new_spec("greenlist", {}, info)
             key_path = save_spec(spec, Path(tmp) / "demo-key.json")
             _info(f"made key {spec.key_id} ({key_path.name}, mode 0600, deleted after the demo)",
                   as_json)
-            _check_model_tokenizer(lm, spec)
+            gen.check_tokenizer(spec)
             scheme = scheme_for(spec)
-            detector = Detector(load_spec(key_path), tokenizer=tok_path)
+            detector = Detector(load_spec(key_path), tokenizer=tok_source)
             rows = []
             for label, sch in (("watermarked", scheme), ("control", None)):
                 _info(f"generating {len(DEMO_PROMPTS)} {label} answers…", as_json)
-                outs = hf.generate(lm, DEMO_PROMPTS, scheme=sch, max_new_tokens=max_new_tokens,
-                                   temperature=temperature, batch_size=len(DEMO_PROMPTS),
-                                   seed=seed)
+                outs = gen.generate(DEMO_PROMPTS, scheme=sch, max_new_tokens=max_new_tokens,
+                                    temperature=temperature, batch_size=len(DEMO_PROMPTS),
+                                    seed=seed)
                 for o in outs:
                     if not o.text.strip():
                         rows.append((label, o, None))
@@ -294,7 +314,7 @@ def demo(
             d = {"kind": label, "prompt": o.prompt, "text": o.text}
             d.update(r.to_dict(alpha) if r is not None else {"verdict": "empty answer"})
             typer.echo(json.dumps(d))
-    table = Table(title=f"distillmark demo: key {spec.key_id}, greenlist "
+    table = Table(title=f"distillmark demo ({gen.engine}): key {spec.key_id}, greenlist "
                         f"γ={spec.params['gamma']} δ={spec.params['delta']} "
                         f"h={spec.params['context_width']}, alpha={alpha:g}")
     for col in ("answer", "prompt", "tokens", "scored", "green", "p-value", "verdict"):

@@ -95,20 +95,19 @@ def test_known_answer_tuple_keys_and_green_bits(case: str) -> None:
     assert g.green_indicators(ids).astype(int).tolist() == kat["green"]
     windows = np.array([w[:g.window] for w in KAT_WINDOWS], dtype=np.int64).reshape(4, g.window)
     assert g.rows(windows).tolist() == kat["rows"]
-    # the table path gives the same green bits
-    g.table  # noqa: B018 - build it
-    assert g.green_indicators(ids).astype(int).tolist() == kat["green"]
 
 
-@pytest.mark.parametrize(("gamma", "row"), sorted(KAT_TABLE_BITS))
-def test_known_answer_table_cells(gamma: float, row: int) -> None:
-    first, last = KAT_TABLE_BITS[(gamma, row)]
-    g = make(gamma=gamma, n_lists=1024)
-    # lazy path, one AES block per cell
-    keys = np.concatenate([row * V + np.arange(32), row * V + np.arange(V - 16, V)])
-    lazy = g.key_scores(keys.astype(np.uint64))
-    assert (bits(lazy[:32]), bits(lazy[32:])) == (first, last)
-    assert (bits(g.table[row, :32]), bits(g.table[row, -16:])) == (first, last)
+@pytest.mark.parametrize("gamma", [0.25, 0.5])
+def test_known_answer_table_cells(gamma: float) -> None:
+    lazy, full = make(gamma=gamma, n_lists=1024), make(gamma=gamma, n_lists=1024)
+    for (g_, row), (first, last) in KAT_TABLE_BITS.items():
+        if g_ != gamma:
+            continue
+        # lazy path, one AES block per cell
+        keys = np.concatenate([row * V + np.arange(32), row * V + np.arange(V - 16, V)])
+        cells = lazy.key_scores(keys.astype(np.uint64))
+        assert (bits(cells[:32]), bits(cells[32:])) == (first, last)
+        assert (bits(full.table[row, :32]), bits(full.table[row, -16:])) == (first, last)
 
 
 def test_unigram_row_is_the_h1_table_row_zero() -> None:
@@ -342,10 +341,11 @@ def test_min_combine_row_is_the_row_of_the_minimising_token(params: dict[str, An
     # so editing a token that is not the minimum keeps the row
     edited = windows.copy()
     not_min = (np.argmin(P[windows], axis=1) + 1) % g.window
-    edited[np.arange(windows.shape[0]), not_min] = np.argmin(P[:V // 2]) + V // 2  # a big P
-    keep = P[edited].min(axis=1) == P[windows].min(axis=1)
-    assert keep.mean() > 0.99
-    np.testing.assert_array_equal(g.rows(edited)[keep], g.rows(windows)[keep])
+    edited[np.arange(windows.shape[0]), not_min] = np.argmax(P)  # the largest keyed value
+    np.testing.assert_array_equal(g.rows(edited), g.rows(windows))
+    hashed = make(n_lists=256, context_width=g.context_width, seeding=g.params.seeding,
+                  combine="hash")
+    assert np.mean(hashed.rows(edited) == hashed.rows(windows)) < 0.05
 
 
 def test_hash_combine_depends_on_order_and_min_does_not() -> None:

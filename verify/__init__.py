@@ -1,7 +1,22 @@
 """Verification: statistical tests for watermarks in texts (and, later, datasets and models)."""
 
-from .detect import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, DetectionResult, Detector, Verdict, detect_ids
+from .detect import (
+           DEFAULT_ALPHA,
+           DEFAULT_MIN_SCORED,
+           DetectionResult,
+           Detector,
+           Verdict,
+           detect_ids,
+)
 from .stats import binomial_tail, unique_keys
 
-__all__ = ["DetectionResult", "Detector", "Verdict", "detect_ids", "binomial_tail",
-           "unique_keys", "DEFAULT_ALPHA", "DEFAULT_MIN_SCORED"]
+__all__ = [
+           "DEFAULT_ALPHA",
+           "DEFAULT_MIN_SCORED",
+           "DetectionResult",
+           "Detector",
+           "Verdict",
+           "binomial_tail",
+           "detect_ids",
+           "unique_keys",
+]

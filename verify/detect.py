@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from distillmark.watermark.errors import InputError, ParameterError
 from distillmark.watermark.keys import WatermarkSpec
 from distillmark.watermark.registry import Scheme, scheme_for
@@ -21,7 +20,7 @@ from distillmark.watermark.tokenizer import tokenizer_for
 
 from .stats import binomial_tail, unique_keys
 
-__all__ = ["DetectionResult", "Detector", "detect_ids", "Verdict", "DEFAULT_MIN_SCORED"]
+__all__ = ["DEFAULT_MIN_SCORED", "DetectionResult", "Detector", "Verdict", "detect_ids"]
 
 #: Default number of scored (distinct) tuples below which the answer is "insufficient evidence".
 DEFAULT_MIN_SCORED = 25

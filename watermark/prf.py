@@ -40,11 +40,11 @@ from .errors import ParameterError
 __all__ = [
     "LABEL_PREFIX",
     "derive_subkey",
+    "fmix64",
     "keystream",
+    "u32_at",
     "u32_stream",
     "u64_stream",
-    "u32_at",
-    "fmix64",
 ]
 
 #: Every HKDF ``info`` label starts with this; the version changes if the derivation does.

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from .errors import ParameterError, SpecError
 from .greenlist import GreenList, GreenListParams
@@ -10,7 +11,7 @@ from .greenlist import GreenList, GreenListParams
 if TYPE_CHECKING:
     from .keys import WatermarkSpec
 
-__all__ = ["SCHEMES", "validate_params", "scheme_for", "Scheme"]
+__all__ = ["SCHEMES", "Scheme", "scheme_for", "validate_params"]
 
 Scheme = GreenList
 

@@ -27,9 +27,9 @@ if TYPE_CHECKING:
 __all__ = [
     "BUILTIN_SMOLLM2",
     "TokenizerInfo",
+    "builtin_tokenizer_path",
     "fingerprint",
     "load_tokenizer",
-    "builtin_tokenizer_path",
     "tokenizer_for",
 ]
 
@@ -81,9 +81,13 @@ def _load(path_str: str) -> tuple[Tokenizer, str, int]:
     path = Path(path_str)
     try:
         raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read tokenizer {path}: {exc}") from None
+    try:
         tok = Tokenizer.from_str(raw)
-    except (OSError, UnicodeDecodeError, ValueError, Exception) as exc:  # tokenizers raises Exception
-        raise InputError(f"cannot read tokenizer {path}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception on bad JSON
+        msg = (str(exc).splitlines() or ["invalid tokenizer.json"])[0]
+        raise InputError(f"cannot read tokenizer {path}: {msg}") from None
     return tok, fingerprint(raw), tok.get_vocab_size(with_added_tokens=True)
 
 

@@ -1,0 +1,155 @@
+"""llama.cpp adapter (extra ``llama``): the watermark as a llama-cpp-python logits processor.
+
+llama-cpp-python calls ``processor(input_ids, scores)`` once per generated token with
+``input_ids: (n,) intc`` (prompt and generated tokens so far) and ``scores: (n_vocab,) float32``;
+:class:`LlamaCppWatermark` returns ``scheme.bias`` of them, the same numpy code that defines the
+watermark for every engine. Works for any
+``Llama.create_completion(..., logits_processor=LogitsProcessorList([proc]))`` call as well as
+for :func:`generate` here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .engines import Completion
+from .errors import (
+    InputError,
+    MissingDependencyError,
+    ModelNotFoundError,
+    ParameterError,
+    TokenizerMismatchError,
+)
+from .greenlist import GreenList
+
+try:
+    import llama_cpp
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependencyError(f"this needs the 'llama' extra ({exc.name} is not installed): "
+                                 "pip install 'distillmark[llama]'") from None
+
+if TYPE_CHECKING:
+    from .keys import WatermarkSpec
+
+__all__ = ["LlamaCppModel", "LlamaCppWatermark", "load_model"]
+
+# Text whose token ids the model's tokenizer and the spec's must agree on (several scripts,
+# code, numbers, whitespace runs), a cheap proxy for comparing vocabularies.
+_PROBE = ("The quick brown fox jumps over 13 lazy dogs; naïve café, Straße, 東京, "
+          "привет мир. def f(x):\n    return x ** 2  # ok\n\n\tTabs, URLs http://a.b/c?d=1.")
+
+
+class LlamaCppWatermark:
+    """``logits_processor`` for llama-cpp-python that adds the scheme's watermark bias."""
+
+    def __init__(self, scheme: GreenList) -> None:
+        if not isinstance(scheme, GreenList):
+            raise ParameterError(f"`scheme` must be a GreenList, got {type(scheme).__name__}")
+        self.scheme = scheme
+
+    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """``input_ids: (n,) intc``, ``scores: (n_vocab,) float32`` -> ``(n_vocab,) float32``."""
+        h = self.scheme.context_width
+        ctx = np.asarray(input_ids[len(input_ids) - h:] if h else input_ids[:0],
+                         dtype=np.int64)[None, :]
+        return self.scheme.bias(scores[None, :], ctx)[0].astype(np.float32, copy=False)
+
+
+@dataclass
+class LlamaCppModel:
+    """A GGUF model loaded in llama.cpp."""
+
+    llm: Any
+    source: str
+    chat_template: str | None
+    engine: str = field(default="llama.cpp")
+
+    @property
+    def _eog(self) -> frozenset[int]:
+        """End-of-generation tokens: EOS and, for chat models, the end-of-turn token."""
+        ids = {int(self.llm.token_eos())}
+        for text in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>"):
+            toks = self.tokenize(text, special=True)
+            if len(toks) == 1:
+                ids.add(toks[0])
+        return frozenset(ids)
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special))
+
+    def check_tokenizer(self, spec: WatermarkSpec) -> None:
+        from .tokenizer import tokenizer_for
+
+        tok = tokenizer_for(spec.tokenizer)
+        if (self.llm.n_vocab() != spec.vocab_size
+                or self.tokenize(_PROBE) != tok.encode(_PROBE, add_special_tokens=False).ids):
+            raise TokenizerMismatchError(
+                f"model {self.source} tokenises differently from the tokenizer key "
+                f"{spec.key_id} was made for; make a key with this model's tokenizer")
+
+    def _prompt_text(self, prompt: str) -> str:
+        if not self.chat_template:
+            return prompt
+        import jinja2
+
+        env = jinja2.Environment(loader=jinja2.BaseLoader(), autoescape=False)
+        return env.from_string(self.chat_template).render(
+            messages=[{"role": "user", "content": prompt}], add_generation_prompt=True)
+
+    def generate(self, prompts: Sequence[str], *, scheme: GreenList | None,
+                 max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
+                 batch_size: int = 1, seed: int | None = None) -> list[Completion]:
+        """Answer ``prompts`` one at a time (llama.cpp has no batched sampling here).
+
+        ``batch_size`` is accepted for interface parity and ignored. Temperature 0 is greedy.
+        """
+        if not prompts:
+            raise InputError("no prompts given")
+        if max_new_tokens < 1:
+            raise ParameterError(f"`max_new_tokens` must be >= 1, got {max_new_tokens}")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ParameterError(f"need temperature >= 0 and 0 < top_p <= 1, got "
+                                 f"{temperature}, {top_p}")
+        procs = (llama_cpp.LogitsProcessorList([LlamaCppWatermark(scheme)])
+                 if scheme is not None else None)
+        eos = self.llm.token_eos()
+        out: list[Completion] = []
+        for i, prompt in enumerate(prompts):
+            if seed is not None:
+                self.llm.set_seed(seed + i)
+            p_ids = self.tokenize(self._prompt_text(prompt), special=True)
+            comp: list[int] = []
+            for tok in self.llm.generate(p_ids, temp=temperature, top_k=0, top_p=top_p,
+                                         min_p=0.0, typical_p=1.0, repeat_penalty=1.0,
+                                         reset=True, logits_processor=procs):
+                if tok == eos or tok in self._eog:
+                    break
+                comp.append(int(tok))
+                if len(comp) >= max_new_tokens:
+                    break
+            text = self.llm.detokenize(comp).decode("utf-8", errors="replace")
+            out.append(Completion(prompt=prompt, text=text, prompt_ids=tuple(p_ids),
+                                  completion_ids=tuple(comp)))
+        return out
+
+
+def load_model(model: str | Path | None = None, *, n_ctx: int = 4096,
+               n_threads: int | None = None) -> LlamaCppModel:
+    """Load a GGUF model (None: the embedded SmolLM2-135M-Instruct) in llama.cpp."""
+    from .models import default_model_path
+
+    path = default_model_path() if model is None else Path(model)
+    if not path.is_file() or path.suffix != ".gguf":
+        raise ModelNotFoundError(f"model {path} is not a .gguf file (llama.cpp reads GGUF only)")
+    try:
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads,
+                              verbose=False, logits_all=False)
+    except (ValueError, RuntimeError) as exc:
+        raise ModelNotFoundError(f"llama.cpp cannot load {path}: {exc}") from None
+    template = llm.metadata.get("tokenizer.chat_template") if llm.metadata else None
+    return LlamaCppModel(llm=llm, source=str(path), chat_template=template)
