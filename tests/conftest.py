@@ -8,8 +8,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
-from distillmark.watermark import BUILTIN_SMOLLM2, TokenizerInfo, WatermarkSpec, load_tokenizer, new_spec
+from distillmark.watermark import (
+    BUILTIN_SMOLLM2,
+    TokenizerInfo,
+    WatermarkSpec,
+    load_tokenizer,
+    new_spec,
+)
 
 #: The fixed key of every known-answer vector in this suite.
 SECRET = bytes(range(32))
@@ -26,12 +31,6 @@ _MIN_DOC_CHARS = 400
 def secret() -> bytes:
     """The fixed 32-byte secret ``bytes(range(32))``."""
     return SECRET
-
-
-@pytest.fixture(scope="session")
-def builtin_tokenizer() -> Any:
-    """The shipped SmolLM2 ``tokenizers.Tokenizer``."""
-    return load_tokenizer(BUILTIN_SMOLLM2)[0]
 
 
 @pytest.fixture(scope="session")

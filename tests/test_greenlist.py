@@ -9,10 +9,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from distillmark.watermark import (
+    GreenList,
+    GreenListParams,
+    ParameterError,
+    SpecError,
+    WatermarkSpec,
+    prf,
+    scheme_for,
+)
 from scipy import stats
-
-from distillmark.watermark import (GreenList, GreenListParams, ParameterError, SpecError,
-                                   WatermarkSpec, prf, scheme_for)
 
 SECRET = bytes(range(32))
 V = 49152  # the builtin SmolLM2 tokenizer's vocabulary

@@ -12,9 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from distillmark.watermark import (SpecError, TokenizerInfo, WatermarkSpec, derive_account_spec,
-                                   load_spec, new_spec, save_spec)
+from distillmark.watermark import (
+    SpecError,
+    TokenizerInfo,
+    WatermarkSpec,
+    derive_account_spec,
+    load_spec,
+    new_spec,
+    save_spec,
+)
 from distillmark.watermark.keys import key_id_of
 from distillmark.watermark.prf import derive_subkey
 

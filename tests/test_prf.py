@@ -8,9 +8,8 @@ import hmac
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from scipy import stats
-
 from distillmark.watermark import ParameterError, prf
+from scipy import stats
 
 SECRET = bytes(range(32))
 MASK64 = (1 << 64) - 1
@@ -168,6 +167,15 @@ def test_subkey_argument_errors() -> None:
         prf.keystream(bytes(32), -1)
 
 
+def test_u32_at_refuses_what_u32_stream_refuses() -> None:
+    # u32_at is documented to equal u32_stream(subkey, N)[index]; for a subkey that is not 32
+    # bytes the stream raises, so random access must not silently use AES-128 instead
+    with pytest.raises(ParameterError, match="subkey"):
+        prf.u32_stream(bytes(16), 4)
+    with pytest.raises(ParameterError, match="subkey"):
+        prf.u32_at(bytes(16), np.array([0, 1]))
+
+
 # -- fmix64 ---------------------------------------------------------------------------------------
 
 def test_fmix64_known_answers() -> None:
@@ -188,9 +196,9 @@ def test_fmix64_matches_reference_and_keeps_input() -> None:
 def test_fmix64_has_no_collisions_on_a_sample() -> None:
     rng = np.random.default_rng(11)
     sample = np.unique(np.concatenate([
-        np.arange(200_000, dtype=np.uint64),                       # small consecutive values
+        np.arange(100_000, dtype=np.uint64),                       # small consecutive values
         np.uint64(1) << np.arange(64, dtype=np.uint64),            # single bits
-        rng.integers(0, 2**64, size=300_000, dtype=np.uint64),
+        rng.integers(0, 2**64, size=100_000, dtype=np.uint64),
     ]))
     assert np.unique(prf.fmix64(sample)).size == sample.size
 

@@ -37,11 +37,12 @@ def binomial_tail(k: int, n: int, p: float) -> BinomialTail:
     pv = float(stats.binom.sf(k - 1, n, p))
     if pv >= 1e-300:
         return BinomialTail(min(pv, 1.0), math.log10(min(pv, 1.0)))
-    # Deep tail: the pmf decreases geometrically beyond k > n p, so a bounded log-space sum of
-    # the leading terms is exact to double precision.
+    # Deep tail (scipy's sf may return 0 well above the double-precision floor): the pmf
+    # decreases geometrically beyond k > n p, so a bounded log-space sum of the leading terms is
+    # exact to double precision; the float p-value is its exponential where representable.
     j = np.arange(k, min(n, k + _TAIL_TERMS) + 1, dtype=np.float64)
     log_sf = float(special.logsumexp(stats.binom.logpmf(j, n, p)))
-    return BinomialTail(pv, log_sf / math.log(10.0))
+    return BinomialTail(math.exp(log_sf), log_sf / math.log(10.0))
 
 
 def unique_keys(keys: np.ndarray) -> np.ndarray:

@@ -101,6 +101,9 @@ class GreenListParams:
 
         if not 0.0 < num("gamma") < 1.0:
             raise ParameterError(f"`gamma` must be in (0, 1), got {self.gamma}")
+        if not 0 < round(self.gamma * 2.0**32) < 2**32:
+            raise ParameterError(f"`gamma` must be representable at 32-bit precision "
+                                 f"(2**-32 .. 1 - 2**-32), got {self.gamma}")
         if num("delta") < 0.0:
             raise ParameterError(f"`delta` must be >= 0, got {self.delta}")
         if not 0 <= integer("context_width") <= _MAX_WIDTH:
@@ -163,8 +166,6 @@ class GreenList:
         self._table_key = prf.derive_subkey(secret, f"{SCHEME_NAME}/table")
         self._token_key = prf.derive_subkey(secret, f"{SCHEME_NAME}/token-values")
         self.threshold = round(params.gamma * 2.0**32)
-        if not 0 < self.threshold < 2**32:
-            raise ParameterError(f"`gamma` {params.gamma} rounds to 0 or 1 at 32-bit precision")
         #: The exact probability that a cell is green: the binomial test's null parameter.
         self.gamma_effective = self.threshold / 2.0**32
         self.n_rows = 1 if params.context_width == 0 else params.n_lists
@@ -234,9 +235,9 @@ class GreenList:
         w = windows.shape[-1]
         if w != self.window:
             raise ParameterError(f"windows must have {self.window} tokens, got {w}")
+        self._check_ids(windows)
         if w == 0 or self._shift is None:
             return np.zeros(windows.shape[:-1], dtype=np.int64)
-        self._check_ids(windows)
         if w == 1:
             return self._rows_by_token[windows[..., 0]]
         vals = self.token_values[windows]

@@ -215,7 +215,7 @@ def load_spec(path: str | Path) -> WatermarkSpec:
     if _FORMAT_FIELD not in d:
         raise SpecError(f"{where} is not a distillmark spec (no {_FORMAT_FIELD!r} field)")
     version = d[_FORMAT_FIELD]
-    if version != SPEC_VERSION:
+    if type(version) is not int or version != SPEC_VERSION:
         raise SpecError(f"{where} has spec version {version!r}; this distillmark reads version "
                         f"{SPEC_VERSION} (upgrade distillmark)")
     secret_b64 = _require(d, "secret", str, where)

@@ -98,6 +98,8 @@ def u32_at(subkey: bytes, index: np.ndarray) -> np.ndarray:
     Equal to ``u32_stream(subkey, N)[index]`` for any ``N > max(index)``, at the cost of one AES
     block per element instead of the whole prefix of the stream.
     """
+    if len(subkey) != 32:
+        raise ParameterError(f"`subkey` must be 32 bytes, got {len(subkey)}")
     idx = np.asarray(index, dtype=np.uint64).ravel()
     if idx.size == 0:
         return np.zeros(0, dtype=np.uint32)

@@ -75,7 +75,8 @@ def _resolve_path(source: str | Path) -> Path:
 
 
 @lru_cache(maxsize=8)
-def _load(path_str: str) -> tuple[Tokenizer, str, int]:
+def _load(path_str: str, mtime_ns: int, size: int) -> tuple[Tokenizer, str, int]:
+    """Cached per (path, modification time, size): a file edited in place is read again."""
     from tokenizers import Tokenizer
 
     path = Path(path_str)
@@ -101,7 +102,8 @@ def fingerprint(tokenizer_json: str) -> str:
 def load_tokenizer(source: str | Path) -> tuple[Tokenizer, TokenizerInfo]:
     """Load a tokenizer from ``builtin:NAME``, a tokenizer.json or a model directory holding one."""
     path = _resolve_path(source)
-    tok, sha, vocab = _load(str(path.resolve()))
+    st = path.stat()
+    tok, sha, vocab = _load(str(path.resolve()), st.st_mtime_ns, st.st_size)
     label = source if isinstance(source, str) and source.startswith("builtin:") else str(path)
     return tok, TokenizerInfo(source=label, sha256=sha, vocab_size=vocab)
 
