@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
+
 from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, DetectionResult, Detector
 from distillmark.watermark import (
     BUILTIN_SMOLLM2,
@@ -28,7 +31,7 @@ from distillmark.watermark import (
     save_spec,
     scheme_for,
 )
-from distillmark.watermark.engines import load_generator
+from distillmark.watermark.engines import load_generator, resolve_engine
 
 EXIT_FOUND, EXIT_NOT_FOUND, EXIT_ERROR = 0, 1, 2
 
@@ -42,6 +45,17 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Warnings as one diagnostic line on stderr, without source lines."""
+    typer.echo(f"distillmark: warning: {message}", err=True)
+
+
+@app.callback()
+def _setup() -> None:
+    warnings.showwarning = _show_warning
 
 
 def _err(message: str) -> None:
@@ -234,6 +248,7 @@ def generate(
         if no_watermark == (key is not None):
             raise InputError("give --key KEY to watermark, or --no-watermark for a control text")
         spec = load_spec(key) if key is not None else None
+        resolve_engine(engine, model)
         _info("loading model…", as_json)
         gen = load_generator(engine, model)
         scheme = None
@@ -277,6 +292,7 @@ def demo(
     from rich.table import Table
 
     with _errors_exit():
+        resolve_engine(engine, model)
         _info("loading the model (a first transformers run converts it once, about a "
               "minute)…", as_json)
         gen = load_generator(engine, model)

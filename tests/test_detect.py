@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from scipy import stats
+
 from distillmark.verify import (
     DEFAULT_ALPHA,
     DetectionResult,
@@ -27,7 +29,6 @@ from distillmark.watermark import (
     scheme_for,
 )
 from distillmark.watermark.tokenizer import builtin_tokenizer_path
-from scipy import stats
 
 V = 49152
 SpecFactory = Callable[..., WatermarkSpec]

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from scipy import stats
+
 from distillmark.watermark import (
     GreenList,
     GreenListParams,
@@ -18,7 +20,6 @@ from distillmark.watermark import (
     prf,
     scheme_for,
 )
-from scipy import stats
 
 SECRET = bytes(range(32))
 V = 49152  # the builtin SmolLM2 tokenizer's vocabulary

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from distillmark.watermark import (
     SpecError,
     TokenizerInfo,

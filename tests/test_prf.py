@@ -8,8 +8,9 @@ import hmac
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from distillmark.watermark import ParameterError, prf
 from scipy import stats
+
+from distillmark.watermark import ParameterError, prf
 
 SECRET = bytes(range(32))
 MASK64 = (1 << 64) - 1

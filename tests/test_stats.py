@@ -7,9 +7,10 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from scipy import stats
+
 from distillmark.verify import binomial_tail, unique_keys
 from distillmark.verify.stats import bonferroni, min_scored_for
-from scipy import stats
 
 
 def exact_log10_tail(k: int, n: int, p: Fraction) -> float:

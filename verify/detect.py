@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from distillmark.watermark.errors import InputError, ParameterError
 from distillmark.watermark.keys import WatermarkSpec
 from distillmark.watermark.registry import Scheme, scheme_for

@@ -257,7 +257,10 @@ def generate(lm: LoadedModel, prompts: Sequence[str], *, scheme: GreenList | Non
     eos = {tok.eos_token_id, tok.pad_token_id} - {None}
     for i in range(0, len(texts), batch_size):
         chunk = texts[i:i + batch_size]
-        enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+        # Left padding whatever the tokenizer's default: every row's last tokens are its own,
+        # so the watermark's context (and the model's next token) never comes from pads.
+        enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False,
+                  padding_side="left")
         enc = {k: v.to(model.device) for k, v in enc.items()}
         kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens,
                                   "pad_token_id": tok.pad_token_id,

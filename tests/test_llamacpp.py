@@ -1,0 +1,91 @@
+"""The llama.cpp adapter on the real embedded SmolLM2 GGUF."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from distillmark.verify import Detector
+from distillmark.watermark import (
+    BUILTIN_SMOLLM2,
+    TokenizerMismatchError,
+    llamacpp,
+    load_tokenizer,
+    new_spec,
+    scheme_for,
+)
+from distillmark.watermark.engines import load_generator, resolve_engine
+from distillmark.watermark.errors import ModelNotFoundError
+
+PROMPTS = ["Write a short story about a robot who learns to paint.",
+           "Explain how a refrigerator keeps food cold.",
+           "Describe a busy market in a coastal town."]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return llamacpp.load_model()
+
+
+@pytest.fixture(scope="module")
+def spec():
+    _, info = load_tokenizer(BUILTIN_SMOLLM2)
+    return new_spec("greenlist", {}, info, secret=bytes(range(32)))
+
+
+def test_auto_engine_picks_llamacpp_for_gguf():
+    assert resolve_engine("auto", None) == "llama.cpp"
+    assert resolve_engine("auto", "some/hf-dir") == "transformers"
+    assert load_generator("auto", None).engine == "llama.cpp"
+
+
+def test_processor_sees_the_context_llamacpp_passes(spec):
+    scheme = scheme_for(spec)
+    proc = llamacpp.LlamaCppWatermark(scheme)
+    ids = np.array([5, 9, 700], dtype=np.intc)
+    scores = np.zeros(scheme.vocab_size, dtype=np.float32)
+    out = proc(ids, scores)
+    assert out.dtype == np.float32 and out.shape == scores.shape
+    expected = scheme.table[scheme.rows(np.array([[700]]))[0]] * np.float32(2.0)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_watermarked_llamacpp_text_is_detected_and_plain_text_is_not(model, spec):
+    model.check_tokenizer(spec)
+    detector = Detector(spec)
+    marked = model.generate(PROMPTS, scheme=scheme_for(spec), max_new_tokens=80,
+                            temperature=1.0, seed=3)
+    plain = model.generate(PROMPTS, scheme=None, max_new_tokens=80, temperature=1.0, seed=3)
+    # Each answer alone can be short; the three together hold ~200 scored tokens.
+    joined = "\n\n".join(o.text for o in marked)
+    assert detector.detect(joined).pvalue < 1e-6
+    for o in marked:
+        assert len(o.completion_ids) > 0
+        assert detector.detect_ids(np.array(o.prompt_ids + o.completion_ids),
+                                   prompt_len=len(o.prompt_ids)).green_fraction > 0.25
+    plain_result = detector.detect("\n\n".join(o.text for o in plain))
+    assert plain_result.n_scored >= 100
+    assert plain_result.pvalue > 1e-3
+
+
+def test_llamacpp_and_transformers_tokenise_alike(model, spec):
+    tok = Detector(spec).tokenizer
+    text = "Watermarks survive re-tokenisation: naïve café, 東京, x**2 == 4."
+    assert model.tokenize(text) == tok.encode(text, add_special_tokens=False).ids
+
+
+def test_mismatched_tokenizer_is_refused(model, spec, tmp_path):
+    from dataclasses import replace
+
+    bad = replace(spec.tokenizer, vocab_size=spec.tokenizer.vocab_size + 1)
+    object.__setattr__(bad, "source", BUILTIN_SMOLLM2)
+    other = new_spec("greenlist", {}, bad, secret=bytes(range(32)))
+    with pytest.raises(TokenizerMismatchError, match="tokenises differently"):
+        model.check_tokenizer(other)
+
+
+def test_not_a_gguf_is_refused(tmp_path):
+    p = tmp_path / "model.bin"
+    p.write_bytes(b"\0" * 16)
+    with pytest.raises(ModelNotFoundError, match="is not a .gguf file"):
+        llamacpp.load_model(p)

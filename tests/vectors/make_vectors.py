@@ -1,0 +1,65 @@
+"""Write the cross-engine conformance vectors (greenlist.json) from the numpy reference.
+
+Run only when the scheme's definition changes on purpose:
+``python tests/vectors/make_vectors.py``. Every engine adapter is tested against the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from distillmark.watermark import BUILTIN_SMOLLM2, load_tokenizer, new_spec, scheme_for
+
+SECRET = bytes(range(32))
+CASES = {
+    "default": {},
+    "unigram": {"context_width": 0},
+    "h2-hash": {"context_width": 2},
+    "h3-min": {"context_width": 3, "combine": "min"},
+    "h4-hash-64lists": {"context_width": 4, "n_lists": 64, "delta": 1.5},
+    "selfhash-h3-min": {"context_width": 3, "seeding": "selfhash", "combine": "min"},
+}
+CONTEXTS = [[1, 2, 3, 4, 5], [49151, 0, 17, 17, 17], [9707, 28, 260, 1012, 3211],
+            [31, 31, 31, 31, 31]]
+
+
+def logits_for(case: int, vocab: int) -> np.ndarray:
+    """Deterministic float32 logits ``(vocab,)`` for a case (no RNG involved)."""
+    i = np.arange(vocab, dtype=np.float64)
+    return (4.0 * np.sin(0.37 * i + 1.3 * case) + 0.001 * (i % 97)).astype(np.float32)
+
+
+def mask_digest(mask: np.ndarray) -> str:
+    return hashlib.sha256(np.packbits(mask.astype(bool)).tobytes()).hexdigest()
+
+
+def main() -> None:
+    _, info = load_tokenizer(BUILTIN_SMOLLM2)
+    out = {"secret_hex": SECRET.hex(), "tokenizer_sha256": info.sha256, "cases": []}
+    for name, params in CASES.items():
+        spec = new_spec("greenlist", params, info, secret=SECRET)
+        scheme = scheme_for(spec)
+        rows = []
+        for c, ctx in enumerate(CONTEXTS):
+            logits = logits_for(c, info.vocab_size)
+            biased = scheme.bias(logits[None, :], np.array([ctx]))[0]
+            bump = biased != logits
+            rows.append({"context": ctx, "logits_case": c, "n_biased": int(bump.sum()),
+                         "biased_sha256": mask_digest(bump),
+                         "first_biased": np.flatnonzero(bump)[:16].tolist(),
+                         "biased_logits_sha256": hashlib.sha256(biased.tobytes()).hexdigest()})
+        ids = np.array([c for ctx in CONTEXTS for c in ctx])
+        out["cases"].append({"name": name, "params": spec.params, "key_id": spec.key_id,
+                             "steps": rows, "ids": ids.tolist(),
+                             "green_indicators": scheme.green_indicators(ids).astype(int).tolist()})
+    path = Path(__file__).with_name("greenlist.json")
+    path.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
