@@ -89,6 +89,14 @@ def _fmt_p(result: DetectionResult) -> str:
 DEFAULT_MAX_BYTES = 1 << 30
 
 
+def _fmt_score(result: DetectionResult) -> str:
+    if result.test == "binomial":
+        return (f"{result.statistic}/{result.n_scored} scored tokens green, "
+                f"{result.score_mean:.1%}, {result.null_mean:.1%} expected without the key")
+    return (f"{result.n_scored} scored tokens, mean score {result.score_mean:.3g}, "
+            f"{result.null_mean:.3g} expected without the key")
+
+
 def _read_text(name: str, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
     """Read one input (``-`` is stdin) as strict UTF-8; problems become one-line InputErrors."""
     too_big = (f"{name}: larger than --max-bytes {max_bytes} bytes; split it, or raise "
@@ -213,9 +221,7 @@ def detect(
             typer.echo(json.dumps({"source": label, **result.to_dict(alpha)}))
         else:
             typer.echo(f"{label}: {result.verdict(alpha)} (p = {_fmt_p(result)}; "
-                       f"{result.statistic}/{result.n_scored} scored tokens green, "
-                       f"{result.green_fraction:.1%}; {result.n_tokens} tokens; "
-                       f"key {result.key_id})")
+                       f"{_fmt_score(result)}; {result.n_tokens} tokens; key {result.key_id})")
     raise typer.Exit(EXIT_ERROR if errors else EXIT_FOUND if found else EXIT_NOT_FOUND)
 
 
@@ -344,7 +350,7 @@ def demo(
             table.add_row(label, o.prompt, "0", "0", "-", "-", "empty answer")
             continue
         table.add_row(label, o.prompt,
-                      str(r.n_tokens), str(r.n_scored), f"{r.green_fraction:.0%}", _fmt_p(r),
+                      str(r.n_tokens), str(r.n_scored), f"{r.score_mean:.0%}", _fmt_p(r),
                       r.verdict(alpha))
     console = Console(stderr=as_json)
     console.print(table)

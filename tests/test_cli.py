@@ -37,7 +37,7 @@ from distillmark.watermark.tokenizer import builtin_tokenizer_path, fingerprint
 
 #: Fixed key of the detection tests (keygen's own keys are random: only their form is tested).
 CLI_SECRET = bytes(range(64, 96))
-RESULT_KEYS = {"statistic", "pvalue", "log10_pvalue", "n_tokens", "n_scored", "green_fraction",
+RESULT_KEYS = {"statistic", "pvalue", "log10_pvalue", "n_tokens", "n_scored", "score_mean",
                "scheme", "key_id", "verdict", "source"}
 
 # Typer's CliRunner keeps stdout and stderr apart (result.stdout / result.stderr).
@@ -317,7 +317,8 @@ def test_detect_watermarked_text_exit_0(key_file: Path, texts: dict[str, Path],
     line = result.stdout.strip()
     assert "\n" not in line
     m = re.fullmatch(rf"{re.escape(str(texts['wm.txt']))}: watermarked \(p = (\S+); "
-                     rf"(\d+)/(\d+) scored tokens green, [\d.]+%; (\d+) tokens; "
+                     rf"(\d+)/(\d+) scored tokens green, [\d.]+%, 25.0% expected without the key; "
+                     rf"(\d+) tokens; "
                      rf"key {key_spec.key_id}\)", line)
     assert m, line
     assert float(m.group(1)) < 1e-6
@@ -335,8 +336,8 @@ def test_detect_json_fields(key_file: Path, texts: dict[str, Path],
     assert 0 < d["pvalue"] < 1e-6
     assert d["log10_pvalue"] == pytest.approx(np.log10(d["pvalue"]))
     assert 140 <= d["n_tokens"] <= 160 and 25 <= d["n_scored"] <= d["n_tokens"] - 1
-    assert d["green_fraction"] == pytest.approx(d["statistic"] / d["n_scored"])
-    assert d["green_fraction"] > 0.5
+    assert d["score_mean"] == pytest.approx(d["statistic"] / d["n_scored"])
+    assert d["score_mean"] > 0.5
     assert isinstance(d["statistic"], int) and isinstance(d["n_scored"], int)
 
 

@@ -91,12 +91,12 @@ def test_statistic_and_pvalue_are_the_binomial_test(spec_factory: SpecFactory) -
     assert r.n_scored == len(distinct)
     assert r.n_repeated == keys.size - len(distinct)
     assert r.statistic == sum(distinct.values())
-    assert r.gamma == scheme.gamma_effective == 0.25
-    tail = binomial_tail(r.statistic, r.n_scored, r.gamma)
+    assert r.null_mean == scheme.gamma_effective == 0.25
+    tail = binomial_tail(r.statistic, r.n_scored, r.null_mean)
     assert (r.pvalue, r.log10_pvalue) == (tail.pvalue, tail.log10_pvalue)
     assert r.pvalue == pytest.approx(stats.binom.sf(r.statistic - 1, r.n_scored, 0.25),
                                      rel=1e-12, abs=0)
-    assert r.green_fraction == r.statistic / r.n_scored
+    assert r.score_mean == r.statistic / r.n_scored
     assert r.z_score == pytest.approx((r.statistic - 0.25 * r.n_scored)
                                       / math.sqrt(r.n_scored * 0.25 * 0.75))
 
@@ -165,8 +165,8 @@ def test_result_verdicts_and_dict(spec_factory: SpecFactory) -> None:
     d = null.to_dict(alpha=1e-6)
     assert d["verdict"] == "not watermarked" and d["alpha"] == 1e-6
     assert d["key_id"] == spec.key_id and d["scheme"] == "greenlist" and d["test"] == "binomial"
-    assert {"statistic", "pvalue", "log10_pvalue", "n_tokens", "n_scored", "n_repeated", "gamma",
-            "min_scored", "dedup", "green_fraction", "z_score"} <= set(d)
+    assert {"statistic", "pvalue", "log10_pvalue", "n_tokens", "n_scored", "n_repeated", "null_mean",
+            "min_scored", "dedup", "score_mean", "z_score"} <= set(d)
     assert "verdict" not in null.to_dict()
     json.dumps(d)
     assert spec.secret.hex() not in json.dumps(d)
@@ -261,7 +261,7 @@ def _randomized_pvalues(results: list[DetectionResult], u: np.ndarray) -> np.nda
     """Uniform under the null: P(X > k) + u P(X = k), X ~ Binomial(n_scored, gamma) exactly."""
     k = np.array([r.statistic for r in results])
     n = np.array([r.n_scored for r in results])
-    gamma = results[0].gamma
+    gamma = results[0].null_mean
     above = stats.binom.sf(k, n, gamma)
     at = stats.binom.pmf(k, n, gamma)
     return above + u * at
@@ -358,7 +358,7 @@ def test_power_on_watermarked_samples(params: dict[str, Any], spec_factory: Spec
     assert all(r.n_tokens == N_NEW and r.n_scored >= 150 for r in hits + misses)
     assert sum(r.is_watermarked(1e-6) for r in hits) >= 9
     assert not any(r.is_watermarked(1e-6) for r in misses)
-    assert np.mean([r.green_fraction for r in hits]) > 0.5
+    assert np.mean([r.score_mean for r in hits]) > 0.5
     # the key matters: another key does not see the watermark
     other = scheme_for(spec_factory(secret=bytes(range(1, 33)), **params))
     assert not any(detect_ids(s, other, prompt_len=2).is_watermarked(1e-6) for s in marked)

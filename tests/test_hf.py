@@ -224,9 +224,9 @@ def test_generate_with_processor_is_detected_and_without_is_not(
     marked_r, plain_r = results(marked), results(plain)
     assert all(r.n_tokens == 100 for r in marked_r + plain_r)
     assert sum(r.pvalue < 1e-6 for r in marked_r) >= 0.9 * len(marked_r)
-    assert np.mean([r.green_fraction for r in marked_r]) > 0.8  # ~0.25 e^4 / (0.25 e^4 + 0.75)
+    assert np.mean([r.score_mean for r in marked_r]) > 0.8  # ~0.25 e^4 / (0.25 e^4 + 0.75)
     assert not any(r.is_watermarked(1e-3) for r in plain_r)
-    assert abs(np.mean([r.green_fraction for r in plain_r]) - 0.25) < 0.08
+    assert abs(np.mean([r.score_mean for r in plain_r]) - 0.25) < 0.08
 
 
 def _green_chain(scheme: GreenList, n: int, rng: np.random.Generator) -> list[int]:

@@ -8,7 +8,7 @@ p-value under the null hypothesis that the text was written without the key.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,8 @@ from distillmark.watermark.keys import WatermarkSpec
 from distillmark.watermark.registry import Scheme, scheme_for
 from distillmark.watermark.tokenizer import tokenizer_for
 
-from .stats import binomial_tail, unique_keys
+from .nulls import run_test
+from .stats import unique_keys
 
 __all__ = ["DEFAULT_MIN_SCORED", "DetectionResult", "Detector", "Verdict", "detect_ids"]
 
@@ -56,44 +57,37 @@ class DetectionResult:
     """Result of a watermark test on one text.
 
     Attributes:
-        statistic: number of green tuples among the scored ones (the binomial test statistic).
-        pvalue: exact ``P(Binomial(n_scored, gamma) >= statistic)``; may underflow to 0.0
-            below ~1e-308, then ``log10_pvalue`` still holds its value.
+        statistic: the test statistic (green-list schemes: the number of green tuples).
+        pvalue: exact p-value under the null hypothesis that the text does not depend on the
+            key; may underflow to 0.0 below ~1e-308, then ``log10_pvalue`` still holds it.
         log10_pvalue: log10 of the p-value, finite whatever its size.
         n_tokens: tokens in the text (after stripping the prompt).
         n_scored: distinct tuples scored (after dedup, without the first ``h`` tokens).
         n_repeated: scorable tokens left out because their tuple was already counted.
-        gamma: probability that a tuple is green under the null (the scheme's exact value).
+        score_mean: mean score per scored unit (green-list: the share of green tuples).
+        null_mean: its expectation without the key (green-list: the exact gamma).
+        z_score: standardised statistic, for reading only (the p-value is exact, not from z).
+        test: name of the test (``binomial``, ...).
         min_scored: fewer scored tuples than this is "insufficient evidence".
         dedup: whether repeated tuples were counted once.
         scheme: scheme name.
         key_id: public id of the key tested.
     """
 
-    statistic: int
+    statistic: float
     pvalue: float
     log10_pvalue: float
     n_tokens: int
     n_scored: int
     n_repeated: int
-    gamma: float
+    score_mean: float
+    null_mean: float
+    z_score: float
+    test: str
     min_scored: int
     dedup: bool
     scheme: str
     key_id: str
-
-    @property
-    def green_fraction(self) -> float:
-        """Share of scored tuples that are green (0.0 when nothing was scored)."""
-        return self.statistic / self.n_scored if self.n_scored else 0.0
-
-    @property
-    def z_score(self) -> float:
-        """Standardised green count, for reading only (the p-value is exact, not from z)."""
-        if not self.n_scored:
-            return 0.0
-        sd = math.sqrt(self.n_scored * self.gamma * (1.0 - self.gamma))
-        return (self.statistic - self.gamma * self.n_scored) / sd
 
     def is_sufficient(self) -> bool:
         return self.n_scored >= self.min_scored
@@ -113,14 +107,7 @@ class DetectionResult:
 
     def to_dict(self, alpha: float | None = None) -> dict[str, Any]:
         """JSON-ready dict; with ``alpha``, the decision at that level is included."""
-        d: dict[str, Any] = {
-            "statistic": self.statistic, "pvalue": self.pvalue,
-            "log10_pvalue": self.log10_pvalue, "n_tokens": self.n_tokens,
-            "n_scored": self.n_scored, "n_repeated": self.n_repeated,
-            "green_fraction": self.green_fraction, "z_score": self.z_score,
-            "gamma": self.gamma, "min_scored": self.min_scored, "dedup": self.dedup,
-            "test": "binomial", "scheme": self.scheme, "key_id": self.key_id,
-        }
+        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         if alpha is not None:
             d["alpha"] = alpha
             d["verdict"] = self.verdict(alpha)
@@ -154,13 +141,13 @@ def detect_ids(ids: np.ndarray, scheme: Scheme, *, prompt_len: int = 0, dedup: b
     n_scorable = keys.size
     if dedup:
         keys = unique_keys(keys)
-    n = int(keys.size)
-    k = int(np.count_nonzero(scheme.key_scores(keys))) if n else 0
-    gamma = scheme.gamma_effective
-    tail = binomial_tail(k, n, gamma)
-    return DetectionResult(statistic=k, pvalue=tail.pvalue, log10_pvalue=tail.log10_pvalue,
-                           n_tokens=int(ids.size - prompt_len), n_scored=n,
-                           n_repeated=n_scorable - n, gamma=gamma, min_scored=min_scored,
+    outcome = run_test(scheme.test, scheme.key_scores(keys), scheme.test_params)
+    return DetectionResult(statistic=outcome.statistic, pvalue=outcome.pvalue,
+                           log10_pvalue=outcome.log10_pvalue,
+                           n_tokens=int(ids.size - prompt_len), n_scored=int(keys.size),
+                           n_repeated=n_scorable - int(keys.size),
+                           score_mean=outcome.score_mean, null_mean=outcome.null_mean,
+                           z_score=outcome.z_score, test=scheme.test, min_scored=min_scored,
                            dedup=dedup, scheme=scheme.name, key_id=scheme.key_id)
 
 

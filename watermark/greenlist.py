@@ -154,6 +154,7 @@ class GreenList:
     """
 
     name = SCHEME_NAME
+    #: Detection's test (see ``distillmark.verify.nulls``) and its null parameters.
     test = "binomial"
 
     def __init__(self, secret: bytes, params: GreenListParams, vocab_size: int, *,
@@ -168,6 +169,7 @@ class GreenList:
         self.threshold = round(params.gamma * 2.0**32)
         #: The exact probability that a cell is green: the binomial test's null parameter.
         self.gamma_effective = self.threshold / 2.0**32
+        self.test_params = {"p": self.gamma_effective}
         self.n_rows = 1 if params.context_width == 0 else params.n_lists
         self._shift = np.uint64(64 - int(math.log2(self.n_rows))) if self.n_rows > 1 else None
 
