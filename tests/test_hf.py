@@ -140,7 +140,7 @@ def test_processor_with_fewer_than_h_tokens_is_a_no_op() -> None:
 
 
 def test_processor_rejects_bad_arguments() -> None:
-    with pytest.raises(ParameterError, match=r"^`scheme` must be a GreenList, got str$"):
+    with pytest.raises(ParameterError, match=r"^`scheme` must be a distillmark scheme, got str$"):
         hf.WatermarkLogitsProcessor("greenlist")  # type: ignore[arg-type]
     proc = hf.WatermarkLogitsProcessor(make_scheme())
     with pytest.raises(ParameterError, match=r"^logits width 1000 is smaller than the spec's "

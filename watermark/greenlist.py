@@ -154,6 +154,8 @@ class GreenList:
     """
 
     name = SCHEME_NAME
+    #: Logit bias only: the engine samples (see ``process``).
+    samples = False
     #: Detection's test (see ``distillmark.verify.nulls``) and its null parameters.
     test = "binomial"
 
@@ -330,6 +332,15 @@ class GreenList:
         np.add.at(out, (np.arange(out.shape[0])[:, None], cand),
                   out.dtype.type(self.params.delta) * green)
         return out
+
+    def process(self, logits: np.ndarray, contexts: np.ndarray, *, prompt_width: int = 0,
+                temperature: float = 1.0, top_p: float = 1.0) -> np.ndarray:
+        """The engine-neutral generation hook every adapter calls: here, :meth:`bias`.
+
+        ``prompt_width``, ``temperature`` and ``top_p`` matter only to sampling schemes; a
+        logit-bias scheme leaves sampling to the engine.
+        """
+        return self.bias(logits, contexts)
 
     def selfhash_candidates(self, logits: np.ndarray, ctx: np.ndarray
                             ) -> tuple[np.ndarray, np.ndarray]:

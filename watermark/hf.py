@@ -62,18 +62,28 @@ __all__ = [
 
 
 class WatermarkLogitsProcessor(LogitsProcessor):
-    """Green-list watermark for ``model.generate(..., logits_processor=[processor])``.
+    """A scheme's watermark for ``model.generate(..., logits_processor=[processor])``.
 
     ``input_ids (B, L)`` hold each row's prompt and generated tokens (left-padded in a batch;
     pads are never read as long as prompts have at least ``h`` tokens), ``scores (B, W)`` the
-    logits; ``W >= V``, extra columns untouched. Rows with fewer than ``h`` tokens are left as
-    they are. The result equals ``scheme.bias(scores, input_ids)`` to float precision.
+    logits; ``W >= V``. The result equals ``scheme.process(scores, input_ids, ...)``, the numpy
+    reference, to float precision.
+
+    Logit-bias schemes (green-list) keep the model's own sampling: transformers applies its
+    temperature and top-p after this processor. *Sampling* schemes (``scheme.samples``) choose
+    or reweight the distribution themselves, so they take ``temperature`` and ``top_p`` here and
+    ``generate`` must then sample at temperature 1 with no other warper (``hf.generate`` does).
     """
 
-    def __init__(self, scheme: GreenList) -> None:
-        if not isinstance(scheme, GreenList):
-            raise ParameterError(f"`scheme` must be a GreenList, got {type(scheme).__name__}")
+    def __init__(self, scheme: Any, *, temperature: float = 1.0, top_p: float = 1.0) -> None:
+        for attr in ("process", "vocab_size", "context_width"):
+            if not hasattr(scheme, attr):
+                raise ParameterError(f"`scheme` must be a distillmark scheme, got "
+                                     f"{type(scheme).__name__}")
         self.scheme = scheme
+        self.temperature = temperature
+        self.top_p = top_p
+        self._prompt_width: int | None = None
         self._cache: dict[tuple[str, Any], Any] = {}
 
     def _on(self, name: str, device: torch.device, dtype: torch.dtype | None = None) -> Any:
@@ -94,6 +104,8 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         if scores.shape[-1] < V:
             raise ParameterError(f"logits width {scores.shape[-1]} is smaller than the spec's "
                                  f"vocab_size {V} (wrong model or tokenizer?)")
+        if not isinstance(s, GreenList):
+            return self._process_generic(input_ids, scores)
         if input_ids.shape[1] < h or s.params.delta == 0.0:
             return scores
         dev = scores.device
@@ -113,6 +125,20 @@ class WatermarkLogitsProcessor(LogitsProcessor):
             rows = torch.from_numpy(s.rows(ctx)).to(dev)
         table = self._on("delta_table", dev, scores.dtype)
         scores[:, :V] += table.index_select(0, rows)
+        return scores
+
+    def _process_generic(self, input_ids: torch.LongTensor, scores: torch.FloatTensor
+                         ) -> torch.FloatTensor:
+        """Any scheme through its numpy ``process`` (one host round trip per step)."""
+        V = self.scheme.vocab_size
+        if self._prompt_width is None:
+            self._prompt_width = int(input_ids.shape[1])
+        out = self.scheme.process(scores[:, :V].float().cpu().numpy(), input_ids.cpu().numpy(),
+                                  prompt_width=self._prompt_width,
+                                  temperature=self.temperature, top_p=self.top_p)
+        scores[:, :V] = torch.from_numpy(np.ascontiguousarray(out)).to(scores)
+        if scores.shape[1] > V and getattr(self.scheme, "samples", False):
+            scores[:, V:] = -torch.inf
         return scores
 
 
@@ -150,7 +176,7 @@ class LoadedModel:
                 f"model {self.source} has a different tokenizer from the one key {spec.key_id} "
                 "was made for; make a key with --tokenizer pointing at this model")
 
-    def generate(self, prompts: Sequence[str], *, scheme: GreenList | None,
+    def generate(self, prompts: Sequence[str], *, scheme: Any | None,
                  max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
                  batch_size: int = 8, seed: int | None = None) -> list[Completion]:
         return generate(self, prompts, scheme=scheme, max_new_tokens=max_new_tokens,
@@ -225,7 +251,7 @@ def _prompt_texts(tok: Any, prompts: Sequence[str], chat: bool | None) -> list[s
                                     add_generation_prompt=True) for p in prompts]
 
 
-def generate(lm: LoadedModel, prompts: Sequence[str], *, scheme: GreenList | None,
+def generate(lm: LoadedModel, prompts: Sequence[str], *, scheme: Any | None,
              max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
              batch_size: int = 8, seed: int | None = None, chat: bool | None = None
              ) -> list[Completion]:
@@ -252,7 +278,7 @@ def generate(lm: LoadedModel, prompts: Sequence[str], *, scheme: GreenList | Non
     if seed is not None:
         torch.manual_seed(seed)
     texts = _prompt_texts(tok, prompts, chat)
-    processors = [WatermarkLogitsProcessor(scheme)] if scheme is not None else []
+    sampling = scheme is not None and getattr(scheme, "samples", False)
     out: list[Completion] = []
     eos = {tok.eos_token_id, tok.pad_token_id} - {None}
     for i in range(0, len(texts), batch_size):
@@ -262,10 +288,14 @@ def generate(lm: LoadedModel, prompts: Sequence[str], *, scheme: GreenList | Non
         enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False,
                   padding_side="left")
         enc = {k: v.to(model.device) for k, v in enc.items()}
+        processors = ([WatermarkLogitsProcessor(scheme, temperature=temperature, top_p=top_p)]
+                      if scheme is not None else [])
         kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens,
                                   "pad_token_id": tok.pad_token_id,
                                   "logits_processor": processors}
-        if temperature == 0:
+        if sampling:  # the scheme applies temperature and top-p itself
+            kwargs.update(do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
+        elif temperature == 0:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
             kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)

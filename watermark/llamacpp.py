@@ -47,17 +47,33 @@ _PROBE = ("The quick brown fox jumps over 13 lazy dogs; naïve café, Straße, �
 class LlamaCppWatermark:
     """``logits_processor`` for llama-cpp-python that adds the scheme's watermark bias."""
 
-    def __init__(self, scheme: GreenList) -> None:
-        if not isinstance(scheme, GreenList):
-            raise ParameterError(f"`scheme` must be a GreenList, got {type(scheme).__name__}")
+    def __init__(self, scheme: Any, *, temperature: float = 1.0, top_p: float = 1.0) -> None:
+        if not hasattr(scheme, "process"):
+            raise ParameterError(f"`scheme` must be a distillmark scheme, got "
+                                 f"{type(scheme).__name__}")
         self.scheme = scheme
+        self.temperature = temperature
+        self.top_p = top_p
+        self._prompt_width: int | None = None
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """``input_ids: (n,) intc``, ``scores: (n_vocab,) float32`` -> ``(n_vocab,) float32``."""
-        h = self.scheme.context_width
-        ctx = np.asarray(input_ids[len(input_ids) - h:] if h else input_ids[:0],
-                         dtype=np.int64)[None, :]
-        return self.scheme.bias(scores[None, :], ctx)[0].astype(np.float32, copy=False)
+        s = self.scheme
+        if isinstance(s, GreenList):  # only the last h tokens matter: skip the full copy
+            h = s.context_width
+            ctx = np.asarray(input_ids[len(input_ids) - h:] if h else input_ids[:0],
+                             dtype=np.int64)[None, :]
+            return s.bias(scores[None, :], ctx)[0].astype(np.float32, copy=False)
+        if self._prompt_width is None or len(input_ids) < self._prompt_width:
+            self._prompt_width = len(input_ids)  # a new prompt: llama.cpp restarted
+        V = s.vocab_size
+        out = np.array(scores, dtype=np.float32, copy=True)
+        out[:V] = s.process(scores[None, :V], np.asarray(input_ids, dtype=np.int64)[None, :],
+                            prompt_width=self._prompt_width, temperature=self.temperature,
+                            top_p=self.top_p)[0]
+        if out.size > V and getattr(s, "samples", False):
+            out[V:] = -np.inf
+        return out
 
 
 @dataclass
@@ -104,7 +120,7 @@ class LlamaCppModel:
         return env.from_string(self.chat_template).render(
             messages=[{"role": "user", "content": prompt}], add_generation_prompt=True)
 
-    def generate(self, prompts: Sequence[str], *, scheme: GreenList | None,
+    def generate(self, prompts: Sequence[str], *, scheme: Any | None,
                  max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
                  batch_size: int = 1, seed: int | None = None) -> list[Completion]:
         """Answer ``prompts`` one at a time (llama.cpp has no batched sampling here).
@@ -118,19 +134,23 @@ class LlamaCppModel:
         if temperature < 0 or not 0 < top_p <= 1:
             raise ParameterError(f"need temperature >= 0 and 0 < top_p <= 1, got "
                                  f"{temperature}, {top_p}")
-        procs = (llama_cpp.LogitsProcessorList([LlamaCppWatermark(scheme)])
-                 if scheme is not None else None)
-        eos = self.llm.token_eos()
+        sampling = scheme is not None and getattr(scheme, "samples", False)
+        eog = self._eog
         out: list[Completion] = []
         for i, prompt in enumerate(prompts):
+            procs = (llama_cpp.LogitsProcessorList([LlamaCppWatermark(
+                scheme, temperature=temperature, top_p=top_p)]) if scheme is not None else None)
+            # A sampling scheme applies temperature and top-p itself: llama.cpp then samples
+            # the distribution it returns as is.
+            temp, tp, tk = (1.0, 1.0, 0) if sampling else (temperature, top_p, self.top_k)
             if seed is not None:
                 self.llm.set_seed(seed + i)
             p_ids = self.tokenize(self._prompt_text(prompt), special=True)
             comp: list[int] = []
-            for tok in self.llm.generate(p_ids, temp=temperature, top_k=self.top_k, top_p=top_p,
+            for tok in self.llm.generate(p_ids, temp=temp, top_k=tk, top_p=tp,
                                          min_p=0.0, typical_p=1.0, repeat_penalty=1.0,
                                          reset=True, logits_processor=procs):
-                if tok == eos or tok in self._eog:
+                if tok in eog:
                     break
                 comp.append(int(tok))
                 if len(comp) >= max_new_tokens:
