@@ -47,6 +47,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import prf
+from .context import COMBINES as _COMBINES
+from .context import ContextRows
 from .errors import ParameterError
 
 if TYPE_CHECKING:
@@ -56,9 +58,7 @@ __all__ = ["SCHEME_NAME", "GreenList", "GreenListParams"]
 
 SCHEME_NAME = "greenlist"
 _SEEDINGS = ("lefthash", "selfhash")
-_COMBINES = ("hash", "min")
 _MAX_WIDTH = 8
-_ROT = 23
 # Unique tuple keys above which detection builds the whole table instead of one AES block each.
 _TABLE_THRESHOLD = 262_144
 _TABLE_CHUNK_CELLS = 1 << 24
@@ -136,12 +136,6 @@ class GreenListParams:
         return asdict(self)
 
 
-def _rotl(x: np.ndarray, r: int) -> np.ndarray:
-    if r == 0:
-        return x
-    return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
-
-
 class GreenList:
     """The green-list scheme for one spec: ``bias`` for generation, tuple keys and green bits for
     detection. Both sides call the same functions, so they cannot drift apart.
@@ -173,7 +167,10 @@ class GreenList:
         self.gamma_effective = self.threshold / 2.0**32
         self.test_params = {"p": self.gamma_effective}
         self.n_rows = 1 if params.context_width == 0 else params.n_lists
-        self._shift = np.uint64(64 - int(math.log2(self.n_rows))) if self.n_rows > 1 else None
+        self.context = ContextRows(self._token_key, vocab_size,
+                                   context_width=params.context_width,
+                                   selfhash=params.seeding == "selfhash",
+                                   combine=params.combine, n_rows=self.n_rows)
 
     @classmethod
     def from_spec(cls, spec: WatermarkSpec) -> GreenList:
@@ -192,18 +189,20 @@ class GreenList:
     @property
     def window(self) -> int:
         """Tokens that select a row: ``h``, plus the scored token itself with selfhash."""
-        return self.params.context_width + (self.params.seeding == "selfhash")
+        return self.context.window
 
     # -- keyed tables ------------------------------------------------------------------------
-    @cached_property
+    @property
     def token_values(self) -> np.ndarray:
         """``P``: one keyed uint64 per token id, ``(V,) uint64``."""
-        return prf.u64_stream(self._token_key, self.vocab_size)
+        return self.context.token_values
 
-    @cached_property
-    def _rows_by_token(self) -> np.ndarray:
-        """Row chosen by a one-token window, for every token: ``(V,) int64``."""
-        return self._finish(self.token_values.copy())
+    def rows(self, windows: np.ndarray) -> np.ndarray:
+        """Row (green list) selected by each window: ``(..., w) int -> (...) int64``.
+
+        ``w`` must equal :attr:`window`; ``w = 0`` (unigram) selects row 0.
+        """
+        return self.context.rows(windows)
 
     @cached_property
     def table(self) -> np.ndarray:
@@ -225,40 +224,6 @@ class GreenList:
         """
         return self.table.astype(np.float32) * np.float32(self.params.delta)
 
-    def _finish(self, s: np.ndarray) -> np.ndarray:
-        if self._shift is None:
-            return np.zeros(s.shape, dtype=np.int64)
-        return (prf.fmix64(s) >> self._shift).astype(np.int64)
-
-    def rows(self, windows: np.ndarray) -> np.ndarray:
-        """Row (green list) selected by each window: ``(..., w) int -> (...) int64``.
-
-        ``w`` must equal :attr:`window`; ``w = 0`` (unigram) selects row 0.
-        """
-        windows = np.asarray(windows)
-        w = windows.shape[-1]
-        if w != self.window:
-            raise ParameterError(f"windows must have {self.window} tokens, got {w}")
-        self._check_ids(windows)
-        if w == 0 or self._shift is None:
-            return np.zeros(windows.shape[:-1], dtype=np.int64)
-        if w == 1:
-            return self._rows_by_token[windows[..., 0]]
-        vals = self.token_values[windows]
-        if self.params.combine == "min":
-            s = vals.min(axis=-1)
-        else:
-            s = vals[..., 0].copy()
-            for j in range(1, w):
-                s += _rotl(vals[..., j], (_ROT * j) % 64)
-        return self._finish(s)
-
-    def _check_ids(self, ids: np.ndarray) -> None:
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            bad = ids.max() if ids.max() >= self.vocab_size else ids.min()
-            raise ParameterError(f"token id {int(bad)} is outside the spec's vocabulary "
-                                 f"0..{self.vocab_size - 1} (wrong tokenizer?)")
-
     # -- detection ---------------------------------------------------------------------------
     def tuple_keys(self, ids: np.ndarray) -> np.ndarray:
         """Tuple key of every scorable token: ``ids (n,) int -> (max(n - h, 0),) uint64``.
@@ -266,28 +231,7 @@ class GreenList:
         Entry ``i`` belongs to token ``ids[h + i]``; equal keys mean equal green bits (the same
         table cell), which is what detection deduplicates on.
         """
-        ids = np.asarray(ids)
-        if ids.ndim != 1:
-            raise ParameterError(f"`ids` must be 1-D, got shape {ids.shape}")
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise ParameterError(f"`ids` must hold integers, got dtype {ids.dtype}")
-        ids = ids.astype(np.int64, copy=False)
-        h = self.context_width
-        n = ids.size - h
-        if n <= 0:
-            return np.zeros(0, dtype=np.uint64)
-        self._check_ids(ids)
-        tokens = ids[h:]
-        if self.window == 0:
-            rows = np.zeros(n, dtype=np.int64)
-        elif self.window == 1:
-            rows = self._rows_by_token[ids[:n] if h == 1 else tokens]
-        else:
-            win = np.lib.stride_tricks.sliding_window_view(ids, self.window)
-            rows = self.rows(win[:n])
-        keys = rows.astype(np.uint64) * np.uint64(self.vocab_size)
-        keys += tokens.astype(np.uint64)
-        return keys
+        return self.context.tuple_keys(ids)
 
     def key_scores(self, keys: np.ndarray) -> np.ndarray:
         """Green bit of each tuple key: ``(n,) uint64 -> (n,) bool``."""

@@ -93,7 +93,7 @@ class WatermarkLogitsProcessor(LogitsProcessor):
             if name == "delta_table":
                 value = torch.from_numpy(s.delta_table).to(device=device, dtype=dtype)
             else:  # rows_by_token
-                value = torch.from_numpy(s.rows(np.arange(s.vocab_size)[:, None])).to(device)
+                value = torch.from_numpy(s.context.rows_by_token).to(device)
             self._cache[key] = value
         return self._cache[key]
 

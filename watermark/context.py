@@ -1,0 +1,134 @@
+"""Keyed context hashing shared by the schemes: a window of token ids -> one of ``n_rows`` rows.
+
+A scheme scores token ``ids[i]`` against a keyed table row chosen by a window of tokens:
+the ``h`` tokens before it, or those and the token itself ("selfhash"). The window's tokens are
+mapped to keyed 64-bit values ``P[t]`` (a keyed ``uint64`` stream, :mod:`.prf`) and combined,
+``"hash"``: ``sum_j rotl(P[w_j], 23 j)``, or ``"min"``: ``min_j P[w_j]``; MurmurHash3's
+finaliser spreads the result and its top ``log2(n_rows)`` bits are the row.
+
+The *tuple key* of a scored token is ``row * V + token``: equal keys mean the same table cell,
+hence the same score, which is what detection deduplicates on.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+
+import numpy as np
+
+from . import prf
+from .errors import ParameterError
+
+__all__ = ["COMBINES", "ContextRows"]
+
+COMBINES = ("hash", "min")
+_ROT = 23
+
+
+def _rotl(x: np.ndarray, r: int) -> np.ndarray:
+    if r == 0:
+        return x
+    return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
+
+
+class ContextRows:
+    """Window -> row map of one key.
+
+    Args:
+        token_key: 32-byte sub-key of the per-token values ``P``.
+        vocab_size: ``V``.
+        context_width: ``h``, tokens before the scored one in its window.
+        selfhash: the window also holds the scored token itself.
+        combine: ``"hash"`` or ``"min"``.
+        n_rows: number of rows, a power of two (1: every window selects row 0).
+    """
+
+    def __init__(self, token_key: bytes, vocab_size: int, *, context_width: int,
+                 selfhash: bool, combine: str, n_rows: int) -> None:
+        if combine not in COMBINES:
+            raise ParameterError(f"`combine` must be one of {', '.join(COMBINES)}, got {combine!r}")
+        if n_rows < 1 or n_rows & (n_rows - 1):
+            raise ParameterError(f"`n_rows` must be a power of two >= 1, got {n_rows}")
+        self._token_key = token_key
+        self.vocab_size = vocab_size
+        self.context_width = context_width
+        self.window = context_width + bool(selfhash)
+        self.combine = combine
+        self.n_rows = n_rows
+        self._shift = np.uint64(64 - int(math.log2(n_rows))) if n_rows > 1 else None
+
+    @cached_property
+    def token_values(self) -> np.ndarray:
+        """``P``: one keyed uint64 per token id, ``(V,) uint64``."""
+        return prf.u64_stream(self._token_key, self.vocab_size)
+
+    @cached_property
+    def rows_by_token(self) -> np.ndarray:
+        """Row chosen by a one-token window, for every token: ``(V,) int64``."""
+        return self._finish(self.token_values.copy())
+
+    def _finish(self, s: np.ndarray) -> np.ndarray:
+        if self._shift is None:
+            return np.zeros(s.shape, dtype=np.int64)
+        return (prf.fmix64(s) >> self._shift).astype(np.int64)
+
+    def check_ids(self, ids: np.ndarray) -> None:
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            bad = ids.max() if ids.max() >= self.vocab_size else ids.min()
+            raise ParameterError(f"token id {int(bad)} is outside the spec's vocabulary "
+                                 f"0..{self.vocab_size - 1} (wrong tokenizer?)")
+
+    def rows(self, windows: np.ndarray) -> np.ndarray:
+        """Row selected by each window: ``(..., w) int -> (...) int64``, ``w`` = :attr:`window`."""
+        windows = np.asarray(windows)
+        w = windows.shape[-1]
+        if w != self.window:
+            raise ParameterError(f"windows must have {self.window} tokens, got {w}")
+        self.check_ids(windows)
+        if w == 0 or self._shift is None:
+            return np.zeros(windows.shape[:-1], dtype=np.int64)
+        if w == 1:
+            return self.rows_by_token[windows[..., 0]]
+        vals = self.token_values[windows]
+        if self.combine == "min":
+            s = vals.min(axis=-1)
+        else:
+            s = vals[..., 0].copy()
+            for j in range(1, w):
+                s += _rotl(vals[..., j], (_ROT * j) % 64)
+        return self._finish(s)
+
+    def tuple_rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and tokens of every scorable token: ``ids (n,) -> rows, tokens (max(n-h,0),)``.
+
+        Entry ``i`` belongs to token ``ids[h + i]``.
+        """
+        ids = np.asarray(ids)
+        if ids.ndim != 1:
+            raise ParameterError(f"`ids` must be 1-D, got shape {ids.shape}")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ParameterError(f"`ids` must hold integers, got dtype {ids.dtype}")
+        ids = ids.astype(np.int64, copy=False)
+        h = self.context_width
+        n = ids.size - h
+        if n <= 0:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty
+        self.check_ids(ids)
+        tokens = ids[h:]
+        if self.window == 0 or self._shift is None:
+            rows = np.zeros(n, dtype=np.int64)
+        elif self.window == 1:
+            rows = self.rows_by_token[ids[:n] if h == 1 else tokens]
+        else:
+            win = np.lib.stride_tricks.sliding_window_view(ids, self.window)
+            rows = self.rows(win[:n])
+        return rows, tokens
+
+    def tuple_keys(self, ids: np.ndarray) -> np.ndarray:
+        """Tuple key ``row * V + token`` of every scorable token: ``(max(n-h,0),) uint64``."""
+        rows, tokens = self.tuple_rows(ids)
+        keys = rows.astype(np.uint64) * np.uint64(self.vocab_size)
+        keys += tokens.astype(np.uint64)
+        return keys
