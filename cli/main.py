@@ -18,7 +18,14 @@ from typing import Any
 
 import typer
 
-from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, DetectionResult, Detector
+from distillmark.verify import (
+    DEFAULT_ALPHA,
+    DEFAULT_MIN_SCORED,
+    DetectionResult,
+    Detector,
+    KeyRingDetector,
+    KeyRingResult,
+)
 from distillmark.watermark import (
     BUILTIN_SMOLLM2,
     PRESETS,
@@ -80,7 +87,7 @@ def _errors_exit() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def _fmt_p(result: DetectionResult) -> str:
+def _fmt_p(result: DetectionResult | KeyRingResult) -> str:
     if result.pvalue > 0:
         return f"{result.pvalue:.3g}"
     return f"1e{result.log10_pvalue:.1f}"
@@ -89,7 +96,17 @@ def _fmt_p(result: DetectionResult) -> str:
 DEFAULT_MAX_BYTES = 1 << 30
 
 
-def _fmt_score(result: DetectionResult) -> str:
+def _fmt_key(result: DetectionResult | KeyRingResult) -> str:
+    if isinstance(result, KeyRingResult):
+        b = result.best
+        return (f"{b.n_tokens} tokens; best of {result.n_keys} keys: {b.key_id}, "
+                f"p corrected for {result.n_keys} keys")
+    return f"{result.n_tokens} tokens; key {result.key_id}"
+
+
+def _fmt_score(result: DetectionResult | KeyRingResult) -> str:
+    if isinstance(result, KeyRingResult):
+        result = result.best
     if result.test == "binomial":
         return (f"{result.statistic}/{result.n_scored} scored tokens green, "
                 f"{result.score_mean:.1%}, {result.null_mean:.1%} expected without the key")
@@ -184,7 +201,8 @@ def keygen(
 @app.command(epilog=_EXIT_HELP)
 def detect(
     files: list[str] = typer.Argument(None, help="Text files to test; - or nothing: stdin."),
-    key: Path = typer.Option(..., "--key", "-k", help="The watermark key (spec file)."),
+    key: list[Path] = typer.Option(..., "--key", "-k", help="The watermark key (spec file); "
+                                   "repeat it to test several keys (Bonferroni-corrected)."),
     alpha: float = typer.Option(DEFAULT_ALPHA, help="Significance level of the verdict."),
     min_scored: int = typer.Option(DEFAULT_MIN_SCORED, help="Fewer scored tokens than this "
                                    "is 'insufficient evidence'."),
@@ -200,7 +218,10 @@ def detect(
         _err(f"--alpha must be in (0, 1), got {alpha}")
         raise typer.Exit(EXIT_ERROR)
     with _errors_exit():
-        detector = Detector(load_spec(key), tokenizer=tokenizer, min_scored=min_scored)
+        specs = [load_spec(k) for k in key]
+        detector: Detector | KeyRingDetector = (
+            Detector(specs[0], tokenizer=tokenizer, min_scored=min_scored) if len(specs) == 1
+            else KeyRingDetector(specs, tokenizer=tokenizer, min_scored=min_scored))
     names = list(files) if files else ["-"]
     found = errors = 0
     for name in names:
@@ -221,7 +242,7 @@ def detect(
             typer.echo(json.dumps({"source": label, **result.to_dict(alpha)}))
         else:
             typer.echo(f"{label}: {result.verdict(alpha)} (p = {_fmt_p(result)}; "
-                       f"{_fmt_score(result)}; {result.n_tokens} tokens; key {result.key_id})")
+                       f"{_fmt_score(result)}; {_fmt_key(result)})")
     raise typer.Exit(EXIT_ERROR if errors else EXIT_FOUND if found else EXIT_NOT_FOUND)
 
 

@@ -1,22 +1,25 @@
 """Verification: statistical tests for watermarks in texts (and, later, datasets and models)."""
 
 from .detect import (
-           DEFAULT_ALPHA,
-           DEFAULT_MIN_SCORED,
-           DetectionResult,
-           Detector,
-           Verdict,
-           detect_ids,
+    DEFAULT_ALPHA,
+    DEFAULT_MIN_SCORED,
+    DetectionResult,
+    Detector,
+    Verdict,
+    detect_ids,
 )
+from .keyring import KeyRingDetector, KeyRingResult
 from .stats import binomial_tail, unique_keys
 
 __all__ = [
-           "DEFAULT_ALPHA",
-           "DEFAULT_MIN_SCORED",
-           "DetectionResult",
-           "Detector",
-           "Verdict",
-           "binomial_tail",
-           "detect_ids",
-           "unique_keys",
+    "DEFAULT_ALPHA",
+    "DEFAULT_MIN_SCORED",
+    "DetectionResult",
+    "Detector",
+    "KeyRingDetector",
+    "KeyRingResult",
+    "Verdict",
+    "binomial_tail",
+    "detect_ids",
+    "unique_keys",
 ]

@@ -185,16 +185,20 @@ class Detector:
         encoded = self.tokenizer.encode_batch_fast(_chunks(text), add_special_tokens=False)
         return np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encoded])
 
+    def encode_with_prompt(self, text: str, prompt: str | None = None
+                           ) -> tuple[np.ndarray, int]:
+        """Token ids of ``prompt`` + ``text`` and the prompt's length in tokens."""
+        ids = self.encode(text)
+        if not prompt:
+            return ids, 0
+        p_ids = np.asarray(self.tokenizer.encode(prompt, add_special_tokens=False).ids,
+                           dtype=np.int64)
+        return np.concatenate([p_ids, ids]), int(p_ids.size)
+
     def detect(self, text: str, *, prompt: str | None = None) -> DetectionResult:
         """Test one text. With ``prompt``, the text is taken to follow it: the prompt's last
         tokens are context for the first scored ones (as at generation), never scored."""
-        ids = self.encode(text)
-        prompt_len = 0
-        if prompt:
-            p_ids = np.asarray(self.tokenizer.encode(prompt, add_special_tokens=False).ids,
-                               dtype=np.int64)
-            ids = np.concatenate([p_ids, ids])
-            prompt_len = p_ids.size
+        ids, prompt_len = self.encode_with_prompt(text, prompt)
         return detect_ids(ids, self.scheme, prompt_len=prompt_len, dedup=self.dedup,
                           min_scored=self.min_scored)
 

@@ -1,0 +1,95 @@
+"""Detection against several keys at once (a key ring), corrected for the number of keys tried.
+
+Testing K keys and keeping the best p-value inflates false positives K-fold; the ring reports
+the Bonferroni-corrected p-value ``min(1, K * min_k p_k)``, valid whatever the dependence between
+the keys' tests, and records ``n_keys``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distillmark.watermark.errors import ParameterError
+from distillmark.watermark.keys import WatermarkSpec
+
+from .detect import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, DetectionResult, Detector, Verdict
+
+__all__ = ["KeyRingDetector", "KeyRingResult"]
+
+
+@dataclass(frozen=True)
+class KeyRingResult:
+    """Result of testing one text against ``n_keys`` keys.
+
+    Attributes:
+        best: the per-key result with the smallest p-value.
+        pvalue: Bonferroni-corrected p-value of the best key, ``min(1, n_keys * best.pvalue)``.
+        log10_pvalue: its log10, finite whatever its size.
+        n_keys: number of keys tested (the correction's multiplier).
+        results: every key's own (uncorrected) result, in the ring's order.
+    """
+
+    best: DetectionResult
+    pvalue: float
+    log10_pvalue: float
+    n_keys: int
+    results: tuple[DetectionResult, ...]
+
+    def is_watermarked(self, alpha: float = DEFAULT_ALPHA) -> bool:
+        if not 0.0 < alpha < 1.0:
+            raise ParameterError(f"`alpha` must be in (0, 1), got {alpha}")
+        return self.best.is_sufficient() and self.log10_pvalue < math.log10(alpha)
+
+    def verdict(self, alpha: float = DEFAULT_ALPHA) -> str:
+        if self.is_watermarked(alpha):
+            return Verdict.WATERMARKED
+        if not self.best.is_sufficient():
+            return Verdict.INSUFFICIENT
+        return Verdict.NOT_WATERMARKED
+
+    def to_dict(self, alpha: float | None = None) -> dict[str, Any]:
+        """The best key's fields with the corrected p-value, plus ``n_keys``, the uncorrected
+        p-value and every key's result (``per_key``)."""
+        d = self.best.to_dict()
+        d.update(pvalue=self.pvalue, log10_pvalue=self.log10_pvalue, n_keys=self.n_keys,
+                 uncorrected_pvalue=self.best.pvalue,
+                 uncorrected_log10_pvalue=self.best.log10_pvalue,
+                 correction="bonferroni", per_key=[r.to_dict() for r in self.results])
+        if alpha is not None:
+            d["alpha"] = alpha
+            d["verdict"] = self.verdict(alpha)
+        return d
+
+
+class KeyRingDetector:
+    """Tests texts against every spec of a ring; texts are tokenised once per tokenizer."""
+
+    def __init__(self, specs: Sequence[WatermarkSpec], *, tokenizer: str | Path | None = None,
+                 min_scored: int = DEFAULT_MIN_SCORED) -> None:
+        if not specs:
+            raise ParameterError("a key ring needs at least one key")
+        ids = [s.key_id for s in specs]
+        if len(set(ids)) != len(ids):
+            dup = next(k for k in ids if ids.count(k) > 1)
+            raise ParameterError(f"key {dup} is in the ring twice")
+        self.detectors = [Detector(s, tokenizer=tokenizer, min_scored=min_scored)
+                          for s in specs]
+
+    def detect(self, text: str, *, prompt: str | None = None) -> KeyRingResult:
+        encoded: dict[str, Any] = {}
+        results = []
+        for det in self.detectors:
+            sha = det.spec.tokenizer.sha256
+            if sha not in encoded:
+                encoded[sha] = det.encode_with_prompt(text, prompt)
+            ids, p_len = encoded[sha]
+            results.append(det.detect_ids(ids, prompt_len=p_len))
+        best = min(results, key=lambda r: r.log10_pvalue)
+        k = len(results)
+        log10 = min(0.0, best.log10_pvalue + math.log10(k))
+        return KeyRingResult(best=best, pvalue=min(1.0, best.pvalue * k), log10_pvalue=log10,
+                             n_keys=k, results=tuple(results))
