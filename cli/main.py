@@ -29,6 +29,7 @@ from distillmark.verify import (
 from distillmark.watermark import (
     BUILTIN_SMOLLM2,
     PRESETS,
+    SCHEMES,
     DistillmarkError,
     InputError,
     derive_account_spec,
@@ -96,6 +97,19 @@ def _fmt_p(result: DetectionResult | KeyRingResult) -> str:
 DEFAULT_MAX_BYTES = 1 << 30
 
 
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"--param must be NAME=VALUE, got {item!r}")
+        try:
+            out[name.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[name.strip()] = raw
+    return out
+
+
 def _fmt_key(result: DetectionResult | KeyRingResult) -> str:
     if isinstance(result, KeyRingResult):
         b = result.best
@@ -153,7 +167,11 @@ def _read_text(name: str, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
 @app.command()
 def keygen(
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the key (mode 0600)."),
+    scheme_name: str | None = typer.Option(None, "--scheme", help="Scheme, with its default "
+                                           "parameters: " + ", ".join(SCHEMES) + "."),
     preset: str = typer.Option("greenlist", help="Parameter preset: " + ", ".join(PRESETS)),
+    param: list[str] = typer.Option([], "--param", help="A scheme parameter NAME=VALUE (VALUE "
+                                    "read as JSON when it parses); repeatable."),
     gamma: float | None = typer.Option(None, help="Green fraction of the vocabulary."),
     delta: float | None = typer.Option(None, help="Logit bias of green tokens."),
     context_width: int | None = typer.Option(None, "--context-width",
@@ -176,10 +194,17 @@ def keygen(
         if derive_from is not None and account is not None:
             spec = derive_account_spec(load_spec(derive_from), account)
         else:
-            scheme, params = PRESETS.get(preset, (None, None))
-            if scheme is None or params is None:
-                raise InputError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+            if scheme_name is not None:
+                if scheme_name not in SCHEMES:
+                    raise InputError(f"unknown scheme {scheme_name!r}; known: "
+                                     f"{', '.join(SCHEMES)}")
+                scheme, params = scheme_name, {}
+            else:
+                scheme, params = PRESETS.get(preset, (None, None))
+                if scheme is None or params is None:
+                    raise InputError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
             params = dict(params)
+            params.update(_parse_params(param))
             for name, value in [("gamma", gamma), ("delta", delta),
                                 ("context_width", context_width), ("seeding", seeding),
                                 ("combine", combine), ("n_lists", n_lists)]:

@@ -731,3 +731,21 @@ def test_demo_with_a_local_model(tiny_model_dir: Path, monkeypatch: pytest.Monke
     assert [r["kind"] for r in rows] == ["watermarked"] * 4 + ["control"] * 4
     assert [r["verdict"] for r in rows] == ["watermarked"] * 4 + ["not watermarked"] * 4
     assert "8/8 answers classified correctly" in " ".join(result.stderr.split())
+
+
+def test_keygen_scheme_and_params(tmp_path: Path) -> None:
+    out = tmp_path / "k.json"
+    result = run("keygen", "--out", out, "--scheme", "greenlist", "--param", "gamma=0.5",
+                 "--param", "context_width=2", "--param", "combine=min", "--json")
+    assert result.exit_code == 0, result.stderr
+    params = json.loads(result.stdout)["params"]
+    assert (params["gamma"], params["context_width"], params["combine"]) == (0.5, 2, "min")
+    bad = run("keygen", "--out", tmp_path / "b.json", "--param", "gamma")
+    assert bad.exit_code == 2
+    assert bad.stderr == "distillmark: error: --param must be NAME=VALUE, got 'gamma'\n"
+    unknown = run("keygen", "--out", tmp_path / "c.json", "--scheme", "nope")
+    assert unknown.exit_code == 2
+    assert unknown.stderr.startswith("distillmark: error: unknown scheme 'nope'; known: ")
+    typo = run("keygen", "--out", tmp_path / "d.json", "--param", "gama=0.5")
+    assert typo.exit_code == 2
+    assert "unknown greenlist parameter(s): gama" in typo.stderr
