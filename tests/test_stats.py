@@ -44,8 +44,10 @@ def test_binomial_tail_equals_scipy_sf() -> None:
         if sf < 1e-300:
             continue
         t = binomial_tail(k, n, p)
-        assert t.pvalue == pytest.approx(sf, rel=1e-12, abs=0)
-        assert t.log10_pvalue == pytest.approx(math.log10(sf), rel=1e-12, abs=1e-12)
+        # special.bdtrc agrees with the exact rational tail to ~1e-12 relative (binom.sf to
+        # ~1e-13): both are exact for any decision; 1e-10 leaves room for platform libm.
+        assert t.pvalue == pytest.approx(sf, rel=1e-10, abs=0)
+        assert t.log10_pvalue == pytest.approx(math.log10(sf), rel=1e-10, abs=1e-12)
         checked += 1
     assert checked > 300
 
