@@ -362,3 +362,20 @@ def test_power_on_watermarked_samples(params: dict[str, Any], spec_factory: Spec
     # the key matters: another key does not see the watermark
     other = scheme_for(spec_factory(secret=bytes(range(1, 33)), **params))
     assert not any(detect_ids(s, other, prompt_len=2).is_watermarked(1e-6) for s in marked)
+
+
+@pytest.mark.parametrize("params", [{}, {"context_width": 0}, {"context_width": 3, "combine": "min"},
+                                    {"context_width": 2, "seeding": "selfhash"}])
+def test_detect_ids_batch_equals_one_by_one(spec_factory, params) -> None:
+    from distillmark.verify import detect_ids_batch
+
+    scheme = scheme_for(spec_factory(n_lists=64, **params))
+    rng = np.random.default_rng(11)
+    seqs = [rng.integers(0, 300, int(rng.integers(0, 300))) for _ in range(300)]
+    seqs += [np.full(500, 7), np.arange(3), np.zeros(0, dtype=np.int64)]
+    plens = [int(rng.integers(0, s.size + 1)) if s.size and i % 3 == 0 else 0
+             for i, s in enumerate(seqs)]
+    one = [detect_ids(s, scheme, prompt_len=p) for s, p in zip(seqs, plens)]
+    assert detect_ids_batch(seqs, scheme, prompt_lens=plens) == one
+    with pytest.raises(ParameterError, match=r"`prompt_lens\[0\]` must be in 0..3, got 4"):
+        detect_ids_batch([np.arange(3)], scheme, prompt_lens=[4])

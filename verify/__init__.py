@@ -7,6 +7,7 @@ from .detect import (
     Detector,
     Verdict,
     detect_ids,
+    detect_ids_batch,
 )
 from .keyring import KeyRingDetector, KeyRingResult
 from .stats import binomial_tail, unique_keys
@@ -21,5 +22,6 @@ __all__ = [
     "Verdict",
     "binomial_tail",
     "detect_ids",
+    "detect_ids_batch",
     "unique_keys",
 ]
