@@ -179,6 +179,20 @@ def keygen(
     seeding: str | None = typer.Option(None, help="lefthash or selfhash."),
     combine: str | None = typer.Option(None, help="hash or min (windows of 2+ tokens)."),
     n_lists: int | None = typer.Option(None, help="Number of green lists (power of two)."),
+    hashing_key: int | None = typer.Option(None, help="transformers-kgw: WatermarkingConfig's "
+                                           "hashing_key (the secret)."),
+    greenlist_ratio: float | None = typer.Option(None, help="transformers-kgw: greenlist_ratio."),
+    bias: float | None = typer.Option(None, help="transformers-kgw: bias."),
+    seeding_scheme: str | None = typer.Option(None, help="transformers-kgw: lefthash or selfhash."),
+    vocab_size: int | None = typer.Option(None, help="transformers-kgw: the model's vocab size."),
+    dedup_by: str | None = typer.Option(None, help="transformers-kgw: seed (exact, default) or "
+                                        "ngram (transformers' counts)."),
+    keys: str | None = typer.Option(None, help="transformers-synthid: comma-separated keys (the "
+                                    "secret)."),
+    ngram_len: int | None = typer.Option(None, help="transformers-synthid: ngram_len."),
+    sampling_table_size: int | None = typer.Option(None, help="transformers-synthid."),
+    sampling_table_seed: int | None = typer.Option(None, help="transformers-synthid."),
+    context_history_size: int | None = typer.Option(None, help="transformers-synthid."),
     tokenizer: str = typer.Option(BUILTIN_SMOLLM2, help="tokenizer.json, a model directory, "
                                   "or builtin:NAME."),
     derive_from: Path | None = typer.Option(None, help="Derive an account key from this "
@@ -205,9 +219,22 @@ def keygen(
                     raise InputError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
             params = dict(params)
             params.update(_parse_params(param))
+            try:
+                key_list = ([int(k) for k in keys.split(",") if k.strip()]
+                            if keys is not None else None)
+            except ValueError:
+                raise InputError(f"--keys must be comma-separated integers, got {keys!r}") from None
             for name, value in [("gamma", gamma), ("delta", delta),
                                 ("context_width", context_width), ("seeding", seeding),
-                                ("combine", combine), ("n_lists", n_lists)]:
+                                ("combine", combine), ("n_lists", n_lists),
+                                ("hashing_key", hashing_key),
+                                ("greenlist_ratio", greenlist_ratio), ("bias", bias),
+                                ("seeding_scheme", seeding_scheme), ("vocab_size", vocab_size),
+                                ("dedup_by", dedup_by), ("keys", key_list),
+                                ("ngram_len", ngram_len),
+                                ("sampling_table_size", sampling_table_size),
+                                ("sampling_table_seed", sampling_table_seed),
+                                ("context_history_size", context_history_size)]:
                 if value is not None:
                     params[name] = value
             _, info = load_tokenizer(tokenizer)

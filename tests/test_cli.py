@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from distillmark.cli.main import app
 from distillmark.watermark import (
     BUILTIN_SMOLLM2,
+    PRESETS,
     GreenList,
     WatermarkSpec,
     derive_account_spec,
@@ -230,7 +231,7 @@ def test_keygen_parameter_overrides_land_in_the_spec(tmp_path: Path) -> None:
     (["--n-lists", "3"], "`n_lists` must be a power of two in 1..65536, got 3"),
     (["--seeding", "middle"], "`seeding` must be one of lefthash, selfhash, got 'middle'"),
     (["--combine", "max"], "`combine` must be one of hash, min, got 'max'"),
-    (["--preset", "nope"], "unknown preset 'nope'; known: greenlist, unigram, selfhash"),
+    (["--preset", "nope"], "unknown preset 'nope'; known: " + ", ".join(PRESETS)),
     (["--preset", "unigram", "--seeding", "selfhash"],
      "`context_width` must be >= 1 with seeding 'selfhash', got 0"),
     (["--tokenizer", "/nonexistent/tokenizer.json"],

@@ -14,9 +14,17 @@ from .errors import (
                      TokenizerMismatchError,
 )
 from .greenlist import GreenList, GreenListParams
+from .gumbel import Gumbel, GumbelParams
 from .keys import WatermarkSpec, derive_account_spec, load_spec, new_spec, save_spec
 from .registry import PRESETS, SCHEMES, scheme_for
 from .tokenizer import BUILTIN_SMOLLM2, TokenizerInfo, load_tokenizer
+from .tournament import Tournament, TournamentParams
+from .transformers_compat import (
+                     TransformersKGW,
+                     TransformersKGWParams,
+                     TransformersSynthID,
+                     TransformersSynthIDParams,
+)
 
 __all__ = [
                      "BUILTIN_SMOLLM2",
@@ -25,6 +33,8 @@ __all__ = [
                      "DistillmarkError",
                      "GreenList",
                      "GreenListParams",
+                     "Gumbel",
+                     "GumbelParams",
                      "InputError",
                      "MissingDependencyError",
                      "ModelNotFoundError",
@@ -32,6 +42,12 @@ __all__ = [
                      "SpecError",
                      "TokenizerInfo",
                      "TokenizerMismatchError",
+                     "Tournament",
+                     "TournamentParams",
+                     "TransformersKGW",
+                     "TransformersKGWParams",
+                     "TransformersSynthID",
+                     "TransformersSynthIDParams",
                      "WatermarkSpec",
                      "derive_account_spec",
                      "load_spec",

@@ -92,16 +92,32 @@ class WatermarkSpec:
 
         object.__setattr__(self, "params", validate_params(self.scheme, self.params))
 
+    def __repr__(self) -> str:
+        # The dataclass repr would print params, which hold the key of interop schemes.
+        pub = self.public_dict()
+        return (f"WatermarkSpec(scheme={self.scheme!r}, params={pub['params']!r}, "
+                f"tokenizer={self.tokenizer!r}, key_id={self.key_id!r}, "
+                f"account_id={self.account_id!r}, parent_key_id={self.parent_key_id!r}, "
+                f"created={self.created!r})")
+
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size
 
     def public_dict(self) -> dict[str, Any]:
-        """Everything but the secret: what may go into logs and reports."""
+        """Everything but the secret: what may go into logs and reports.
+
+        Interop schemes keyed by their params (transformers' ``hashing_key``, SynthID's
+        ``keys``: the scheme's ``secret_params``) have those params shown as ``"<secret>"``:
+        for them the params ARE the secret, and the 32-byte ``secret`` keys nothing.
+        """
+        from .registry import secret_params
+
+        hidden = secret_params(self.scheme)
         d: dict[str, Any] = {
             "key_id": self.key_id,
             "scheme": self.scheme,
-            "params": dict(self.params),
+            "params": {k: "<secret>" if k in hidden else v for k, v in self.params.items()},
             "tokenizer": self.tokenizer.to_dict(),
         }
         if self.account_id is not None:
@@ -144,6 +160,12 @@ def derive_account_spec(master: WatermarkSpec, account_id: str) -> WatermarkSpec
                         f"got {account_id!r}")
     if master.account_id is not None:
         raise SpecError(f"spec {master.key_id} is already an account spec; derive from the master")
+    from .registry import secret_params
+
+    if secret_params(master.scheme):
+        raise SpecError(f"scheme {master.scheme!r} is keyed by its params, not by the spec's "
+                        "secret: derived accounts would all carry the same watermark; make one "
+                        "key per account with its own params instead")
     secret = derive_subkey(master.secret, "account/" + account_id, length=SECRET_BYTES)
     return WatermarkSpec(secret=secret, scheme=master.scheme, params=master.params,
                          tokenizer=master.tokenizer, account_id=account_id,

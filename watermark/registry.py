@@ -3,20 +3,53 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
 
 from .errors import ParameterError, SpecError
 from .greenlist import GreenList, GreenListParams
+from .gumbel import Gumbel, GumbelParams
+from .tournament import Tournament, TournamentParams
+from .transformers_compat import (
+    TransformersKGW,
+    TransformersKGWParams,
+    TransformersSynthID,
+    TransformersSynthIDParams,
+)
 
 if TYPE_CHECKING:
     from .keys import WatermarkSpec
 
 __all__ = ["SCHEMES", "Scheme", "scheme_for", "validate_params"]
 
-Scheme = GreenList
+
+class Scheme(Protocol):
+    """What detection and the engine adapters use of a scheme (every class in SCHEMES)."""
+
+    name: str
+    test: str
+    test_params: dict[str, Any]
+    key_id: str
+    vocab_size: int
+
+    @property
+    def context_width(self) -> int: ...
+
+    def tuple_keys(self, ids: np.ndarray) -> np.ndarray: ...
+
+    def key_scores(self, keys: np.ndarray) -> np.ndarray: ...
+
+    def process(self, logits: np.ndarray, contexts: np.ndarray, *, prompt_width: int = ...,
+                temperature: float = ..., top_p: float = ...) -> np.ndarray: ...
+
 
 #: Scheme name -> (parameter class, scheme class).
 SCHEMES: dict[str, tuple[type, type]] = {"greenlist": (GreenListParams, GreenList)}
+SCHEMES["gumbel"] = (GumbelParams, Gumbel)
+SCHEMES["tournament"] = (TournamentParams, Tournament)
+SCHEMES["transformers-kgw"] = (TransformersKGWParams, TransformersKGW)
+SCHEMES["transformers-synthid"] = (TransformersSynthIDParams, TransformersSynthID)
 
 #: Named parameter presets (``--preset`` at keygen).
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -24,6 +57,8 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "unigram": ("greenlist", {"context_width": 0}),
     "selfhash": ("greenlist", {"context_width": 3, "seeding": "selfhash", "combine": "min"}),
 }
+PRESETS["gumbel"] = ("gumbel", {})
+PRESETS["tournament"] = ("tournament", {})
 
 
 def validate_params(scheme: str, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -38,7 +73,15 @@ def validate_params(scheme: str, params: Mapping[str, Any]) -> dict[str, Any]:
         raise SpecError(str(exc)) from None
 
 
-def scheme_for(spec: WatermarkSpec) -> GreenList:
+def scheme_for(spec: WatermarkSpec) -> Scheme:
     """The scheme object of a spec (used for both generation and detection)."""
     _, cls = SCHEMES[spec.scheme]
     return cls.from_spec(spec)  # type: ignore[attr-defined, no-any-return]
+
+
+def secret_params(scheme: str) -> frozenset[str]:
+    """Names of ``scheme``'s params that are key material, never to be printed (interop
+    schemes keyed by their params, e.g. transformers' ``hashing_key``): the scheme class's
+    ``secret_params``, empty for schemes keyed by the spec's secret alone."""
+    entry = SCHEMES.get(scheme)
+    return frozenset(getattr(entry[1], "secret_params", ())) if entry else frozenset()

@@ -1,0 +1,418 @@
+"""The Gumbel-max / exponential watermark (Aaronson 2022, "EXP"): distortion-free keyed sampling.
+
+How it works
+------------
+Each context selects a row of keyed uniforms ``r[row, t]`` in (0, 1), one per token. Instead of
+sampling the next token from its distribution ``p``, generation takes
+
+    t* = argmax_t r_t ** (1 / p_t)  =  argmin_t E_t / p_t,   E_t = -log(r_t),
+
+over the tokens with ``p_t > 0``. With the ``E_t`` independent Exp(1) draws this is an
+exponential race: ``P(t* = t) = p_t`` exactly, so *averaged over keys* every step is an
+unbiased sample of ``p`` (distortion-free). For one key it is deterministic: the same context and
+the same distribution always give the same token. The chosen token tends to have a large
+``r``, which detection measures with ``-log(1 - r)`` (Exp(1) under the null, larger when
+watermarked); see the ``gamma`` test in ``distillmark.verify.nulls``.
+
+Keyed values
+------------
+* Rows: the ``h = context_width`` tokens before a token select one of ``n_lists`` rows through
+  :class:`~distillmark.watermark.context.ContextRows` (sub-key ``"gumbel/token-values"``,
+  ``combine`` ``"hash"`` or ``"min"``, lefthash only); ``h = 0`` uses row 0 for every token.
+* Cells: ``r[row, t]`` is element ``c = row * V + t`` of the keyed ``uint64`` stream of sub-key
+  ``"gumbel/table"`` (:func:`~distillmark.watermark.prf.u64_stream`), mapped to (0, 1) by
+
+      r = (2 * (u >> 12) + 1) * 2**-53,
+
+  the midpoints of the 2**52 cells of a uniform grid. Every such value is an odd integer below
+  2**53 times a power of two, so it is *exactly* a float64 (no rounding), it lies in
+  [2**-53, 1 - 2**-53] (never 0 or 1: ``log r`` and ``log(1 - r)`` are always finite), and the
+  grid is symmetric, so ``1 - r`` is exact too. ``r`` is uniform on that grid: its CDF differs
+  from U(0, 1)'s by at most 2**-53, far below anything a test resolves.
+
+The *tuple key* of a scored token is ``row * V + token`` (the cell index), as for the green-list
+scheme; :meth:`Gumbel.key_scores` returns the cell's ``r`` as float64, computed from the PRF
+itself, never from a rounded copy.
+
+Generation and its table
+------------------------
+For speed, generation keeps ``float32(E)`` for every cell of the ``n_lists x V`` table (4 bytes
+a cell: 50 MB at 256 lists and V = 49,152) and finds the argmin of ``E32_t / p_t``. float32
+rounding changes each ratio by a relative 2**-24 at most, so every token whose ratio lies within
+a relative 2**-20 of the minimum is a candidate; the winner among candidates is decided with the
+exact float64 ``E`` from the PRF. The choice is therefore that of the exact definition (ties:
+the lowest token id), whatever path computed it. A step whose distribution has few tokens
+(top-p, top-k, ``-inf`` logits) and no table yet is computed from the exact values directly.
+
+Where ``p`` comes from: ``temperature`` (logits / T), then ``top_k`` (the scheme parameter;
+tokens below the k-th largest logit are dropped, ties kept), then softmax in float64, then
+``top_p`` (the smallest set of most likely tokens whose mass reaches ``top_p``, renormalised).
+Temperature 0 is plain greedy decoding, without a watermark. With fewer than ``h`` context
+tokens the step uses row 0 (such tokens are never scored: detection starts after ``h`` tokens).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import prf
+from .context import COMBINES as _COMBINES
+from .context import ContextRows
+from .errors import ParameterError
+
+if TYPE_CHECKING:
+    from .keys import WatermarkSpec
+
+__all__ = ["SCHEME_NAME", "Gumbel", "GumbelParams", "uniforms_from_u64"]
+
+SCHEME_NAME = "gumbel"
+_MAX_WIDTH = 8
+_MAX_LISTS = 4096
+_TABLE_CHUNK_CELLS = 1 << 22
+# Detection: above this many tuple keys, stream the table's cells in bulk instead of one AES
+# block per key.
+_BULK_THRESHOLD = 262_144
+# Generation without a table: steps whose distribution has at most this many tokens.
+_DIRECT_SUPPORT = 4096
+# Relative slack of the float32 candidate search (float32 rounding is at most 2**-24).
+_CANDIDATE_SLACK = 2.0 ** -20
+# top-p: most likely tokens examined before falling back to sorting the whole vocabulary.
+_NUCLEUS_SCAN = 1024
+_TWO_M53 = 2.0 ** -53
+
+
+def uniforms_from_u64(u: np.ndarray) -> np.ndarray:
+    """The keyed uniforms: ``u (...) uint64 -> r = (2 (u >> 12) + 1) 2**-53, (...) float64``.
+
+    Exact in float64, in ``[2**-53, 1 - 2**-53]``; see the module docstring.
+    """
+    k = (np.asarray(u, dtype=np.uint64) >> np.uint64(12)).astype(np.float64)
+    return (2.0 * k + 1.0) * _TWO_M53
+
+
+def _u64_at(subkey: bytes, index: np.ndarray) -> np.ndarray:
+    """Random access into the keyed ``uint64`` stream: ``index (n,) -> (n,) uint64``.
+
+    Element ``i`` of the little-endian ``uint64`` view is ``uint32`` elements ``2i`` (low half)
+    and ``2i + 1`` (high half).
+    """
+    idx = np.asarray(index, dtype=np.uint64).ravel() * np.uint64(2)
+    halves = prf.u32_at(subkey, np.concatenate([idx, idx + np.uint64(1)])).astype(np.uint64)
+    return halves[:idx.size] | (halves[idx.size:] << np.uint64(32))
+
+
+@dataclass(frozen=True)
+class GumbelParams:
+    """Parameters of the Gumbel-max scheme (validated on construction).
+
+    Attributes:
+        context_width: ``h``, tokens before the next one that select its row (0 to 8).
+        combine: how a window of h >= 2 tokens is combined, ``"hash"`` or ``"min"``.
+        n_lists: rows of the keyed table, a power of two <= 4096 (generation holds
+            ``n_lists * V`` float32: 50 MB for 256 rows at V = 49,152).
+        top_k: generation keeps only the tokens whose logit is at least the k-th largest
+            (ties kept) before softmax; 0 keeps all.
+    """
+
+    context_width: int = 2
+    combine: str = "hash"
+    n_lists: int = 256
+    top_k: int = 0
+
+    def __post_init__(self) -> None:
+        def integer(name: str) -> int:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ParameterError(f"`{name}` must be an integer, got {v!r}")
+            return v
+
+        if not 0 <= integer("context_width") <= _MAX_WIDTH:
+            raise ParameterError(f"`context_width` must be in 0..{_MAX_WIDTH}, "
+                                 f"got {self.context_width}")
+        if self.combine not in _COMBINES:
+            raise ParameterError(f"`combine` must be one of {', '.join(_COMBINES)}, "
+                                 f"got {self.combine!r}")
+        n = integer("n_lists")
+        if n < 1 or n > _MAX_LISTS or n & (n - 1):
+            raise ParameterError(f"`n_lists` must be a power of two in 1..{_MAX_LISTS}, got {n}")
+        if integer("top_k") < 0:
+            raise ParameterError(f"`top_k` must be >= 0 (0 = off), got {self.top_k}")
+
+    @classmethod
+    def from_mapping(cls, params: Mapping[str, Any]) -> GumbelParams:
+        unknown = set(params) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ParameterError(f"unknown gumbel parameter(s): {', '.join(sorted(unknown))}")
+        return cls(**dict(params))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Gumbel:
+    """The Gumbel-max scheme for one spec: keyed sampling for generation, tuple keys and keyed
+    uniforms for detection, from the same functions.
+
+    Args:
+        secret: the spec's 32-byte secret.
+        params: :class:`GumbelParams`.
+        vocab_size: ``V``, the size of the token-id space.
+        key_id: public id echoed in results.
+    """
+
+    name = SCHEME_NAME
+    #: ``process`` returns the chosen token (0 there, -inf elsewhere): the engine must sample
+    #: that distribution as it is (temperature 1, no other warper).
+    samples = True
+    #: Detection's test (see ``distillmark.verify.nulls``); it has no null parameters.
+    test = "gamma"
+
+    def __init__(self, secret: bytes, params: GumbelParams, vocab_size: int, *,
+                 key_id: str = "") -> None:
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
+            raise ParameterError(f"`vocab_size` must be an integer >= 2, got {vocab_size!r}")
+        self.params = params
+        self.vocab_size = vocab_size
+        self.key_id = key_id
+        self.test_params: dict[str, Any] = {}
+        self._table_key = prf.derive_subkey(secret, f"{SCHEME_NAME}/table")
+        self._token_key = prf.derive_subkey(secret, f"{SCHEME_NAME}/token-values")
+        self.n_rows = 1 if params.context_width == 0 else params.n_lists
+        self.context = ContextRows(self._token_key, vocab_size,
+                                   context_width=params.context_width, selfhash=False,
+                                   combine=params.combine, n_rows=self.n_rows)
+
+    @classmethod
+    def from_spec(cls, spec: WatermarkSpec) -> Gumbel:
+        return cls(spec.secret, GumbelParams.from_mapping(spec.params), spec.vocab_size,
+                   key_id=spec.key_id)
+
+    def __repr__(self) -> str:
+        return f"Gumbel(key_id={self.key_id!r}, {self.params}, vocab_size={self.vocab_size})"
+
+    # -- shape of the scoring ----------------------------------------------------------------
+    @property
+    def context_width(self) -> int:
+        """Tokens before a scored token that its score depends on (``h``)."""
+        return self.params.context_width
+
+    @property
+    def window(self) -> int:
+        """Tokens that select a row (``h``: lefthash only)."""
+        return self.context.window
+
+    def rows(self, windows: np.ndarray) -> np.ndarray:
+        """Row selected by each window: ``(..., h) int -> (...) int64``."""
+        return self.context.rows(windows)
+
+    # -- keyed values ------------------------------------------------------------------------
+    def uniforms(self, cells: np.ndarray) -> np.ndarray:
+        """Exact keyed uniforms of table cells ``row * V + token``: ``(n,) int -> (n,) float64``.
+
+        One AES block pair per cell; above a few hundred thousand cells the stream is read in
+        bulk instead (same values).
+        """
+        cells = np.asarray(cells, dtype=np.uint64).ravel()
+        if cells.size and int(cells.max()) >= self.n_rows * self.vocab_size:
+            raise ParameterError(f"cell {int(cells.max())} is outside the table of "
+                                 f"{self.n_rows} x {self.vocab_size} cells")
+        if cells.size <= _BULK_THRESHOLD:
+            return uniforms_from_u64(_u64_at(self._table_key, cells))
+        order = np.argsort(cells, kind="stable")
+        srt = cells[order]
+        out = np.empty(cells.size, dtype=np.float64)
+        lo, n_cells = 0, self.n_rows * self.vocab_size
+        for start in range(0, n_cells, _TABLE_CHUNK_CELLS):
+            stop = min(n_cells, start + _TABLE_CHUNK_CELLS)
+            hi = int(np.searchsorted(srt, np.uint64(stop), side="left"))
+            if hi > lo:
+                u = prf.u64_stream(self._table_key, stop - start, start=start)
+                out[order[lo:hi]] = uniforms_from_u64(u[(srt[lo:hi] - np.uint64(start))
+                                                        .astype(np.intp)])
+            lo = hi
+            if lo == srt.size:
+                break
+        return out
+
+    @cached_property
+    def table(self) -> np.ndarray:
+        """``float32(-log r)`` of every cell: ``(n_rows, V) float32`` (generation's fast path).
+
+        Built on first use (``n_rows * V * 4`` bytes); detection never needs it.
+        """
+        n_cells = self.n_rows * self.vocab_size
+        out = np.empty(n_cells, dtype=np.float32)
+        for start in range(0, n_cells, _TABLE_CHUNK_CELLS):
+            n = min(_TABLE_CHUNK_CELLS, n_cells - start)
+            r = uniforms_from_u64(prf.u64_stream(self._table_key, n, start=start))
+            np.negative(np.log(r), out=r)
+            out[start:start + n] = r
+        return out.reshape(self.n_rows, self.vocab_size)
+
+    # -- detection ---------------------------------------------------------------------------
+    def tuple_keys(self, ids: np.ndarray) -> np.ndarray:
+        """Tuple key (table cell) of every scorable token: ``ids (n,) -> (max(n - h, 0),) uint64``.
+
+        Entry ``i`` belongs to token ``ids[h + i]``; equal keys are the same cell, the same
+        uniform, which is what detection deduplicates on.
+        """
+        return self.context.tuple_keys(ids)
+
+    def key_scores(self, keys: np.ndarray) -> np.ndarray:
+        """Keyed uniform ``r`` of each tuple key: ``(n,) uint64 -> (n,) float64`` in (0, 1)."""
+        return self.uniforms(keys)
+
+    def token_uniforms(self, ids: np.ndarray) -> np.ndarray:
+        """``r`` of every scorable token, no deduplication: ``(n,) -> (max(n - h, 0),) float64``."""
+        return self.key_scores(self.tuple_keys(ids))
+
+    # -- generation --------------------------------------------------------------------------
+    def distribution(self, logits: np.ndarray, *, temperature: float = 1.0,
+                     top_p: float = 1.0) -> np.ndarray:
+        """The next-token distribution generation draws from: ``(B, >= V) -> (B, V) float64``.
+
+        ``logits / temperature``, then the ``top_k`` parameter, softmax, then ``top_p``
+        (smallest set of most likely tokens whose mass reaches ``top_p``; ties in probability
+        broken by lower token id; renormalised). ``temperature`` must be > 0 here.
+        """
+        V = self.vocab_size
+        logits = np.asarray(logits)
+        if logits.ndim != 2 or logits.shape[1] < V:
+            raise ParameterError(f"`logits` must be (B, W) with W >= vocab_size {V}, "
+                                 f"got shape {logits.shape}")
+        _check_sampling(temperature, top_p, allow_zero=False)
+        z = logits[:, :V].astype(np.float64)
+        if temperature != 1.0:
+            z /= temperature
+        zmax = z.max(axis=1, keepdims=True)
+        if np.isnan(z).any() or not np.isfinite(zmax).all():
+            raise ParameterError("`logits` must hold no NaN or +inf and at least one finite "
+                                 "value per row")
+        k = self.params.top_k
+        if 0 < k < V:
+            kth = -np.partition(-z, k - 1, axis=1)[:, k - 1:k]
+            z[z < kth] = -np.inf
+        p = np.exp(z - zmax)
+        p /= p.sum(axis=1, keepdims=True)
+        if top_p < 1.0:
+            for b in range(p.shape[0]):
+                nucleus = _nucleus(p[b], top_p)
+                kept = p[b, nucleus]
+                p[b] = 0.0
+                p[b, nucleus] = kept / kept.sum()
+        return p
+
+    def context_rows(self, contexts: np.ndarray) -> np.ndarray:
+        """Row of each generation step: ``contexts (B, c) int -> (B,) int64``.
+
+        The last ``h`` tokens of each row select it; with ``c < h``, row 0.
+        """
+        contexts = np.asarray(contexts, dtype=np.int64)
+        if contexts.ndim != 2:
+            raise ParameterError(f"`contexts` must be (B, c), got shape {contexts.shape}")
+        h, c = self.context_width, contexts.shape[1]
+        if c < h:
+            return np.zeros(contexts.shape[0], dtype=np.int64)
+        return np.asarray(self.rows(contexts[:, c - h:]), dtype=np.int64).reshape(-1)
+
+    def choose(self, p: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The keyed choice ``argmin_t E[row, t] / p_t`` over ``p_t > 0`` (ties: lowest id).
+
+        ``p (B, V) float64`` (each row a distribution), ``rows (B,) int`` -> ``(B,) int64``.
+        """
+        p = np.asarray(p, dtype=np.float64)
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        V = self.vocab_size
+        if p.ndim != 2 or p.shape[1] != V or rows.shape[0] != p.shape[0]:
+            raise ParameterError(f"`p` must be (B, {V}) and `rows` (B,), got {p.shape} and "
+                                 f"{rows.shape}")
+        out = np.empty(p.shape[0], dtype=np.int64)
+        for b in range(p.shape[0]):
+            pb, base = p[b], int(rows[b]) * V
+            if "table" not in self.__dict__:
+                support = np.flatnonzero(pb > 0.0)
+                if support.size <= _DIRECT_SUPPORT:
+                    e = -np.log(self.uniforms(support + base))
+                    out[b] = support[np.argmin(e / pb[support])]
+                    continue
+            with np.errstate(divide="ignore"):
+                approx = self.table[rows[b]] / pb  # float64; inf where p = 0
+            cand = np.flatnonzero(approx <= approx.min() * (1.0 + _CANDIDATE_SLACK))
+            if cand.size > 1:  # a near tie in float32: decide with the exact values
+                e = -np.log(self.uniforms(cand + base))
+                out[b] = cand[np.argmin(e / pb[cand])]
+            else:
+                out[b] = cand[0]
+        return out
+
+    def process(self, logits: np.ndarray, contexts: np.ndarray, *, prompt_width: int = 0,
+                temperature: float = 1.0, top_p: float = 1.0) -> np.ndarray:
+        """The engine-neutral generation hook: the chosen next token of each row.
+
+        ``logits (B, W) float`` (``W >= V``; columns ``>= V`` are never chosen), ``contexts
+        (B, c) int`` each row's tokens so far (prompt included, right-aligned; only the last
+        ``h`` are read). Returns ``(B, W)`` logits that are 0 at the chosen token and ``-inf``
+        elsewhere; the engine's sampler at temperature 1 then emits exactly that token.
+        Temperature 0 chooses the largest logit (greedy, no watermark). ``prompt_width`` is
+        not used: every generated step is watermarked.
+        """
+        logits = np.asarray(logits)
+        contexts = np.asarray(contexts)
+        if logits.ndim != 2 or contexts.ndim != 2 or contexts.shape[0] != logits.shape[0]:
+            raise ParameterError(f"`logits` must be (B, W) and `contexts` (B, c), got "
+                                 f"{logits.shape} and {contexts.shape}")
+        V = self.vocab_size
+        if logits.shape[1] < V:
+            raise ParameterError(f"logits width {logits.shape[1]} is smaller than the spec's "
+                                 f"vocab_size {V} (wrong model or tokenizer?)")
+        _check_sampling(temperature, top_p, allow_zero=True)
+        if temperature == 0.0:
+            if np.isnan(logits[:, :V]).any():
+                raise ParameterError("`logits` must hold no NaN")
+            choice = np.argmax(logits[:, :V], axis=1)
+        else:
+            p = self.distribution(logits, temperature=temperature, top_p=top_p)
+            choice = self.choose(p, self.context_rows(contexts))
+        out = np.full(logits.shape, -np.inf, dtype=np.result_type(logits.dtype, np.float32))
+        out[np.arange(logits.shape[0]), choice] = 0.0
+        return out
+
+
+def _nucleus(p: np.ndarray, top_p: float) -> np.ndarray:
+    """Token ids of the nucleus of ``p (V,) float64``: the most likely tokens (ties: lower id
+    first) up to and including the one at which their mass reaches ``top_p``.
+
+    Looks at the ``_NUCLEUS_SCAN`` most likely tokens first and sorts the whole vocabulary only
+    when the nucleus may extend beyond them; both give the same set.
+    """
+    V = p.size
+    if V > _NUCLEUS_SCAN:
+        part = np.sort(np.argpartition(-p, _NUCLEUS_SCAN - 1)[:_NUCLEUS_SCAN])
+        order = part[np.argsort(-p[part], kind="stable")]
+        sp = p[order]
+        n_keep = int(np.count_nonzero(np.cumsum(sp) - sp < top_p))
+        # every token outside the scanned set has p <= sp[-1]: certain if the last kept token
+        # is strictly more likely than that
+        if n_keep < sp.size and sp[n_keep - 1] > sp[-1]:
+            return order[:n_keep]
+    order = np.argsort(-p, kind="stable")
+    sp = p[order]
+    return order[:int(np.count_nonzero(np.cumsum(sp) - sp < top_p))]
+
+
+def _check_sampling(temperature: float, top_p: float, *, allow_zero: bool) -> None:
+    def real(v: Any) -> float:
+        return float(v) if isinstance(v, (int, float, np.floating, np.integer)) else math.nan
+
+    t = real(temperature)
+    if not (math.isfinite(t) and (t >= 0.0 if allow_zero else t > 0.0)):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ParameterError(f"`temperature` must be finite and {bound}, got {temperature!r}")
+    if not 0.0 < real(top_p) <= 1.0:
+        raise ParameterError(f"`top_p` must be in (0, 1], got {top_p!r}")
