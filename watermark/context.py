@@ -23,7 +23,8 @@ from .errors import ParameterError
 __all__ = ["COMBINES", "ContextRows"]
 
 COMBINES = ("hash", "min")
-_ROT = 23
+#: Rotation step between window positions in the "hash" combine (bits).
+ROTATION = 23
 
 
 def _rotl(x: np.ndarray, r: int) -> np.ndarray:
@@ -96,7 +97,7 @@ class ContextRows:
         else:
             s = vals[..., 0].copy()
             for j in range(1, w):
-                s += _rotl(vals[..., j], (_ROT * j) % 64)
+                s += _rotl(vals[..., j], (ROTATION * j) % 64)
         return self._finish(s)
 
     def tuple_rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

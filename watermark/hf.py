@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .context import ROTATION
 from .engines import Completion
 from .errors import (
     InputError,
@@ -61,6 +62,15 @@ __all__ = [
 
 
 
+def _signed(x: int) -> int:
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+_SIGN = -(1 << 63)
+_FMIX1 = _signed(0xFF51AFD7ED558CCD)
+_FMIX2 = _signed(0xC4CEB9FE1A85EC53)
+
+
 class WatermarkLogitsProcessor(LogitsProcessor):
     """A scheme's watermark for ``model.generate(..., logits_processor=[processor])``.
 
@@ -92,6 +102,8 @@ class WatermarkLogitsProcessor(LogitsProcessor):
             s = self.scheme
             if name == "delta_table":
                 value = torch.from_numpy(s.delta_table).to(device=device, dtype=dtype)
+            elif name == "token_values":  # the uint64 values' bits, as torch has no uint64 math
+                value = torch.from_numpy(s.context.token_values.view(np.int64).copy()).to(device)
             else:  # rows_by_token
                 value = torch.from_numpy(s.context.rows_by_token).to(device)
             self._cache[key] = value
@@ -121,11 +133,37 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         elif h == 1:
             rows = self._on("rows_by_token", dev)[input_ids[:, -1].to(dev)]
         else:
-            ctx = input_ids[:, input_ids.shape[1] - h:].cpu().numpy()
-            rows = torch.from_numpy(s.rows(ctx)).to(dev)
+            rows = self._rows_torch(input_ids[:, input_ids.shape[1] - h:].to(dev))
         table = self._on("delta_table", dev, scores.dtype)
         scores[:, :V] += table.index_select(0, rows)
         return scores
+
+    def _rows_torch(self, windows: torch.Tensor) -> torch.Tensor:
+        """``ContextRows.rows`` in torch int64 (two's-complement wraparound, logical shifts
+        emulated with masks): ``windows (B, w)`` -> ``(B,)``, bit for bit the numpy result
+        (the conformance vectors check it), without a host round trip per step."""
+        c = self.scheme.context
+        if c.n_rows == 1:
+            return torch.zeros(windows.shape[0], dtype=torch.long, device=windows.device)
+        vals = self._on("token_values", windows.device)[windows]
+
+        def lsr(x: torch.Tensor, k: int) -> torch.Tensor:
+            return (x >> k) & ((1 << (64 - k)) - 1)
+
+        if c.combine == "min":  # unsigned minimum: flip the sign bit around a signed minimum
+            s = (vals ^ _SIGN).min(dim=1).values ^ _SIGN
+        else:
+            s = vals[:, 0].clone()
+            for j in range(1, vals.shape[1]):
+                r = (ROTATION * j) % 64
+                v = vals[:, j]
+                s = s + (v << r | lsr(v, 64 - r)) if r else s + v
+        s = s ^ lsr(s, 33)
+        s = s * _FMIX1
+        s = s ^ lsr(s, 33)
+        s = s * _FMIX2
+        s = s ^ lsr(s, 33)
+        return lsr(s, 64 - int(c.n_rows).bit_length() + 1)
 
     def _process_generic(self, input_ids: torch.LongTensor, scores: torch.FloatTensor
                          ) -> torch.FloatTensor:
