@@ -367,6 +367,7 @@ def demo(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per answer."),
 ) -> None:
     """Make a key, generate watermarked answers and unwatermarked controls, detect them all."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -409,13 +410,15 @@ def demo(
             d = {"kind": label, "prompt": o.prompt, "text": o.text}
             d.update(r.to_dict(alpha) if r is not None else {"verdict": "empty answer"})
             typer.echo(json.dumps(d))
-    table = Table(title=f"distillmark demo ({gen.engine}): key {spec.key_id}, greenlist "
+    table = Table(box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False, title=f"distillmark demo ({gen.engine}): key {spec.key_id}, greenlist "
                         f"γ={spec.params['gamma']} δ={spec.params['delta']} "
                         f"h={spec.params['context_width']}, alpha={alpha:g}")
     for col in ("answer", "prompt", "tokens", "scored", "green", "p-value", "verdict"):
         table.add_column(col, justify="right" if col in ("tokens", "scored", "green",
                                                          "p-value") else "left",
-                         no_wrap=True, overflow="ellipsis", max_width=32)
+                         no_wrap=True, overflow="ellipsis",
+                         min_width={"answer": 11, "p-value": 8, "verdict": 15}.get(col, len(col)),
+                         max_width=16 if col == "prompt" else None)
     for label, o, r in rows:
         ok = r is not None and (r.is_watermarked(alpha) == (label == "watermarked"))
         correct += ok
