@@ -1,0 +1,262 @@
+"""Detection throughput from token ids on one core: distillmark vs transformers' detector.
+
+    python benchmarks/bench_detect.py [--quick] [--no-json]
+
+Token ids are real text: numpy's and scipy's docstrings, split into sentences, tokenised with
+the builtin SmolLM2 tokenizer and shuffled into streams (uniform random ids would repeat far
+less than text does, and deduplication is part of the cost). For context widths h = 1, 2, 4:
+
+* distillmark ``detect_ids`` on (a) many texts of 200 and of 1000 tokens, one call each (and
+  the same texts in one ``detect_ids_batch`` call, whose results are checked against them), and
+  (b) one stream of 10M tokens;
+* transformers' ``WatermarkDetector`` (lefthash, same h, ``ignore_repeated_ngrams=True``) on the
+  same ids, as many as take a few tens of seconds (about 50k tokens; its speed per token does
+  not depend on the input size).
+
+Everything runs on one thread (BLAS/OpenMP pools pinned to 1 before numpy is imported). Rates
+are given per second of wall time and per second of this process's CPU time: on a machine
+shared with other jobs the second shows what one core delivers when it is not shared.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+from _common import (
+    BENCH_SECRET,
+    chunks_of,
+    fmt_rate,
+    fmt_ratio,
+    human_texts,
+    machine,
+    machine_line,
+    markdown_table,
+    repeat_timed_cpu,
+    sentence_token_ids,
+    shuffled_stream,
+    summary,
+    write_json,
+)
+
+from distillmark.verify import detect_ids, detect_ids_batch
+from distillmark.watermark import BUILTIN_SMOLLM2, load_tokenizer, new_spec, scheme_for
+
+WIDTHS = (1, 2, 4)
+TARGET_RATE = 10_000_000
+TARGET_RATIO = 1000.0
+
+
+def _sizes(quick: bool) -> dict[str, int]:
+    if quick:
+        return {"n200": 500, "n1000": 100, "stream": 1_000_000, "hf_tokens": 5_000, "repeat": 3}
+    return {"n200": 5_000, "n1000": 1_000, "stream": 10_000_000, "hf_tokens": 50_000,
+            "repeat": 5}
+
+
+def _dm_texts(texts: list[np.ndarray], scheme: Any, repeat: int) -> dict[str, Any]:
+    def loop() -> None:
+        for ids in texts:
+            detect_ids(ids, scheme)
+
+    times, cpu = repeat_timed_cpu(loop, repeat=repeat)
+    n = sum(t.size for t in texts)
+    s = summary(times)
+    return {"tokens": n, "calls": len(texts), **s, "tokens_per_s": n / s["median_s"],
+            "us_per_call": s["median_s"] / len(texts) * 1e6,
+            "tokens_per_cpu_s": n / statistics.median(cpu)}
+
+
+def _dm_batch(texts: list[np.ndarray], scheme: Any, repeat: int) -> dict[str, Any]:
+    """All ``texts`` in one ``detect_ids_batch`` call (checked against one call per text)."""
+    one_by_one = [detect_ids(t, scheme) for t in texts[:200]]
+    batched = detect_ids_batch(texts[:200], scheme)
+    if [(r.statistic, r.n_scored) for r in one_by_one] != [(r.statistic, r.n_scored)
+                                                            for r in batched]:
+        raise RuntimeError("detect_ids_batch disagrees with detect_ids")
+    times, cpu = repeat_timed_cpu(lambda: detect_ids_batch(texts, scheme), repeat=repeat)
+    n = sum(t.size for t in texts)
+    s = summary(times)
+    return {"tokens": n, "calls": 1, "texts": len(texts), **s,
+            "tokens_per_s": n / s["median_s"], "us_per_call": s["median_s"] / len(texts) * 1e6,
+            "tokens_per_cpu_s": n / statistics.median(cpu)}
+
+
+def _hf_detector(h: int) -> Any:
+    from transformers import LlamaConfig, WatermarkDetector, WatermarkingConfig
+
+    # The detector reads only vocab_size and the BOS id from the model config; SmolLM2's BOS
+    # id is 1 (LlamaConfig's default too).
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                      num_attention_heads=1, num_key_value_heads=1, bos_token_id=1)
+    wcfg = WatermarkingConfig(greenlist_ratio=0.25, bias=2.0, context_width=h,
+                              seeding_scheme="lefthash")
+    return WatermarkDetector(model_config=cfg, device="cpu", watermarking_config=wcfg,
+                             ignore_repeated_ngrams=True)
+
+
+def _hf_run(detector: Any, texts: list[np.ndarray]) -> dict[str, Any]:
+    import torch
+
+    scored = 0
+    c0, t0 = time.process_time(), time.perf_counter()
+    for ids in texts:
+        out = detector(torch.from_numpy(ids)[None, :], return_dict=True)
+        scored += int(out.num_tokens_scored[0])
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    n = sum(t.size for t in texts)
+    return {"tokens": n, "calls": len(texts), "seconds": dt, "tokens_per_s": n / dt,
+            "us_per_call": dt / len(texts) * 1e6, "n_scored": scored,
+            "tokens_per_cpu_s": n / cpu}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
+    ap.add_argument("--no-json", action="store_true", help="do not write benchmarks/out/")
+    ap.add_argument("--widths", default=",".join(map(str, WIDTHS)),
+                    help="context widths to run, comma-separated (default 1,2,4)")
+    args = ap.parse_args(argv)
+    sz = _sizes(args.quick)
+    widths = [int(w) for w in args.widths.split(",")]
+
+    import torch
+
+    # Imported here so that set-up timings exclude transformers' (lazy) module loading.
+    from transformers import LlamaConfig, WatermarkDetector  # noqa: F401
+
+    torch.set_num_threads(1)
+    tok, info = load_tokenizer(BUILTIN_SMOLLM2)
+    t0 = time.perf_counter()
+    pieces = sentence_token_ids(tok, human_texts())
+    corpus_tokens = sum(p.size for p in pieces)
+    print(f"corpus: {len(pieces)} sentences, {corpus_tokens:,} tokens "
+          f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    n_texts_tokens = 200 * sz["n200"] + 1000 * sz["n1000"]
+    text_stream = shuffled_stream(pieces, n_texts_tokens, seed=1)
+    texts200 = chunks_of(text_stream[:200 * sz["n200"]], 200, sz["n200"])
+    texts1000 = chunks_of(text_stream[200 * sz["n200"]:], 1000, sz["n1000"])
+    stream = shuffled_stream(pieces, sz["stream"], seed=2)
+
+    results: list[dict[str, Any]] = []
+    for h in widths:
+        spec = new_spec("greenlist", {"context_width": h}, info, secret=BENCH_SECRET)
+        # Fresh scheme: its green table is built lazily (only inputs with many distinct tuples
+        # build it), so short texts are scored one AES block per tuple, as a new process would.
+        t1 = time.perf_counter()
+        scheme = scheme_for(spec)
+        detect_ids(texts200[0], scheme)
+        setup = time.perf_counter() - t1
+        print(f"h={h}: distillmark, texts", file=sys.stderr)
+        dm200 = _dm_texts(texts200, scheme, sz["repeat"])
+        dm1000 = _dm_texts(texts1000, scheme, sz["repeat"])
+        print(f"h={h}: distillmark, texts in one detect_ids_batch call", file=sys.stderr)
+        dm200b = _dm_batch(texts200, scheme, sz["repeat"])
+        dm1000b = _dm_batch(texts1000, scheme, sz["repeat"])
+        print(f"h={h}: distillmark, stream of {stream.size:,}", file=sys.stderr)
+        t1 = time.perf_counter()
+        res = detect_ids(stream, scheme)
+        first_stream = time.perf_counter() - t1
+        table_built_by_stream = "table" in scheme.__dict__
+        wall, cpu = repeat_timed_cpu(lambda scheme=scheme: detect_ids(stream, scheme),
+                                     repeat=sz["repeat"], warmup=0)
+        st = summary(wall)
+        dm_stream = {"tokens": stream.size, "calls": 1, **st,
+                     "tokens_per_s": stream.size / st["median_s"],
+                     "tokens_per_cpu_s": stream.size / statistics.median(cpu),
+                     "first_call_s": first_stream,
+                     "n_scored": res.n_scored, "table_built": table_built_by_stream}
+        # With the whole green table built (inputs with more than 262,144 distinct tuples
+        # build it; here it is built on purpose), short texts read it instead of AES blocks.
+        t1 = time.perf_counter()
+        _ = scheme.table
+        table_s = time.perf_counter() - t1
+        dm200t = _dm_texts(texts200, scheme, sz["repeat"])
+
+        print(f"h={h}: transformers WatermarkDetector", file=sys.stderr)
+        t1 = time.perf_counter()
+        det = _hf_detector(h)
+        hf_setup = time.perf_counter() - t1
+        budget = sz["hf_tokens"]
+        hf200 = _hf_run(det, texts200[:math.ceil(budget / 200)])
+        hf1000 = _hf_run(det, texts1000[:math.ceil(budget / 1000)])
+        hf_stream = _hf_run(det, [stream[:budget]])
+        results.append({"context_width": h, "distillmark_setup_s": setup,
+                        "distillmark_table_build_s": table_s,
+                        "transformers_setup_s": hf_setup,
+                        "distillmark": {"texts200": dm200, "texts1000": dm1000,
+                                        "texts200_batch": dm200b, "texts1000_batch": dm1000b,
+                                        "stream": dm_stream, "texts200_table_built": dm200t},
+                        "transformers": {"texts200": hf200, "texts1000": hf1000,
+                                         "stream": hf_stream}})
+
+    rows = []
+    for r in results:
+        h, dm, hf = r["context_width"], r["distillmark"], r["transformers"]
+        for label, dkey, hkey in (("texts of 200 tokens", "texts200", "texts200"),
+                                  ("texts of 1000 tokens", "texts1000", "texts1000"),
+                                  (f"one stream of {stream.size / 1e6:g}M tokens", "stream",
+                                   "stream"),
+                                  ("texts of 200, table built", "texts200_table_built",
+                                   "texts200"),
+                                  ("texts of 200, one `detect_ids_batch` call",
+                                   "texts200_batch", "texts200"),
+                                  ("texts of 1000, one `detect_ids_batch` call",
+                                   "texts1000_batch", "texts1000")):
+            d, t = dm[dkey], hf[hkey]
+            ratio = d["tokens_per_s"] / t["tokens_per_s"]
+            met = (d["tokens_per_s"] >= TARGET_RATE, ratio >= TARGET_RATIO)
+            cpu_ratio = d["tokens_per_cpu_s"] / t["tokens_per_cpu_s"]
+            rows.append([h, label, fmt_rate(d["tokens_per_s"]), f"{d['us_per_call']:.0f}"
+                         if "us_per_call" in d else f"{d['median_s'] * 1e6:,.0f}",
+                         fmt_rate(t["tokens_per_s"]), f"{t['tokens']:,}", fmt_ratio(ratio),
+                         fmt_rate(d["tokens_per_cpu_s"]), fmt_rate(t["tokens_per_cpu_s"]),
+                         fmt_ratio(cpu_ratio),
+                         " / ".join("yes" if m else "no" for m in met)])
+            r.setdefault("rows", []).append({"input": label, "distillmark_tokens_per_s":
+                                             d["tokens_per_s"], "transformers_tokens_per_s":
+                                             t["tokens_per_s"], "ratio": ratio,
+                                             "distillmark_tokens_per_cpu_s":
+                                             d["tokens_per_cpu_s"],
+                                             "transformers_tokens_per_cpu_s":
+                                             t["tokens_per_cpu_s"], "cpu_ratio": cpu_ratio})
+    info_m = machine()
+    table = markdown_table(
+        ["h", "input", "distillmark tok/s", "µs per call", "transformers tok/s",
+         "tokens timed (transformers)", "ratio", "distillmark tok/CPU-s",
+         "transformers tok/CPU-s", "ratio (CPU)", "≥10M/s / ≥1000× (wall)"], rows)
+    print(f"\nDetection from token ids, one thread; {machine_line(info_m)}\n")
+    print(table)
+    print("\nset-up (scheme + first call, transformers: detector): " + "; ".join(
+        f"h={r['context_width']}: {r['distillmark_setup_s'] * 1e3:.0f} ms / "
+        f"{r['transformers_setup_s'] * 1e3:.0f} ms" for r in results))
+    print("first call on the stream: " + "; ".join(
+        f"h={r['context_width']}: {r['distillmark']['stream']['first_call_s']:.2f} s"
+        + (" (built the green table)" if r["distillmark"]["stream"]["table_built"] else "")
+        for r in results))
+    print("building the whole green table (for the 'table built' rows): " + "; ".join(
+        f"h={r['context_width']}: {r['distillmark_table_build_s']:.2f} s" for r in results))
+    print("distinct tuples in the stream: " + "; ".join(
+        f"h={r['context_width']}: {r['distillmark']['stream']['n_scored']:,}" for r in results))
+    rates = [row["distillmark_tokens_per_s"] for r in results for row in r["rows"]]
+    print(f"\nmedian over rows: {fmt_rate(statistics.median(rates))} tok/s", file=sys.stderr)
+    if not args.no_json:
+        path = write_json("bench_detect", {"quick": args.quick, "sizes": sz,
+                                           "corpus_tokens": corpus_tokens, "machine": info_m,
+                                           "results": results, "table": table})
+        print(f"\nwrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
