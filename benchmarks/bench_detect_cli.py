@@ -44,22 +44,8 @@ from _common import (
 )
 
 from distillmark.verify import Detector, detect_ids
+from distillmark.verify.detect import text_chunks as _pieces  # the detector's own pieces
 from distillmark.watermark import BUILTIN_SMOLLM2, load_tokenizer, new_spec, save_spec
-
-_PIECE_CHARS = 1 << 16
-
-
-def _pieces(text: str) -> list[str]:
-    """``text`` cut after newlines into pieces of about 64 KiB characters."""
-    out, start, n = [], 0, len(text)
-    while start < n:
-        end = min(n, start + _PIECE_CHARS)
-        if end < n:
-            cut = text.rfind("\n", start, end)
-            end = cut + 1 if cut > start else end
-        out.append(text[start:end])
-        start = end
-    return out
 
 
 def _cli() -> list[str]:

@@ -36,7 +36,7 @@ DEFAULT_ALPHA = 1e-3
 _CHUNK_CHARS = 1 << 16
 
 
-def _chunks(text: str) -> list[str]:
+def text_chunks(text: str) -> list[str]:
     """Split ``text`` after newlines into pieces of about ``_CHUNK_CHARS`` characters."""
     out, start, n = [], 0, len(text)
     while start < n:
@@ -239,7 +239,7 @@ class Detector:
         # Long texts: tokenise line-aligned chunks in parallel (the tokenizer's own threads).
         # Tokens can differ from one-string tokenisation only at the few chunk seams, which
         # depend on the text alone, not on the key: the test stays exact.
-        encoded = self.tokenizer.encode_batch_fast(_chunks(text), add_special_tokens=False)
+        encoded = self.tokenizer.encode_batch_fast(text_chunks(text), add_special_tokens=False)
         return np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encoded])
 
     def encode_with_prompt(self, text: str, prompt: str | None = None
