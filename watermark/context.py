@@ -14,11 +14,17 @@ from __future__ import annotations
 
 import math
 from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import prf
 from .errors import ParameterError
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from .keys import WatermarkSpec
 
 __all__ = ["COMBINES", "ContextRows"]
 
@@ -133,3 +139,41 @@ class ContextRows:
         keys = rows.astype(np.uint64) * np.uint64(self.vocab_size)
         keys += tokens.astype(np.uint64)
         return keys
+
+
+class RowScheme:
+    """What every scheme scored against a keyed table of rows shares: construction from a
+    spec, its repr (never the secret), and the shape of its scoring (``h``, the window, rows).
+
+    Subclasses set ``params_class`` and, in ``__init__``, ``params``, ``context``,
+    ``vocab_size`` and ``key_id``.
+    """
+
+    params_class: type
+    params: Any
+    context: ContextRows
+    vocab_size: int
+    key_id: str
+
+    @classmethod
+    def from_spec(cls, spec: WatermarkSpec) -> Self:
+        return cls(spec.secret, cls.params_class.from_mapping(spec.params),  # type: ignore[attr-defined, call-arg]
+                   spec.vocab_size, key_id=spec.key_id)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(key_id={self.key_id!r}, {self.params}, "
+                f"vocab_size={self.vocab_size})")
+
+    @property
+    def context_width(self) -> int:
+        """Tokens before a scored token that its score depends on (``h``)."""
+        return int(self.params.context_width)
+
+    @property
+    def window(self) -> int:
+        """Tokens that select a row: ``h``, plus the scored token itself with selfhash."""
+        return self.context.window
+
+    def rows(self, windows: np.ndarray) -> np.ndarray:
+        """Row selected by each window: ``(..., w) int -> (...) int64``, ``w`` = :attr:`window`."""
+        return self.context.rows(windows)

@@ -42,17 +42,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from . import prf
 from .context import COMBINES as _COMBINES
-from .context import ContextRows
+from .context import ContextRows, RowScheme
 from .errors import ParameterError
-
-if TYPE_CHECKING:
-    from .keys import WatermarkSpec
 
 __all__ = ["SCHEME_NAME", "GreenList", "GreenListParams"]
 
@@ -136,7 +133,7 @@ class GreenListParams:
         return asdict(self)
 
 
-class GreenList:
+class GreenList(RowScheme):
     """The green-list scheme for one spec: ``bias`` for generation, tuple keys and green bits for
     detection. Both sides call the same functions, so they cannot drift apart.
 
@@ -147,6 +144,7 @@ class GreenList:
         key_id: public id echoed in results.
     """
 
+    params_class = GreenListParams
     name = SCHEME_NAME
     #: Logit bias only: the engine samples (see ``process``).
     samples = False
@@ -171,25 +169,6 @@ class GreenList:
                                    context_width=params.context_width,
                                    selfhash=params.seeding == "selfhash",
                                    combine=params.combine, n_rows=self.n_rows)
-
-    @classmethod
-    def from_spec(cls, spec: WatermarkSpec) -> GreenList:
-        return cls(spec.secret, GreenListParams.from_mapping(spec.params), spec.vocab_size,
-                   key_id=spec.key_id)
-
-    def __repr__(self) -> str:
-        return f"GreenList(key_id={self.key_id!r}, {self.params}, vocab_size={self.vocab_size})"
-
-    # -- shape of the scoring ----------------------------------------------------------------
-    @property
-    def context_width(self) -> int:
-        """Tokens before a scored token that its score depends on (``h``)."""
-        return self.params.context_width
-
-    @property
-    def window(self) -> int:
-        """Tokens that select a row: ``h``, plus the scored token itself with selfhash."""
-        return self.context.window
 
     # -- keyed tables ------------------------------------------------------------------------
     @property

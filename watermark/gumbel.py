@@ -57,17 +57,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from . import prf
 from .context import COMBINES as _COMBINES
-from .context import ContextRows
+from .context import ContextRows, RowScheme
 from .errors import ParameterError
-
-if TYPE_CHECKING:
-    from .keys import WatermarkSpec
 
 __all__ = ["SCHEME_NAME", "Gumbel", "GumbelParams", "uniforms_from_u64"]
 
@@ -155,7 +152,7 @@ class GumbelParams:
         return asdict(self)
 
 
-class Gumbel:
+class Gumbel(RowScheme):
     """The Gumbel-max scheme for one spec: keyed sampling for generation, tuple keys and keyed
     uniforms for detection, from the same functions.
 
@@ -166,6 +163,7 @@ class Gumbel:
         key_id: public id echoed in results.
     """
 
+    params_class = GumbelParams
     name = SCHEME_NAME
     #: ``process`` returns the chosen token (0 there, -inf elsewhere): the engine must sample
     #: that distribution as it is (temperature 1, no other warper).
@@ -187,29 +185,6 @@ class Gumbel:
         self.context = ContextRows(self._token_key, vocab_size,
                                    context_width=params.context_width, selfhash=False,
                                    combine=params.combine, n_rows=self.n_rows)
-
-    @classmethod
-    def from_spec(cls, spec: WatermarkSpec) -> Gumbel:
-        return cls(spec.secret, GumbelParams.from_mapping(spec.params), spec.vocab_size,
-                   key_id=spec.key_id)
-
-    def __repr__(self) -> str:
-        return f"Gumbel(key_id={self.key_id!r}, {self.params}, vocab_size={self.vocab_size})"
-
-    # -- shape of the scoring ----------------------------------------------------------------
-    @property
-    def context_width(self) -> int:
-        """Tokens before a scored token that its score depends on (``h``)."""
-        return self.params.context_width
-
-    @property
-    def window(self) -> int:
-        """Tokens that select a row (``h``: lefthash only)."""
-        return self.context.window
-
-    def rows(self, windows: np.ndarray) -> np.ndarray:
-        """Row selected by each window: ``(..., h) int -> (...) int64``."""
-        return self.context.rows(windows)
 
     # -- keyed values ------------------------------------------------------------------------
     def uniforms(self, cells: np.ndarray) -> np.ndarray:

@@ -54,17 +54,14 @@ import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from . import prf
 from .context import COMBINES as _COMBINES
-from .context import ContextRows
+from .context import ContextRows, RowScheme
 from .errors import ParameterError
-
-if TYPE_CHECKING:
-    from .keys import WatermarkSpec
 
 __all__ = ["SCHEME_NAME", "SCORES", "Tournament", "TournamentParams", "tournament_log_factors",
            "tournament_update"]
@@ -228,7 +225,7 @@ def tournament_update(p: np.ndarray, cells: np.ndarray, depth: int) -> np.ndarra
     return np.asarray(p, dtype=np.float64) * np.exp(tournament_log_factors(p, cells, depth))
 
 
-class Tournament:
+class Tournament(RowScheme):
     """The tournament scheme for one spec: :meth:`process` for generation, tuple keys and
     g-values for detection. Both sides read the same keyed cells, so they cannot drift apart.
 
@@ -239,6 +236,7 @@ class Tournament:
         key_id: public id echoed in results.
     """
 
+    params_class = TournamentParams
     name = SCHEME_NAME
     #: The scheme reweights the distribution itself: engines sample its output at temperature 1.
     samples = True
@@ -264,29 +262,6 @@ class Tournament:
             {"weights": self.weights} if params.score == "weighted" else {})
         self._cell_dtype = np.uint32 if self.depth <= 32 else np.uint64
         self._rows: OrderedDict[int, np.ndarray] = OrderedDict()
-
-    @classmethod
-    def from_spec(cls, spec: WatermarkSpec) -> Tournament:
-        return cls(spec.secret, TournamentParams.from_mapping(spec.params), spec.vocab_size,
-                   key_id=spec.key_id)
-
-    def __repr__(self) -> str:
-        return f"Tournament(key_id={self.key_id!r}, {self.params}, vocab_size={self.vocab_size})"
-
-    # -- shape of the scoring ----------------------------------------------------------------
-    @property
-    def context_width(self) -> int:
-        """Tokens before a scored token that its score depends on (``h``)."""
-        return self.params.context_width
-
-    @property
-    def window(self) -> int:
-        """Tokens that select a row (``h``)."""
-        return self.context.window
-
-    def rows(self, windows: np.ndarray) -> np.ndarray:
-        """Row selected by each window: ``(..., h) int -> (...) int64``."""
-        return self.context.rows(windows)
 
     # -- keyed cells -------------------------------------------------------------------------
     def cells(self, keys: np.ndarray) -> np.ndarray:
