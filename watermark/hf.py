@@ -129,7 +129,8 @@ class WatermarkLogitsProcessor(LogitsProcessor):
             ctx = input_ids[:, input_ids.shape[1] - h:].cpu().numpy()
             green = s.candidate_green(ctx, cand.cpu().numpy())
             bias = torch.from_numpy(green).to(device=dev, dtype=scores.dtype) * s.params.delta
-            return scores.scatter_add_(1, cand, bias)
+            scores.scatter_add_(1, cand, bias)
+            return scores
         if dev.type == "cpu" and scores.dtype == torch.float32 and not input_ids.is_cuda:
             return self._add_rows_numpy(input_ids, scores)
         if h == 0:
@@ -244,7 +245,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # transformers marks GGUF-loaded models as quantised and refuses to save them; the weights
     # are already dequantised to float, so drop the marker and save plain safetensors.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -287,7 +288,7 @@ def load_model(model: str | Path | None = None, *, device: str | None = None) ->
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"cannot load model {path}: {str(exc).splitlines()[0]}") from None
     if device:
-        lm = lm.to(device)
+        lm = lm.to(device)  # type: ignore[arg-type]
     lm.eval()
     tok.padding_side = "left"
     if tok.pad_token is None:
