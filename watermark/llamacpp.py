@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .engines import Completion
+from .engines import Completion, Prompt, TextCallback, messages_of, plain_prompt_text, prompt_label
 from .errors import (
     InputError,
     MissingDependencyError,
@@ -111,21 +111,24 @@ class LlamaCppModel:
                 f"model {self.source} tokenises differently from the tokenizer key "
                 f"{spec.key_id} was made for; make a key with this model's tokenizer")
 
-    def _prompt_text(self, prompt: str) -> str:
+    def _prompt_text(self, prompt: Prompt) -> str:
         if not self.chat_template:
-            return prompt
+            return plain_prompt_text(prompt)
         import jinja2
 
         env = jinja2.Environment(loader=jinja2.BaseLoader(), autoescape=False)
         return env.from_string(self.chat_template).render(
-            messages=[{"role": "user", "content": prompt}], add_generation_prompt=True)
+            messages=messages_of(prompt), add_generation_prompt=True)
 
-    def generate(self, prompts: Sequence[str], *, scheme: Any | None,
+    def generate(self, prompts: Sequence[Prompt], *, scheme: Any | None,
                  max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
-                 batch_size: int = 1, seed: int | None = None) -> list[Completion]:
+                 batch_size: int = 1, seed: int | None = None,
+                 on_text: TextCallback | None = None) -> list[Completion]:
         """Answer ``prompts`` one at a time (llama.cpp has no batched sampling here).
 
-        ``batch_size`` is accepted for interface parity and ignored. Temperature 0 is greedy.
+        A prompt is a string (one user message) or a list of chat messages. ``batch_size`` is
+        accepted for interface parity and ignored. Temperature 0 is greedy. ``on_text(i,
+        text)`` is called after each new token of answer ``i``.
         """
         if not prompts:
             raise InputError("no prompts given")
@@ -153,10 +156,12 @@ class LlamaCppModel:
                 if tok in eog:
                     break
                 comp.append(int(tok))
+                if on_text is not None:
+                    on_text(i, self.llm.detokenize(comp).decode("utf-8", errors="replace"))
                 if len(comp) >= max_new_tokens:
                     break
             text = self.llm.detokenize(comp).decode("utf-8", errors="replace")
-            out.append(Completion(prompt=prompt, text=text, prompt_ids=tuple(p_ids),
+            out.append(Completion(prompt=prompt_label(prompt), text=text, prompt_ids=tuple(p_ids),
                                   completion_ids=tuple(comp)))
         return out
 
