@@ -90,7 +90,7 @@ class Accounts:
         """From ``{api_key: account_id}``; one :class:`InputError` line per problem."""
         if not mapping:
             raise InputError(f"{where}: no accounts (expected {{\"API_KEY\": \"ACCOUNT_ID\", "
-                             "...}})")
+                             "...})")
         out: dict[str, str] = {}
         for i, (key, account) in enumerate(mapping.items(), 1):
             if not isinstance(key, str) or not key.strip() or len(key) > 512:
@@ -212,8 +212,8 @@ def _message_text(m: _Message, i: int) -> str:
     texts = []
     for j, part in enumerate(m.content):
         if part.type != "text" or part.text is None:
-            raise APIError(400, f"messages[{i}].content[{j}]: only text parts are supported, "
-                           f"got type {part.type!r}", param=f"messages[{i}].content")
+            raise APIError(400, f"messages.{i}.content.{j}: only text parts are supported, "
+                           f"got type {part.type!r}", param=f"messages.{i}.content")
         texts.append(part.text)
     return "".join(texts)
 
@@ -745,9 +745,8 @@ def start_server(app: FastAPI, *, host: str = "127.0.0.1", port: int = 0,
     return RunningServer(server=server, thread=thread, host=host, port=real_port)
 
 
-def run_server(app: FastAPI, *, host: str, port: int, log_level: str = "info") -> None:
-    """Serve ``app`` in the foreground until interrupted."""
-    sock = bind_socket(host, port)
+def run_server_on(app: FastAPI, sock: socket.socket, *, log_level: str = "info") -> None:
+    """Serve ``app`` on a listening socket (:func:`bind_socket`) until interrupted."""
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False,
                                            lifespan="on"))
     server.run(sockets=[sock])
