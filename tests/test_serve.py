@@ -437,3 +437,58 @@ def test_engines_hand_out_growing_text(master: WatermarkSpec) -> None:
         assert all(b.startswith(a.rstrip("\ufffd")) for a, b in zip(seen[i], seen[i][1:]))
     assert outs[1].prompt == "Yo"
     np.testing.assert_array_equal(np.diff([len(s) for s in seen[0]]) >= 0, True)
+
+
+class FaultyGenerator(CountingGenerator):
+    """Fails a whole engine call when one of its prompts says so."""
+
+    def generate(self, prompts: Any, **kwargs: Any) -> Any:
+        texts = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
+        self.calls.append(len(prompts))
+        self.started.set()
+        if any("BOOM" in t for t in texts):
+            raise ValueError("the engine cannot take BOOM\nsecond line")
+        if any("CRASH" in t for t in texts):
+            raise RuntimeError("internal state /secret/path corrupted")
+        return self.inner.generate(prompts, **kwargs)
+
+
+def test_engine_faults_become_error_bodies_and_spare_batched_neighbours(
+        master: WatermarkSpec) -> None:
+    gen = FaultyGenerator(tiny_generator())
+    with serving(gen, spec=master) as url:
+        def ask(content: str, **body: Any) -> httpx.Response:
+            return chat(url, messages=[{"role": "user", "content": content}], **body)
+
+        bad = ask("BOOM")
+        assert bad.status_code == 400
+        assert bad.json()["error"]["message"] == ("the request cannot be answered: the engine "
+                                                  "cannot take BOOM")
+        crash = ask("CRASH")
+        assert crash.status_code == 500
+        assert crash.json()["error"] == {"message": "the server failed to answer; try again",
+                                         "type": "server_error", "param": None,
+                                         "code": "internal_error"}
+        assert "/secret/path" not in crash.text
+        events = _stream(url, messages=[{"role": "user", "content": "CRASH"}], max_tokens=4)
+        assert events[-1] == {"done": True}
+        assert events[-2] == {"error": crash.json()["error"]}
+
+        # a bad request batched with good ones: the batch fails, each is retried alone
+        gen.started.clear()
+        results: dict[str, httpx.Response] = {}
+        first = threading.Thread(target=lambda: results.update(long=ask("long", max_tokens=150)))
+        first.start()
+        assert gen.started.wait(60)
+        n_calls = len(gen.calls)
+        threads = [threading.Thread(target=lambda c=c: results.update({c: ask(c)}))
+                   for c in ("fine one", "BOOM", "fine two")]
+        for t in threads:
+            t.start()
+        for t in [first, *threads]:
+            t.join(120)
+    assert results["long"].status_code == 200
+    assert results["fine one"].status_code == results["fine two"].status_code == 200
+    assert results["BOOM"].status_code == 400
+    later = gen.calls[n_calls:]
+    assert later[0] == 3 and sorted(later[1:]) == [1, 1, 1], gen.calls

@@ -246,6 +246,7 @@ class _Job:
     seed: int | None
     future: asyncio.Future[list[Completion]]
     on_text: Callable[[int, str], None] | None = None
+    streamed: bool = False  # text of this job has been handed out already
 
 
 class _GenerationQueue:
@@ -299,9 +300,16 @@ class _GenerationQueue:
         try:
             outs = await loop.run_in_executor(self.executor, self._call, batch)
         except Exception as exc:  # noqa: BLE001 - turned into an error answer below
-            if len(batch) > 1:  # find the request at fault: the others still get answers
+            # Find the request at fault: the others still get answers. A streamed request
+            # that already sent text cannot start again: it ends with an error.
+            if len(batch) > 1:
                 for job in batch:
-                    await self._generate(loop, [job])
+                    if job.streamed and not job.future.done():
+                        job.future.set_exception(APIError(
+                            500, "generation failed mid-stream; send the request again",
+                            type="server_error", code="internal_error"))
+                    else:
+                        await self._generate(loop, [job])
                 return
             if not batch[0].future.done():
                 batch[0].future.set_exception(exc)
@@ -322,6 +330,7 @@ class _GenerationQueue:
             def on_text(index: int, text: str) -> None:
                 job, choice = owners[index]
                 if job.on_text is not None:
+                    job.streamed = True
                     job.on_text(choice, text)
         return self.generator.generate(prompts, scheme=first.scheme,
                                        max_new_tokens=first.max_tokens,
@@ -382,22 +391,37 @@ def _context_limit(generator: Generator) -> int | None:
     return int(n) if isinstance(n, int) else None
 
 
-def _prompt_tokens(generator: Generator, prompt: Prompt) -> int | None:
-    """Tokens of ``prompt`` once the engine's chat template is applied, where it can say."""
+def _prompt_counter(generator: Generator) -> Callable[[Prompt], int] | None:
+    """A function counting a prompt's tokens once the engine's chat template is applied, or
+    None where the engine cannot say.
+
+    transformers: a separate copy of the tokenizer's backend, since the generating thread
+    changes the padding state of the model's own tokenizer (a fast tokenizer used from two
+    threads while one reconfigures it fails with "Already borrowed"). llama.cpp: its
+    tokenizer only reads the vocabulary.
+    """
     from .engines import messages_of, plain_prompt_text
 
     tok = getattr(generator, "tokenizer", None)
-    if tok is not None:  # transformers
-        if getattr(tok, "chat_template", None):
-            text = tok.apply_chat_template(messages_of(prompt), tokenize=False,
-                                           add_generation_prompt=True)
-        else:
-            text = plain_prompt_text(prompt)
-        return len(tok(text, add_special_tokens=False)["input_ids"])
+    if tok is not None and hasattr(tok, "backend_tokenizer"):  # transformers
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_str(tok.backend_tokenizer.to_str())
+        backend.no_padding()
+        backend.no_truncation()
+        template = bool(getattr(tok, "chat_template", None))
+
+        def count(prompt: Prompt) -> int:
+            text = (tok.apply_chat_template(messages_of(prompt), tokenize=False,
+                                            add_generation_prompt=True)
+                    if template else plain_prompt_text(prompt))
+            return len(backend.encode(text, add_special_tokens=False).ids)
+
+        return count
     render = getattr(generator, "_prompt_text", None)
     tokenize = getattr(generator, "tokenize", None)
     if render is not None and tokenize is not None:  # llama.cpp
-        return len(tokenize(render(prompt), special=True))
+        return lambda prompt: len(tokenize(render(prompt), special=True))
     return None
 
 
@@ -412,6 +436,7 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
     schemes_lock = threading.Lock()
     stats = {"requests": 0, "completion_tokens": 0}
     context_limit = _context_limit(generator)
+    count_prompt = _prompt_counter(generator) if context_limit is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -546,10 +571,10 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
         messages = [{"role": m.role, "content": _message_text(m, i)}
                     for i, m in enumerate(body.messages)]
         prompt: Prompt = messages
-        if context_limit is not None:
-            n_prompt = await asyncio.get_running_loop().run_in_executor(
-                None, _prompt_tokens, generator, prompt)
-            if n_prompt is not None and n_prompt + max_tokens > context_limit:
+        if count_prompt is not None and context_limit is not None:
+            n_prompt = await asyncio.get_running_loop().run_in_executor(None, count_prompt,
+                                                                        prompt)
+            if n_prompt + max_tokens > context_limit:
                 raise APIError(400, f"this model's context is {context_limit} tokens; the "
                                f"messages take {n_prompt} and max_tokens asks for "
                                f"{max_tokens}: shorten them or lower max_tokens",
