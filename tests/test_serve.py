@@ -60,13 +60,14 @@ def accounts_url(master: WatermarkSpec) -> Iterator[str]:
         yield url
 
 
-def chat(url: str, *, api_key: str | None = None, **body: Any) -> httpx.Response:
+def chat(url: str, *, api_key: str | None = None, timeout: float = 120,
+         **body: Any) -> httpx.Response:
     payload: dict[str, Any] = {"model": MODEL_NAME,
                                "messages": [{"role": "user", "content": "Tell me a story."}],
                                "max_tokens": 24}
     payload.update(body)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    return httpx.post(url + "/chat/completions", json=payload, headers=headers, timeout=120)
+    return httpx.post(url + "/chat/completions", json=payload, headers=headers, timeout=timeout)
 
 
 def answers_text(resp: httpx.Response) -> list[str]:
@@ -492,3 +493,36 @@ def test_engine_faults_become_error_bodies_and_spare_batched_neighbours(
     assert results["BOOM"].status_code == 400
     later = gen.calls[n_calls:]
     assert later[0] == 3 and sorted(later[1:]) == [1, 1, 1], gen.calls
+
+
+class TokenCountingGenerator(CountingGenerator):
+    """Counts the tokens each engine call generates (through the per-token hook)."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.tokens: list[int] = []
+
+    def generate(self, prompts: Any, **kwargs: Any) -> Any:
+        self.tokens.append(0)
+        hook = kwargs.pop("on_text")
+        k = len(self.tokens) - 1
+
+        def counting(i: int, text: str) -> None:
+            self.tokens[k] += 1
+            hook(i, text)
+
+        return super().generate(prompts, on_text=counting, **kwargs)
+
+
+def test_a_client_that_leaves_stops_its_generation(master: WatermarkSpec) -> None:
+    """A client that times out (and will retry) must not leave its request generating ahead
+    of everything else."""
+    gen = TokenCountingGenerator(tiny_generator())
+    with serving(gen, spec=master) as url:
+        with pytest.raises(httpx.TimeoutException):
+            chat(url, max_tokens=500, timeout=1.0)
+        ok = chat(url, max_tokens=4)
+        assert ok.status_code == 200
+        health = httpx.get(url.removesuffix("/v1") + "/health").json()
+    assert len(gen.tokens) == 2 and 0 < gen.tokens[0] < 500, gen.tokens
+    assert health["requests_served"] == 1

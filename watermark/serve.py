@@ -247,6 +247,11 @@ class _Job:
     future: asyncio.Future[list[Completion]]
     on_text: Callable[[int, str], None] | None = None
     streamed: bool = False  # text of this job has been handed out already
+    abandoned: bool = False  # the client went away: stop generating if nobody else waits
+
+
+class _Abandoned(Exception):
+    """Raised from the per-token hook to stop a generation every client has left."""
 
 
 class _GenerationQueue:
@@ -299,6 +304,12 @@ class _GenerationQueue:
             return
         try:
             outs = await loop.run_in_executor(self.executor, self._call, batch)
+        except _Abandoned:
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(APIError(499, "the client closed the request",
+                                                      code="client_closed"))
+            return
         except Exception as exc:  # noqa: BLE001 - turned into an error answer below
             # Find the request at fault: the others still get answers. A streamed request
             # that already sent text cannot start again: it ends with an error.
@@ -325,13 +336,15 @@ class _GenerationQueue:
         prompts = [p for job in batch for p in job.prompts]
         owners: list[tuple[_Job, int]] = [(job, c) for job in batch
                                           for c in range(len(job.prompts))]
-        on_text = None
-        if any(job.on_text is not None for job in batch):
-            def on_text(index: int, text: str) -> None:
-                job, choice = owners[index]
-                if job.on_text is not None:
-                    job.streamed = True
-                    job.on_text(choice, text)
+
+        def on_text(index: int, text: str) -> None:
+            if all(j.abandoned for j in batch):
+                raise _Abandoned
+            job, choice = owners[index]
+            if job.on_text is not None:
+                job.streamed = True
+                job.on_text(choice, text)
+
         return self.generator.generate(prompts, scheme=first.scheme,
                                        max_new_tokens=first.max_tokens,
                                        temperature=first.temperature, top_p=first.top_p,
@@ -596,7 +609,11 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
                 _stream(job, rid=rid, created=created, stops=stops, include_usage=include_usage),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        outs = await _submit(job)
+        watch = asyncio.ensure_future(_watch_disconnect(request, job))
+        try:
+            outs = await _submit(job)
+        finally:
+            watch.cancel()
         choices, usage = _choices(outs, max_tokens, stops)
         return {"id": rid, "object": "chat.completion", "created": created,
                 "model": config.model_name, "system_fingerprint": None,
@@ -604,6 +621,15 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
                              "logprobs": None, "finish_reason": reason}
                             for i, (text, reason) in enumerate(choices)],
                 "usage": usage}
+
+    async def _watch_disconnect(request: Request, job: _Job) -> None:
+        """Mark the job abandoned when its client disconnects (a timed-out client that will
+        retry must not leave its old request generating ahead of the retry)."""
+        while not job.future.done():
+            if await request.is_disconnected():
+                job.abandoned = True
+                return
+            await asyncio.sleep(0.25)
 
     async def _submit(job: _Job) -> list[Completion]:
         await queue_box["q"].queue.put(job)
@@ -701,7 +727,8 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
                 yield chunk([], usage=usage)
             yield "data: [DONE]\n\n"
         finally:
-            if not submit.done():  # the client went away: drop the job if it has not begun
+            if not submit.done():  # the client went away: stop generating for it
+                job.abandoned = True
                 job.future.cancel()
                 submit.cancel()
 
