@@ -10,6 +10,7 @@ for :func:`generate` here.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +127,9 @@ class LlamaCppModel:
                  on_text: TextCallback | None = None) -> list[Completion]:
         """Answer ``prompts`` one at a time (llama.cpp has no batched sampling here).
 
+        ``seed``: answer ``i`` is sampled with seed ``seed + i``; None draws a fresh seed from
+        the OS for each answer, so repeated prompts get independent answers.
+
         A prompt is a string (one user message) or a list of chat messages. ``batch_size`` is
         accepted for interface parity and ignored. Temperature 0 is greedy. ``on_text(i,
         text)`` is called after each new token of answer ``i``.
@@ -146,8 +150,10 @@ class LlamaCppModel:
             # A sampling scheme applies temperature and top-p itself: llama.cpp then samples
             # the distribution it returns as is.
             temp, tp, tk = (1.0, 1.0, 0) if sampling else (temperature, top_p, self.top_k)
-            if seed is not None:
-                self.llm.set_seed(seed + i)
+            # llama.cpp samples with the Llama object's stored seed: without a fresh one every
+            # call would repeat the same draws (the same prompt, the same answer).
+            self.llm.set_seed(seed + i if seed is not None
+                              else int.from_bytes(os.urandom(4), "little"))
             p_ids = self.tokenize(self._prompt_text(prompt), special=True)
             comp: list[int] = []
             for tok in self.llm.generate(p_ids, temp=temp, top_k=tk, top_p=tp,
