@@ -52,6 +52,10 @@ def render(result: ProbeResult, alpha: float) -> str:
               + (f", {a.n_filtered} outside the reference ({a.n_reference} reference tuples)"
                  if a.n_reference else ""))
     lines = [head, cost, tuples]
+    if result.answers.reference_log10_pvalue < -3:
+        lines.append(f"warning: the reference carries the key's watermark (p = "
+                     f"1e{result.answers.reference_log10_pvalue:.1f}): this p-value is not "
+                     "exact, it can find the watermark in a model that never saw it")
     if not result.is_watermarked(alpha):
         frac = a.detectable_fraction(alpha)
         if math.isfinite(frac):
@@ -105,9 +109,14 @@ def probe_command(
     backoff: float = typer.Option(0.5, help="First retry delay in seconds (doubles each time)."),
     cache: Path | None = typer.Option(None, help="Directory caching every answer: an "
                                       "interrupted probe resumes without re-paying."),
-    reference: Path | None = typer.Option(None, help="Known watermarked corpus (JSONL with a "
-                                          "'text' field, or a text file): score only its "
-                                          "tuples (the supervised test)."),
+    reference: Path | None = typer.Option(None, help="Reference corpus (JSONL with a 'text' "
+                                          "field, or a text file): score only its tuples (the "
+                                          "supervised test). Exact only if it does not carry "
+                                          "the key: use the teacher's answers generated "
+                                          "without the watermark."),
+    allow_marked_reference: bool = typer.Option(False, help="Accept a --reference that "
+                                                "carries the key's watermark (the p-value is "
+                                                "then biased toward 'watermarked')."),
     tokenizer: str | None = typer.Option(None, help="Tokenizer to use instead of the one "
                                          "recorded in the key (must match it)."),
     alpha: float = typer.Option(DEFAULT_ALPHA, help="Significance level of the verdict."),
@@ -147,6 +156,7 @@ def probe_command(
         with _progress(show, len(asked)) as progress:
             result = probe(endpoint, model, detector, asked, reference=ref,
                            min_scored=min_scored, api_key=api_key, sampling=sampling,
+                           allow_marked_reference=allow_marked_reference,
                            concurrency=concurrency, max_requests=max_requests,
                            cache=cache, retries=retries, timeout=timeout, backoff=backoff,
                            progress=progress)

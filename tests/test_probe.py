@@ -149,24 +149,47 @@ def test_prompt_windows_are_not_evidence(spec: WatermarkSpec,
 
 
 def test_reference_filter_scores_only_reference_tuples(
-        spec: WatermarkSpec, marked_pairs: list[tuple[str, str]], tmp_path: Path) -> None:
-    half = len(marked_pairs) // 2
-    ref_texts = [a for _, a in marked_pairs[:half]]
+        spec: WatermarkSpec, marked_pairs: list[tuple[str, str]],
+        plain_pairs: list[tuple[str, str]], tmp_path: Path) -> None:
+    """The filtered test is the test of the kept tuples; a reference that does not carry the
+    key (here: the unwatermarked server's answers) is accepted as it is."""
+    plain_ref = reference_from_texts([a for _, a in plain_pairs], spec)
+    kept = score_answers(marked_pairs, spec, reference=plain_ref)
+    assert -3 < kept.reference_log10_pvalue <= 0
+    assert kept.to_dict()["reference_log10_pvalue"] == kept.reference_log10_pvalue
+    # mechanics, on a reference that overlaps the answers (marked: allowed explicitly)
+    ref_texts = [a for _, a in marked_pairs[:3]]
     ref = reference_from_texts(ref_texts, spec)
     full = score_answers(marked_pairs, spec)
-    filtered = score_answers(marked_pairs, spec, reference=ref)
+    filtered = score_answers(marked_pairs, spec, reference=ref, allow_marked_reference=True)
     agg = filtered.aggregate
-    assert agg.n_reference == len(ref) and agg.n_filtered > 0
+    assert agg.n_reference == len(ref) and agg.n_filtered > 0 and agg.n_scored > 0
     assert agg.n_scored + agg.n_filtered == full.n_scored
-    assert agg.n_scored <= len(ref)
     # the same set from a file, as JSON Lines (generate --json) or as one text file
     jl = tmp_path / "ref.jsonl"
     jl.write_text("".join(json.dumps({"prompt": "p", "text": t}) + "\n" for t in ref_texts))
     assert np.array_equal(read_reference(jl, spec).keys(), ref.keys())
+    txt = tmp_path / "ref.txt"
+    txt.write_text(ref_texts[0])
+    assert len(read_reference(txt, spec)) > 0
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"prompt": "no text"}\n')
     with pytest.raises(InputError, match=rf"^{bad}:2: record has no 'text' string field$"):
         read_reference(bad, spec)
+
+
+def test_a_reference_carrying_the_key_is_refused(spec: WatermarkSpec,
+                                                marked_pairs: list[tuple[str, str]],
+                                                plain_pairs: list[tuple[str, str]]) -> None:
+    """Tuples of text written with the key are green more often than chance: filtering a
+    clean model's answers on them would convict it. Refused unless asked for."""
+    marked_ref = reference_from_texts([a for _, a in marked_pairs], spec)
+    with pytest.raises(InputError, match=r"^the reference corpus carries this key's watermark "
+                                         r"\(p = 1e-\d+\.\d\): filtering on its tuples"):
+        score_answers(plain_pairs, spec, reference=marked_ref)
+    allowed = score_answers(plain_pairs, spec, reference=marked_ref,
+                            allow_marked_reference=True)
+    assert allowed.reference_log10_pvalue < -10
 
 
 def _foreign_tokenizer(texts: list[str]) -> Tokenizer:
@@ -541,3 +564,18 @@ def test_probe_function_combines_fetch_and_score(marked_url: str, spec: Watermar
     d = r.to_dict(1e-3)
     assert r.queries.n_queries == 4 and r.answers.n_answers == 4
     assert d["pvalue"] == r.pvalue and d["n_queries"] == 4 and d["model"] == MODEL_NAME
+
+
+def test_probe_command_refuses_a_marked_reference_before_asking(
+        spec: WatermarkSpec, marked_pairs: list[tuple[str, str]], tmp_path: Path) -> None:
+    key = save_spec(spec, tmp_path / "wm.json")
+    ref = tmp_path / "teacher.jsonl"
+    ref.write_text("".join(json.dumps({"text": a}) + "\n" for _, a in marked_pairs))
+    down = f"http://127.0.0.1:{_free_port()}"  # never reached: the refusal comes first
+    r = cli("probe", "--endpoint", down, "--model", "m", "--key", key, "--reference", ref)
+    assert r.exit_code == 2
+    line = error_line(r)
+    assert line.startswith("distillmark: error: the reference corpus carries this key's "
+                           "watermark (p = 1e-")
+    assert line.endswith("or accept a p-value that is not exact with "
+                         "--allow-marked-reference")

@@ -11,8 +11,13 @@ Two parts, kept apart so that experiments can score answers they got by other me
   here, stood before them); tuples that also occur in a prompt are left out (the suspect may
   copy its prompt, and prompts are not evidence); the distinct tuples of all answers are pooled
   into one exact test (:class:`~distillmark.verify.aggregate.AggregateAccumulator`), optionally
-  restricted to the tuples of a known watermarked corpus (``reference``: the "supervised"
-  filter).
+  restricted to the tuples of a reference corpus (``reference``: the "supervised" filter). The
+  test stays exact only if the reference does not depend on the key: a corpus *watermarked
+  with the key* is richer in green tuples than chance, and a clean model that shares its
+  language reuses them (measured: the embedded SmolLM2 served without the watermark, filtered
+  on its own watermarked answers, scored p = 2.5e-7). Such a reference is refused unless
+  ``allow_marked_reference``; build it from the teacher's answers generated without the
+  watermark instead.
 - :func:`fetch_answers` (HTTP, needs the ``serve`` extra for httpx): concurrent queries,
   retries with exponential backoff on 429, 5xx, timeouts and dropped connections, a request
   budget, and an on-disk cache of answers (:class:`ResponseCache`, one file per answer, written
@@ -26,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import os
 import random
 import tempfile
@@ -40,9 +46,11 @@ import numpy as np
 
 from distillmark.watermark.errors import DistillmarkError, InputError, ParameterError
 from distillmark.watermark.keys import WatermarkSpec
+from distillmark.watermark.registry import Scheme
 
 from .aggregate import AggregateAccumulator, AggregateResult, TupleSet
 from .detect import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, Detector, batch_tuple_keys
+from .nulls import run_test
 
 __all__ = [
     "AnswersResult",
@@ -57,6 +65,7 @@ __all__ = [
     "probe",
     "read_reference",
     "reference_from_texts",
+    "reference_log10_pvalue",
     "score_answers",
 ]
 
@@ -82,12 +91,16 @@ class AnswersResult:
         n_answers: answers given (empty ones included).
         n_empty: answers with no text (nothing to score).
         n_prompt_excluded: scorable tuples left out because the same tuple occurs in a prompt.
+        reference_log10_pvalue: log10 p-value of the reference corpus's own tuples tested for
+            the key (0.0 without a reference); far below 0, the reference carries the
+            watermark and the filtered test is not exact.
     """
 
     aggregate: AggregateResult
     n_answers: int
     n_empty: int
     n_prompt_excluded: int
+    reference_log10_pvalue: float = 0.0
 
     @property
     def pvalue(self) -> float:
@@ -110,7 +123,8 @@ class AnswersResult:
     def to_dict(self, alpha: float | None = None) -> dict[str, Any]:
         d = self.aggregate.to_dict(alpha)
         d.update(n_answers=self.n_answers, n_empty=self.n_empty,
-                 n_prompt_excluded=self.n_prompt_excluded)
+                 n_prompt_excluded=self.n_prompt_excluded,
+                 reference_log10_pvalue=self.reference_log10_pvalue)
         return d
 
 
@@ -133,14 +147,17 @@ def _as_detector(spec: WatermarkSpec | Detector, tokenizer: str | Path | None) -
 def score_answers(pairs: Iterable[tuple[str, str]], spec: WatermarkSpec | Detector, *,
                   reference: TupleSet | None = None, min_scored: int = DEFAULT_MIN_SCORED,
                   exclude_prompts: bool = True, effect: float | None = None,
-                  tokenizer: str | Path | None = None) -> AnswersResult:
+                  tokenizer: str | Path | None = None, allow_marked_reference: bool = False,
+                  reference_alpha: float = 1e-3) -> AnswersResult:
     """Test ``(prompt, answer)`` pairs together for ``spec``'s watermark.
 
     Args:
         pairs: the prompts asked and the suspect's answers (text; any tokenizer made them).
         spec: the key (or a :class:`~distillmark.verify.detect.Detector` already built).
         reference: keep only tuples in this set (:func:`read_reference`); it must not be
-            built from the answers tested.
+            built from the answers tested, nor depend on the key (see the module's notes).
+        allow_marked_reference: accept a reference whose own tuples test as watermarked at
+            ``reference_alpha`` (the p-value is then not exact: biased toward "watermarked").
         min_scored: fewer distinct scored tuples than this is "insufficient evidence".
         exclude_prompts: leave out tuples that occur in any prompt (keep it on).
         effect: standardised per-tuple effect assumed by the power statement.
@@ -148,6 +165,16 @@ def score_answers(pairs: Iterable[tuple[str, str]], spec: WatermarkSpec | Detect
     """
     detector = _as_detector(spec, tokenizer)
     scheme = detector.scheme
+    ref_log10 = 0.0
+    if reference is not None:
+        ref_log10 = reference_log10_pvalue(reference, scheme)
+        if ref_log10 < math.log10(reference_alpha) and not allow_marked_reference:
+            raise InputError(
+                f"the reference corpus carries this key's watermark (p = 1e{ref_log10:.1f}): "
+                "filtering on its tuples finds the watermark in models that never saw it; "
+                "build the reference from the teacher's answers generated without the "
+                "watermark (generate --no-watermark --json), or accept a p-value that is not "
+                "exact with --allow-marked-reference")
     prompts: list[str] = []
     answers: list[str] = []
     n_answers = 0
@@ -179,7 +206,17 @@ def score_answers(pairs: Iterable[tuple[str, str]], spec: WatermarkSpec | Detect
     acc.add_keys(keys, n_texts=len(seqs), n_tokens=int(sum(s.size for s in seqs)))
     result = acc.result(reference=reference, min_scored=min_scored, effect=effect)
     return AnswersResult(aggregate=result, n_answers=n_answers,
-                         n_empty=n_answers - len(answers), n_prompt_excluded=n_excluded)
+                         n_empty=n_answers - len(answers), n_prompt_excluded=n_excluded,
+                         reference_log10_pvalue=ref_log10)
+
+
+def reference_log10_pvalue(reference: TupleSet, scheme: Scheme) -> float:
+    """log10 p-value of the reference's distinct tuples tested for ``scheme``'s key: far
+    below 0 means the reference was written with the key (and cannot filter exactly)."""
+    keys = reference.keys()
+    if keys.size == 0:
+        return 0.0
+    return float(run_test(scheme.test, scheme.key_scores(keys), scheme.test_params).log10_pvalue)
 
 
 def reference_from_texts(texts: Iterable[str], spec: WatermarkSpec | Detector, *,
@@ -621,14 +658,19 @@ class ProbeResult:
 
 def probe(endpoint: str, model: str, spec: WatermarkSpec | Detector, prompts: Sequence[str],
           *, reference: TupleSet | None = None, min_scored: int = DEFAULT_MIN_SCORED,
-          tokenizer: str | Path | None = None, **fetch: Any) -> ProbeResult:
+          tokenizer: str | Path | None = None, allow_marked_reference: bool = False,
+          **fetch: Any) -> ProbeResult:
     """:func:`fetch_answers` then :func:`score_answers`; ``fetch`` takes the former's options."""
     detector = _as_detector(spec, tokenizer)
+    if reference is not None:  # refuse a marked reference before paying for any query
+        score_answers([], detector, reference=reference,
+                      allow_marked_reference=allow_marked_reference)
     got = fetch_answers(endpoint, model, prompts, **fetch)
     if not got.pairs:
         why = (" (the request budget was spent first)" if got.stats.budget_exhausted
                else f" ({got.first_error})" if got.first_error else "")
         raise EndpointError(f"the endpoint answered none of the {len(prompts)} prompts{why}")
-    scored = score_answers(got.pairs, detector, reference=reference, min_scored=min_scored)
+    scored = score_answers(got.pairs, detector, reference=reference, min_scored=min_scored,
+                           allow_marked_reference=allow_marked_reference)
     return ProbeResult(answers=scored, queries=got.stats,
                        endpoint=chat_completions_url(endpoint), model=model)
