@@ -579,3 +579,14 @@ def test_probe_command_refuses_a_marked_reference_before_asking(
                            "watermark (p = 1e-")
     assert line.endswith("or accept a p-value that is not exact with "
                          "--allow-marked-reference")
+
+
+def test_core_imports_stay_free_of_the_serving_stack() -> None:
+    """``import distillmark.verify`` and the CLI must not pull in fastapi, uvicorn, httpx or
+    torch: detection works with the core dependencies alone."""
+    code = ("import sys, distillmark.verify, distillmark.verify.probe, distillmark.cli.main; "
+            "print(sorted(m for m in ('fastapi', 'uvicorn', 'httpx', 'torch') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
