@@ -114,7 +114,8 @@ def probe_command(
                                           "supervised test). Exact only if it does not carry "
                                           "the key: use the teacher's answers generated "
                                           "without the watermark."),
-    allow_marked_reference: bool = typer.Option(False, help="Accept a --reference that "
+    allow_marked_reference: bool = typer.Option(False, "--allow-marked-reference",
+                                                help="Accept a --reference that "
                                                 "carries the key's watermark (the p-value is "
                                                 "then biased toward 'watermarked')."),
     tokenizer: str | None = typer.Option(None, help="Tokenizer to use instead of the one "

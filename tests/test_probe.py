@@ -202,7 +202,7 @@ def _foreign_tokenizer(texts: list[str]) -> Tokenizer:
 
 
 def test_p_values_are_calibrated_on_another_tokenizers_text(
-        tokenizer_info: TokenizerInfo, human_texts: list[str]) -> None:
+        tokenizer_info: TokenizerInfo, human_texts: list[str], tmp_path: Path) -> None:
     """Answers written with another tokenizer are re-tokenised with the key's: the null holds."""
     foreign = _foreign_tokenizer(human_texts[:100])
     rng = np.random.default_rng(0)
@@ -217,6 +217,16 @@ def test_p_values_are_calibrated_on_another_tokenizers_text(
         pvalues.append(r.pvalue)
     assert stats.kstest(pvalues, "uniform", alternative="greater").pvalue > 1e-3
     assert min(pvalues) > 1e-4
+    # the same answers served by an endpoint: probed through HTTP, one clean verdict
+    by_prompt = dict(pairs)
+    key = save_spec(new_spec("greenlist", {}, tokenizer_info, secret=PROBE_SECRET),
+                    tmp_path / "wm.json")
+    with scripted(lambda p, a: completion(by_prompt[p])) as (url, _):
+        r = cli("probe", "--endpoint", url, "--model", "other", "--key", key,
+                "--n-prompts", 30, "--json")
+    assert r.exit_code == 1, r.stderr
+    d = json.loads(r.stdout)
+    assert d["verdict"] == "not watermarked" and d["n_answers"] == 30 and d["n_scored"] > 300
 
 
 # --------------------------------------------------------------------------------------------
