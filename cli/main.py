@@ -442,3 +442,12 @@ def demo(
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+# serve and probe live in their own modules (imported last: they use the helpers above)
+from distillmark.cli.probe import _EXIT_HELP as _PROBE_EXIT_HELP
+from distillmark.cli.probe import probe_command
+from distillmark.cli.serve import serve
+
+app.command()(serve)
+app.command("probe", epilog=_PROBE_EXIT_HELP)(probe_command)

@@ -89,3 +89,14 @@ def test_not_a_gguf_is_refused(tmp_path):
     p.write_bytes(b"\0" * 16)
     with pytest.raises(ModelNotFoundError, match="is not a .gguf file"):
         llamacpp.load_model(p)
+
+
+def test_unseeded_answers_are_independent_and_seeded_ones_repeat(model):
+    """Without a seed, the same prompt twice gets two samples (a server's n > 1, a probe
+    asking again); with one, the answer repeats."""
+    twice = model.generate([PROMPTS[0]] * 2, scheme=None, max_new_tokens=24, temperature=1.0)
+    again = model.generate([PROMPTS[0]], scheme=None, max_new_tokens=24, temperature=1.0)
+    assert len({o.completion_ids for o in twice + again}) == 3
+    a = model.generate(PROMPTS[:2], scheme=None, max_new_tokens=24, temperature=1.0, seed=5)
+    b = model.generate(PROMPTS[:2], scheme=None, max_new_tokens=24, temperature=1.0, seed=5)
+    assert a == b and a[0].completion_ids != a[1].completion_ids

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .context import ROTATION
-from .engines import Completion
+from .engines import Completion, Prompt, TextCallback, messages_of, plain_prompt_text, prompt_label
 from .errors import (
     InputError,
     MissingDependencyError,
@@ -229,11 +229,13 @@ class LoadedModel:
                 f"model {self.source} has a different tokenizer from the one key {spec.key_id} "
                 "was made for; make a key with --tokenizer pointing at this model")
 
-    def generate(self, prompts: Sequence[str], *, scheme: Any | None,
+    def generate(self, prompts: Sequence[Prompt], *, scheme: Any | None,
                  max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
-                 batch_size: int = 8, seed: int | None = None) -> list[Completion]:
+                 batch_size: int = 8, seed: int | None = None,
+                 on_text: TextCallback | None = None) -> list[Completion]:
         return generate(self, prompts, scheme=scheme, max_new_tokens=max_new_tokens,
-                        temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed)
+                        temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed,
+                        on_text=on_text)
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
@@ -296,22 +298,55 @@ def load_model(model: str | Path | None = None, *, device: str | None = None) ->
     return LoadedModel(model=lm, tokenizer=tok, source=str(path))
 
 
-def _prompt_texts(tok: Any, prompts: Sequence[str], chat: bool | None) -> list[str]:
+def _prompt_texts(tok: Any, prompts: Sequence[Prompt], chat: bool | None) -> list[str]:
     use_chat = bool(getattr(tok, "chat_template", None)) if chat is None else chat
     if not use_chat:
-        return list(prompts)
-    return [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                    add_generation_prompt=True) for p in prompts]
+        return [plain_prompt_text(p) for p in prompts]
+    return [tok.apply_chat_template(messages_of(p), tokenize=False, add_generation_prompt=True)
+            for p in prompts]
 
 
-def generate(lm: LoadedModel, prompts: Sequence[str], *, scheme: Any | None,
+class _TextStreamer:
+    """A transformers streamer (``put``/``end``, duck-typed ``BaseStreamer``) that hands each
+    row's text so far to ``on_text(offset + row, text)`` after every generated token.
+
+    ``put`` gets the prompt ``(B, L)`` first, then one ``(B,)`` tensor of new tokens per step;
+    a row ends at its first end-of-sequence token (later ones are padding).
+    """
+
+    def __init__(self, tok: Any, on_text: TextCallback, *, offset: int, n_rows: int,
+                 eos: set[int]) -> None:
+        self.tok, self.on_text, self.offset, self.eos = tok, on_text, offset, eos
+        self.ids: list[list[int]] = [[] for _ in range(n_rows)]
+        self.done = [False] * n_rows
+        self.seen_prompt = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.seen_prompt:
+            self.seen_prompt = True
+            return
+        for j, t in enumerate(value.reshape(-1).tolist()):
+            if self.done[j]:
+                continue
+            if t in self.eos:
+                self.done[j] = True
+                continue
+            self.ids[j].append(int(t))
+            self.on_text(self.offset + j, self.tok.decode(self.ids[j], skip_special_tokens=True))
+
+    def end(self) -> None:
+        pass
+
+
+def generate(lm: LoadedModel, prompts: Sequence[Prompt], *, scheme: Any | None,
              max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
-             batch_size: int = 8, seed: int | None = None, chat: bool | None = None
-             ) -> list[Completion]:
+             batch_size: int = 8, seed: int | None = None, chat: bool | None = None,
+             on_text: TextCallback | None = None) -> list[Completion]:
     """Answer ``prompts`` with ``lm``, watermarked with ``scheme`` (``None``: no watermark).
 
-    The chat template is applied when the tokenizer has one (``chat=None``). ``temperature``
-    0 means greedy decoding.
+    A prompt is a string (one user message) or a list of chat messages. The chat template is
+    applied when the tokenizer has one (``chat=None``). ``temperature`` 0 means greedy
+    decoding. ``on_text(i, text)`` is called after each new token of answer ``i``.
     """
     if not prompts:
         raise InputError("no prompts given")
@@ -346,6 +381,9 @@ def generate(lm: LoadedModel, prompts: Sequence[str], *, scheme: Any | None,
         kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens,
                                   "pad_token_id": tok.pad_token_id,
                                   "logits_processor": processors}
+        if on_text is not None:
+            kwargs["streamer"] = _TextStreamer(tok, on_text, offset=i, n_rows=len(chunk),
+                                               eos=eos)
         if sampling:  # the scheme applies temperature and top-p itself
             kwargs.update(do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
         elif temperature == 0:
@@ -361,7 +399,7 @@ def generate(lm: LoadedModel, prompts: Sequence[str], *, scheme: Any | None,
             comp = row[width:]
             while comp and comp[-1] in eos:
                 comp = comp[:-1]
-            out.append(Completion(prompt=prompts[i + j],
+            out.append(Completion(prompt=prompt_label(prompts[i + j]),
                                   text=tok.decode(comp, skip_special_tokens=True),
                                   prompt_ids=prompt_ids, completion_ids=tuple(comp)))
     return out

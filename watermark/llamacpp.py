@@ -10,6 +10,7 @@ for :func:`generate` here.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .engines import Completion
+from .engines import Completion, Prompt, TextCallback, messages_of, plain_prompt_text, prompt_label
 from .errors import (
     InputError,
     MissingDependencyError,
@@ -118,21 +119,27 @@ class LlamaCppModel:
                 f"model {self.source} tokenises differently from the tokenizer key "
                 f"{spec.key_id} was made for; make a key with this model's tokenizer")
 
-    def _prompt_text(self, prompt: str) -> str:
+    def _prompt_text(self, prompt: Prompt) -> str:
         if not self.chat_template:
-            return prompt
+            return plain_prompt_text(prompt)
         import jinja2
 
         env = jinja2.Environment(loader=jinja2.BaseLoader(), autoescape=False)
         return env.from_string(self.chat_template).render(
-            messages=[{"role": "user", "content": prompt}], add_generation_prompt=True)
+            messages=messages_of(prompt), add_generation_prompt=True)
 
-    def generate(self, prompts: Sequence[str], *, scheme: Any | None,
+    def generate(self, prompts: Sequence[Prompt], *, scheme: Any | None,
                  max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
-                 batch_size: int = 1, seed: int | None = None) -> list[Completion]:
+                 batch_size: int = 1, seed: int | None = None,
+                 on_text: TextCallback | None = None) -> list[Completion]:
         """Answer ``prompts`` one at a time (llama.cpp has no batched sampling here).
 
-        ``batch_size`` is accepted for interface parity and ignored. Temperature 0 is greedy.
+        ``seed``: answer ``i`` is sampled with seed ``seed + i``; None draws a fresh seed from
+        the OS for each answer, so repeated prompts get independent answers.
+
+        A prompt is a string (one user message) or a list of chat messages. ``batch_size`` is
+        accepted for interface parity and ignored. Temperature 0 is greedy. ``on_text(i,
+        text)`` is called after each new token of answer ``i``.
         """
         if not prompts:
             raise InputError("no prompts given")
@@ -150,8 +157,10 @@ class LlamaCppModel:
             # A sampling scheme applies temperature and top-p itself: llama.cpp then samples
             # the distribution it returns as is.
             temp, tp, tk = (1.0, 1.0, 0) if sampling else (temperature, top_p, self.top_k)
-            if seed is not None:
-                self.llm.set_seed(seed + i)
+            # llama.cpp samples with the Llama object's stored seed: without a fresh one every
+            # call would repeat the same draws (the same prompt, the same answer).
+            self.llm.set_seed(seed + i if seed is not None
+                              else int.from_bytes(os.urandom(4), "little"))
             p_ids = self.tokenize(self._prompt_text(prompt), special=True)
             comp: list[int] = []
             for tok in self.llm.generate(p_ids, temp=temp, top_k=tk, top_p=tp,
@@ -160,10 +169,12 @@ class LlamaCppModel:
                 if tok in eog:
                     break
                 comp.append(int(tok))
+                if on_text is not None:
+                    on_text(i, self.llm.detokenize(comp).decode("utf-8", errors="replace"))
                 if len(comp) >= max_new_tokens:
                     break
             text = self.llm.detokenize(comp).decode("utf-8", errors="replace")
-            out.append(Completion(prompt=prompt, text=text, prompt_ids=tuple(p_ids),
+            out.append(Completion(prompt=prompt_label(prompt), text=text, prompt_ids=tuple(p_ids),
                                   completion_ids=tuple(comp)))
         return out
 

@@ -1,0 +1,171 @@
+"""``distillmark probe``: was this model (behind an API) trained on our watermarked answers?"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+
+from distillmark.cli.main import (
+    EXIT_ERROR,
+    EXIT_FOUND,
+    EXIT_NOT_FOUND,
+    _err,
+    _errors_exit,
+    _info,
+)
+from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, Detector
+from distillmark.verify.probe import ProbeResult, SamplingParams, probe, read_reference
+from distillmark.verify.prompts import builtin_prompts, read_prompts
+from distillmark.watermark import InputError, load_spec
+
+_EXIT_HELP = ("Exit status: 0 if the watermark was found in the answers, 1 if not (or the "
+              "evidence was insufficient), 2 on a usage or input error or an endpoint that "
+              "cannot be used (answers already received stay in --cache: rerun to resume).")
+
+
+def _fmt_p(pvalue: float, log10_pvalue: float) -> str:
+    return f"{pvalue:.3g}" if pvalue > 0 else f"1e{log10_pvalue:.1f}"
+
+
+def render(result: ProbeResult, alpha: float) -> str:
+    """The human report: verdict line, evidence line, cost line, and a power statement."""
+    a, q = result.answers.aggregate, result.queries
+    green = (f"{a.statistic:g}/{a.n_scored} scored tuples green, {a.score_mean:.1%}, "
+             f"{a.null_mean:.1%} expected without the key" if a.test == "binomial" else
+             f"{a.n_scored} scored tuples, mean score {a.score_mean:.3g}, {a.null_mean:.3g} "
+             "expected without the key")
+    head = (f"{result.model} at {result.endpoint}: {result.verdict(alpha)} "
+            f"(p = {_fmt_p(a.pvalue, a.log10_pvalue)}; {green}; key {a.key_id})")
+    cost = (f"answers: {result.answers.n_answers} of {q.n_prompts} prompts "
+            f"({q.n_fetched} fetched, {q.n_cached} from the cache, {q.n_failed} unanswered, "
+            f"{result.answers.n_empty} empty); {q.n_queries} requests sent, {q.n_retries} "
+            "of them retries" + ("; the request budget ran out" if q.budget_exhausted else ""))
+    tuples = (f"tuples: {a.n_tokens} answer tokens, {a.n_scored} distinct tuples scored, "
+              f"{a.n_repeated} repeats, {result.answers.n_prompt_excluded} in prompts"
+              + (f", {a.n_filtered} outside the reference ({a.n_reference} reference tuples)"
+                 if a.n_reference else ""))
+    lines = [head, cost, tuples]
+    if result.answers.reference_log10_pvalue < -3:
+        lines.append(f"warning: the reference carries the key's watermark (p = "
+                     f"1e{result.answers.reference_log10_pvalue:.1f}): this p-value is not "
+                     "exact, it can find the watermark in a model that never saw it")
+    if not result.is_watermarked(alpha):
+        frac = a.detectable_fraction(alpha)
+        if math.isfinite(frac):
+            lines.append(f"power: at this level the test finds, one time in two, a mark "
+                         f"carried by {frac:.1%} of the scored tuples; a weaker mark needs "
+                         "more answers (not found is not proof of innocence)")
+        else:
+            lines.append(f"power: too few tuples ({a.n_scored}) to find even a fully "
+                         "watermarked model at this level; ask more prompts")
+    return "\n".join(lines)
+
+
+@contextmanager
+def _progress(enabled: bool, total: int) -> Iterator[Callable[[int, int], None] | None]:
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress("probing", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True, console=None) as bar:
+        task = bar.add_task("probe", total=total)
+
+        def update(done: int, _total: int) -> None:
+            bar.update(task, completed=done)
+
+        yield update
+
+
+def probe_command(
+    endpoint: str = typer.Option(..., help="OpenAI-compatible server: http://HOST:PORT, its "
+                                 "/v1 URL or the full /v1/chat/completions URL."),
+    model: str = typer.Option(..., help="Model id to ask for."),
+    key: Path = typer.Option(..., "--key", "-k", help="The watermark key (spec file)."),
+    api_key_env: str | None = typer.Option(None, help="Environment variable holding the API "
+                                           "key (sent as Bearer; never printed)."),
+    prompts: Path | None = typer.Option(None, help="Prompts: one per line, or JSONL with a "
+                                        "'prompt' field (default: the built-in set)."),
+    n_prompts: int = typer.Option(200, help="How many built-in prompts to ask (without "
+                                  "--prompts)."),
+    max_tokens: int = typer.Option(256, help="max_tokens of each query."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature of each query."),
+    top_p: float = typer.Option(1.0, help="top_p of each query."),
+    seed: int | None = typer.Option(None, help="Send seed + i with the i-th prompt."),
+    concurrency: int = typer.Option(4, help="Requests in flight at once."),
+    max_requests: int | None = typer.Option(None, help="Request budget of this run, retries "
+                                            "included (cached answers are free)."),
+    retries: int = typer.Option(5, help="Retries after a 429, a 5xx, a timeout or a dropped "
+                                "connection (exponential backoff)."),
+    timeout: float = typer.Option(120.0, help="Seconds to wait for one answer."),
+    backoff: float = typer.Option(0.5, help="First retry delay in seconds (doubles each time)."),
+    cache: Path | None = typer.Option(None, help="Directory caching every answer: an "
+                                      "interrupted probe resumes without re-paying."),
+    reference: Path | None = typer.Option(None, help="Reference corpus (JSONL with a 'text' "
+                                          "field, or a text file): score only its tuples (the "
+                                          "supervised test). Exact only if it does not carry "
+                                          "the key: use the teacher's answers generated "
+                                          "without the watermark."),
+    allow_marked_reference: bool = typer.Option(False, "--allow-marked-reference",
+                                                help="Accept a --reference that "
+                                                "carries the key's watermark (the p-value is "
+                                                "then biased toward 'watermarked')."),
+    tokenizer: str | None = typer.Option(None, help="Tokenizer to use instead of the one "
+                                         "recorded in the key (must match it)."),
+    alpha: float = typer.Option(DEFAULT_ALPHA, help="Significance level of the verdict."),
+    min_scored: int = typer.Option(DEFAULT_MIN_SCORED, help="Fewer scored tuples than this "
+                                   "is 'insufficient evidence'."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object: detect's keys plus "
+                                 "the probe's (n_queries, n_cached, ...)."),
+) -> None:
+    """Query a suspect model through its API and test all its answers for KEY's watermark.
+
+    The answers are re-tokenised with the key's tokenizer (valid whatever tokenizer the suspect
+    uses); repeated (context, token) tuples count once across all answers; tuples found in the
+    prompts are left out; the p-value is exact.
+    """
+    if not 0.0 < alpha < 1.0:
+        _err(f"--alpha must be in (0, 1), got {alpha}")
+        raise typer.Exit(EXIT_ERROR)
+    with _errors_exit():
+        api_key = None
+        if api_key_env is not None:
+            api_key = os.environ.get(api_key_env)
+            if not api_key:
+                raise InputError(f"environment variable {api_key_env} (--api-key-env) is not "
+                                 "set or empty")
+        if prompts is not None:
+            asked = read_prompts(prompts)
+        else:
+            asked = builtin_prompts(n_prompts)
+        detector = Detector(load_spec(key), tokenizer=tokenizer, min_scored=min_scored)
+        ref = read_reference(reference, detector) if reference is not None else None
+        try:
+            sampling = SamplingParams(max_tokens=max_tokens, temperature=temperature,
+                                      top_p=top_p, seed=seed)
+        except ValueError as exc:
+            raise InputError(str(exc).replace("`", "--", 1).replace("`", "", 1)) from None
+        show = not as_json and sys.stderr.isatty()
+        with _progress(show, len(asked)) as progress:
+            result = probe(endpoint, model, detector, asked, reference=ref,
+                           min_scored=min_scored, api_key=api_key, sampling=sampling,
+                           allow_marked_reference=allow_marked_reference,
+                           concurrency=concurrency, max_requests=max_requests,
+                           cache=cache, retries=retries, timeout=timeout, backoff=backoff,
+                           progress=progress)
+    if result.queries.n_failed and not as_json:
+        _info(f"{result.queries.n_failed} prompts got no answer"
+              + (" (the request budget ran out)" if result.queries.budget_exhausted else ""))
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(alpha)))
+    else:
+        typer.echo(render(result, alpha))
+    raise typer.Exit(EXIT_FOUND if result.is_watermarked(alpha) else EXIT_NOT_FOUND)

@@ -1,0 +1,99 @@
+"""``distillmark serve``: an OpenAI-compatible server whose answers carry the watermark."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+from distillmark.cli.main import _ENGINE_HELP, _MODEL_HELP, _errors_exit, _info
+from distillmark.watermark import InputError, load_spec
+from distillmark.watermark.engines import load_generator, resolve_engine
+from distillmark.watermark.models import DEFAULT_MODEL_FILE
+
+DEFAULT_MODEL_NAME = DEFAULT_MODEL_FILE.split(".")[0]  # SmolLM2-135M-Instruct
+
+
+def _model_name(model: str | None) -> str:
+    if model is None:
+        return DEFAULT_MODEL_NAME
+    p = Path(model)
+    return p.stem if p.suffix == ".gguf" else (p.resolve().name or str(p))
+
+
+def serve(
+    key: Path | None = typer.Option(None, "--key", "-k", help="Watermark every answer with "
+                                    "this key (spec file)."),
+    no_watermark: bool = typer.Option(False, "--no-watermark",
+                                      help="Serve without a watermark (a control model)."),
+    accounts: Path | None = typer.Option(None, help="JSON object mapping API keys to account "
+                                         "ids: requests need one of the keys (Bearer), and "
+                                         "each account's answers carry its own key, derived "
+                                         "from --key."),
+    model: str | None = typer.Option(None, help=_MODEL_HELP),
+    engine: str = typer.Option("auto", help=_ENGINE_HELP),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on (0: any free port)."),
+    served_model_name: str | None = typer.Option(
+        None, help="Model id clients ask for (default: the model file's or directory's name; "
+        f"{DEFAULT_MODEL_NAME} for the embedded model)."),
+    max_batch: int | None = typer.Option(None, help="Most prompts generated together "
+                                         "(default: 8 on transformers, 1 on llama.cpp)."),
+    max_tokens: int = typer.Option(256, help="max_tokens of a request that gives none."),
+    max_tokens_limit: int = typer.Option(4096, help="Largest max_tokens accepted."),
+    max_n: int = typer.Option(8, help="Largest n (choices per request) accepted."),
+    threads: int | None = typer.Option(None, help="CPU threads for generation (default: all "
+                                       "this process may use)."),
+    log_level: str = typer.Option("info", help="debug, info, warning or error."),
+) -> None:
+    """Serve a model over an OpenAI-compatible HTTP API, watermarking every answer.
+
+    POST /v1/chat/completions (JSON or "stream": true), GET /v1/models, GET /health. Runs until
+    interrupted; exit status 2 if it cannot start (bad key, model, accounts file or address).
+    """
+    with _errors_exit():
+        if no_watermark == (key is not None):
+            raise InputError("give --key KEY to watermark the answers, or --no-watermark to "
+                             "serve without one")
+        if log_level not in ("debug", "info", "warning", "error"):
+            raise InputError(f"--log-level must be debug, info, warning or error, got "
+                             f"{log_level!r}")
+        if port < 0 or port > 65535:
+            raise InputError(f"--port must be in 0..65535, got {port}")
+        spec = load_spec(key) if key is not None else None
+        from distillmark.watermark import serve as srv
+
+        accts = srv.load_accounts(accounts) if accounts is not None else None
+        name = served_model_name or _model_name(model)
+        resolved = resolve_engine(engine, model)
+        n_threads = threads or srv.default_threads()
+        if n_threads < 1:
+            raise InputError(f"--threads must be >= 1, got {threads}")
+        config = srv.ServeConfig(model_name=name, spec=spec, accounts=accts,
+                                 max_batch=max_batch or (8 if resolved == "transformers" else 1),
+                                 default_max_tokens=max_tokens,
+                                 max_tokens_limit=max_tokens_limit, max_n=max_n)
+        sock = srv.bind_socket(host, port)  # before loading: a busy port fails at once
+        _info(f"loading {name} ({resolved})…")
+        if resolved == "llama.cpp":
+            from distillmark.watermark import llamacpp
+
+            gen = llamacpp.load_model(model, n_threads=n_threads)
+        else:
+            import torch
+
+            torch.set_num_threads(n_threads)
+            gen = load_generator(resolved, model)
+        if spec is not None:
+            gen.check_tokenizer(spec)
+        app = srv.create_app(gen, config)
+        real_port = sock.getsockname()[1]
+        mark = ("without a watermark" if spec is None else
+                f"watermarked with key {spec.key_id}" + (
+                    f" (each of {len(accts.account_ids)} accounts with its own derived key)"
+                    if accts is not None else ""))
+        _info(f"serving {name} ({gen.engine}) at http://{host}:{real_port}/v1, {mark}; "
+              "Ctrl-C stops")
+        logging.basicConfig(level=log_level.upper(), format="distillmark: %(message)s")
+        srv.run_server_on(app, sock, log_level=log_level)
