@@ -435,16 +435,22 @@ def test_resume_after_interruption_equals_a_clean_run(tmp_path: Path, mixed: Any
     clean = scan([path, bad], [spec], out=clean_out, **kw)
     out = tmp_path / "resumed.jsonl"
 
-    def interrupt(n: int) -> None:
-        if n == 3:
+    calls = []
+
+    def interrupt(p: Any) -> None:
+        # after the 4th batch's lines are written, before its checkpoint: as a Ctrl-C or a
+        # kill would, the run leaves more lines on disk than its last checkpoint covers
+        calls.append(p)
+        if len(calls) == 4:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         scan([path, bad], [spec], out=out, resume=True, checkpoint_seconds=0,
-             on_checkpoint=interrupt, **kw)
+             progress=interrupt, **kw)
     state = tmp_path / "resumed.jsonl.scan-state"
     assert (state / "checkpoint.npz").is_file() and not out.exists()
-    # the interrupted run wrote more result lines than its last checkpoint covers
+    rows_before = (state / "rows.jsonl").read_bytes().count(b"\n")
+    assert rows_before > calls[2].records  # lines beyond the 3rd checkpoint
     resumed = scan([path, bad], [spec], out=out, resume=True, checkpoint_seconds=0, **kw)
     assert resumed == clean
     assert out.read_bytes() == clean_out.read_bytes()

@@ -24,10 +24,10 @@ results in shard order, so both give the same output, byte for byte.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -513,28 +513,40 @@ def _score_chunk(w: _Worker, chunk: _Chunk, state: ScanState) -> str:
     return _result_lines(chunk.locs, per_key, [k.scheme.key_id for k in state.keys])
 
 
+_PLAIN = re.compile(r'^[^"\\\x00-\x1f\x7f]*$')
+
+
+def _json_str(s: str) -> str:
+    return f'"{s}"' if _PLAIN.match(s) else json.dumps(s)
+
+
 def _result_lines(locs: list[str], per_key: list[RecordScores], key_ids: list[str]) -> str:
+    """One JSON line per record: the best key's result, p-values corrected for the keys."""
     n_keys = len(per_key)
     if n_keys == 1:
-        best = np.zeros(len(locs), dtype=np.int64)
+        rs = per_key[0]
+        pv, lg = rs.pvalue, rs.log10_pvalue
+        kid = [key_ids[0]] * len(locs)
+        stats_, nt, ns, sm = rs.statistic, rs.n_tokens, rs.n_scored, rs.score_mean
     else:
-        best = np.argmin(np.stack([rs.log10_pvalue for rs in per_key]), axis=0)
-    log_k = math.log10(n_keys)
-    out = io.StringIO()
-    cols = [(rs.n_tokens.tolist(), rs.n_scored.tolist(), rs.statistic.tolist(),
-             rs.pvalue.tolist(), rs.log10_pvalue.tolist(), rs.score_mean.tolist())
-            for rs in per_key]
-    dumps = json.dumps
-    for i, (loc, b) in enumerate(zip(locs, best.tolist())):
-        nt, ns, st, pv, lg, sm = (c[i] for c in cols[b])
-        if n_keys > 1:
-            pv, lg = min(1.0, pv * n_keys), min(0.0, lg + log_k)
-        stat = str(int(st)) if float(st).is_integer() else _fmt_num(st)
-        out.write(f'{{"location": {dumps(loc)}, "n_tokens": {nt}, "n_scored": {ns}, '
-                  f'"statistic": {stat}, "pvalue": {_fmt_num(pv)}, '
-                  f'"log10_pvalue": {_fmt_num(lg)}, "score_mean": {_fmt_num(sm)}, '
-                  f'"key_id": "{key_ids[b]}"}}\n')
-    return out.getvalue()
+        best = np.argmin(np.stack([r.log10_pvalue for r in per_key]), axis=0)
+        take = np.arange(len(locs))
+
+        def pick(name: str) -> np.ndarray:
+            return np.stack([getattr(r, name) for r in per_key])[best, take]
+
+        pv = np.minimum(1.0, pick("pvalue") * n_keys)
+        lg = np.minimum(0.0, pick("log10_pvalue") + math.log10(n_keys))
+        stats_, nt, ns, sm = (pick(n) for n in ("statistic", "n_tokens", "n_scored",
+                                                "score_mean"))
+        kid = [key_ids[b] for b in best.tolist()]
+    integral = bool(np.all(np.mod(stats_, 1.0) == 0.0))
+    st = stats_.astype(np.int64).tolist() if integral else [_fmt_num(x) for x in stats_.tolist()]
+    return "".join(
+        f'{{"location": {_json_str(loc)}, "n_tokens": {a}, "n_scored": {b}, "statistic": {c}, '
+        f'"pvalue": {d!r}, "log10_pvalue": {e!r}, "score_mean": {f!r}, "key_id": "{k}"}}\n'
+        for loc, a, b, c, d, e, f, k in zip(locs, nt.tolist(), ns.tolist(), st, pv.tolist(),
+                                            lg.tolist(), sm.tolist(), kid))
 
 
 @dataclass
