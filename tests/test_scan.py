@@ -494,6 +494,11 @@ def test_dask_engine_equals_local(tmp_path: Path, mixed: Any, spec: WatermarkSpe
                       dashboard_address=None) as cluster:
         dk = scan(inputs, [spec], field="output.text", out=dask_out, engine="dask",
                   scheduler=cluster.scheduler_address, shard_bytes=60_000)
+        # a bad record stops the cluster scan with the local engine's error
+        bad = write_jsonl(tmp_path / "bad.jsonl", [{"output": {"text": "fine"}}, {"x": 1}])
+        with pytest.raises(InputError, match=rf"^{re.escape(str(bad))}:2: no field 'output'"):
+            scan([path, bad], [spec], field="output.text", engine="dask",
+                 scheduler=cluster.scheduler_address, shard_bytes=60_000)
     assert dk == local
     assert dask_out.read_bytes() == local_out.read_bytes()
     from distillmark.verify.sources import plan_shards

@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy import special
 
-from distillmark.watermark.errors import InputError, ParameterError
+from distillmark.watermark.errors import DistillmarkError, InputError, ParameterError
 from distillmark.watermark.keys import WatermarkSpec
 from distillmark.watermark.registry import Scheme, scheme_for
 from distillmark.watermark.tokenizer import tokenizer_for
@@ -128,14 +128,12 @@ class Pooled:
     Attributes:
         keys: ``(u,) uint64``, tuple keys distinct within each record, sorted by (record, key).
         owner: ``(u,) int64``, the record of each.
-        ones: ``(u,) int64``, units scoring 1 of each (binomial-family tests; else zeros).
         depth: units per tuple (1; layers of a tournament).
         n_scorable: scorable tuples before the per-record deduplication.
     """
 
     keys: np.ndarray
     owner: np.ndarray
-    ones: np.ndarray
     depth: int
     n_scorable: int
 
@@ -170,10 +168,9 @@ def score_tokens(ids: np.ndarray, lens: np.ndarray, prompt_lens: np.ndarray,
     test, params = scheme.test, scheme.test_params
     zeros = np.zeros(n_records, dtype=np.int64)
     units, ones = zeros, zeros
-    per = np.zeros(u_keys.size, dtype=np.int64)
     depth = 1
     if test in _BINOMIAL_TESTS:
-        per = (scores if scores.ndim == 1 else scores.sum(axis=1)).astype(np.int64)
+        per = scores if scores.ndim == 1 else scores.sum(axis=1)
         depth = 1 if scores.ndim == 1 else scores.shape[1]
         ones = np.bincount(u_owner, weights=per, minlength=n_records).astype(np.int64)
         units = n * depth
@@ -202,7 +199,7 @@ def score_tokens(ids: np.ndarray, lens: np.ndarray, prompt_lens: np.ndarray,
                       pvalue=np.asarray(pv, dtype=np.float64),
                       log10_pvalue=np.asarray(lg, dtype=np.float64),
                       score_mean=np.asarray(mean, dtype=np.float64), n_units=units, n_ones=ones)
-    return rs, Pooled(u_keys, u_owner, per, depth, n_scorable)
+    return rs, Pooled(u_keys, u_owner, depth, n_scorable)
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,10 +229,11 @@ class KeyState:
             # disjoint across records, so the records' counts are independent under the null
             # even when records repeat each other (near-duplicates are common in corpora).
             self._depth = pooled.depth
-            first = _first_owner(pooled.keys, pooled.owner)
-            cells = pooled.keys[first]
+            cells, rec = _first_owner(pooled.keys, pooled.owner)
             new = ~self.acc.tuples.contains(cells)
-            cells, rec, ones = cells[new], pooled.owner[first][new], pooled.ones[first][new]
+            cells, rec = cells[new], rec[new]
+            scores = self.scheme.key_scores(cells)
+            ones = (scores if scores.ndim == 1 else scores.sum(axis=1)).astype(np.int64)
             if self.defer_pairs:  # kept until merged in input order (cluster workers)
                 self._fresh.append((cells, rec + self.acc.n_texts, ones))
             else:
@@ -312,18 +310,17 @@ class KeyState:
         self._n_scored = [np.array(arrays[f"{prefix}n_scored"])]
 
 
-def _first_owner(keys: np.ndarray, owner: np.ndarray) -> np.ndarray:
-    """Indices of the first occurrence (lowest owner) of each distinct key: ``keys (u,)``
-    distinct per owner, ``owner (u,) < 2**24``."""
+def _first_owner(keys: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each distinct key of ``keys (u,) uint64 < 2**40`` and the lowest ``owner (u,) < 2**24``
+    it occurs with: ``(cells (d,) uint64, owner (d,) int64)``, sorted by key."""
     if keys.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    packed = (keys << np.uint64(24)) | owner.astype(np.uint64)
-    order = np.argsort(packed)
-    sk = keys[order]
-    first = np.empty(sk.size, dtype=bool)
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+    packed = np.sort((keys << np.uint64(24)) | owner.astype(np.uint64))
+    k = packed >> np.uint64(24)
+    first = np.empty(k.size, dtype=bool)
     first[0] = True
-    np.not_equal(sk[1:], sk[:-1], out=first[1:])
-    return np.sort(order[first])
+    np.not_equal(k[1:], k[:-1], out=first[1:])
+    return k[first], (packed[first] & np.uint64(0xFFFFFF)).astype(np.int64)
 
 
 class ScanState:
@@ -975,6 +972,9 @@ def scan(inputs: Sequence[str | Path], specs: Sequence[WatermarkSpec], *,
                 alpha=alpha)
         ok = True
         return result
+    except DistillmarkError:
+        ok = True  # an input or usage error: a checkpoint of it is of no use
+        raise
     finally:
         if ok or not work.keep:
             shutil.rmtree(work.folder, ignore_errors=True)
