@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -297,6 +298,10 @@ def test_every_input_format_gives_the_same_results(tmp_path: Path, paragraphs: l
     (hf / "state.json").write_text(json.dumps(
         {"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
     (hf / "dataset_info.json").write_text("{}")
+    dd = tmp_path / "dd"  # a DatasetDict folder: one dataset folder per split
+    dd.mkdir()
+    (dd / "dataset_dict.json").write_text(json.dumps({"splits": ["train"]}))
+    shutil.copytree(hf, dd / "train")
 
     results = {}
     for name, inp, fld in [("jsonl", base, "meta.text"), ("gz", tmp_path / "b.jsonl.gz",
@@ -304,7 +309,8 @@ def test_every_input_format_gives_the_same_results(tmp_path: Path, paragraphs: l
                            ("zst", tmp_path / "c.jsonl.zst", "meta.text"),
                            ("parquet", tmp_path / "d.parquet", "meta.text"),
                            ("csv", tmp_path / "e.csv", "meta.text"),
-                           ("text", tdir, "text"), ("hf", hf, "meta.text")]:
+                           ("text", tdir, "text"), ("hf", hf, "meta.text"),
+                           ("datasetdict", dd, "meta.text")]:
         out = tmp_path / f"{name}.out.jsonl"
         res = scan([inp], [spec], field=fld, out=out)
         results[name] = (res, read_rows(out))
@@ -438,8 +444,9 @@ def test_resume_after_interruption_equals_a_clean_run(tmp_path: Path, mixed: Any
     calls = []
 
     def interrupt(p: Any) -> None:
-        # after the 4th batch's lines are written, before its checkpoint: as a Ctrl-C or a
-        # kill would, the run leaves more lines on disk than its last checkpoint covers
+        # called once at the start, then after each batch's lines are written and before its
+        # checkpoint: stopping at the 4th call, after the 3rd batch, leaves more lines on disk
+        # than the last checkpoint covers, as a Ctrl-C or a kill would
         calls.append(p)
         if len(calls) == 4:
             raise KeyboardInterrupt
@@ -450,7 +457,7 @@ def test_resume_after_interruption_equals_a_clean_run(tmp_path: Path, mixed: Any
     state = tmp_path / "resumed.jsonl.scan-state"
     assert (state / "checkpoint.npz").is_file() and not out.exists()
     rows_before = (state / "rows.jsonl").read_bytes().count(b"\n")
-    assert rows_before > calls[2].records  # lines beyond the 3rd checkpoint
+    assert rows_before > calls[2].records  # lines beyond the 2nd (last) checkpoint
     resumed = scan([path, bad], [spec], out=out, resume=True, checkpoint_seconds=0, **kw)
     assert resumed == clean
     assert out.read_bytes() == clean_out.read_bytes()

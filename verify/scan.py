@@ -998,6 +998,8 @@ def _run_local(shards: list[Shard], config: ScanConfig, state: ScanState, work: 
     done_bytes = sum(sh.size for sh in shards[:first_shard])
     last = time.monotonic()
     n_ckpt = 0
+    if progress is not None:
+        progress(ScanProgress(done_bytes, total, state.n_read, state.keys[0].acc.n_tokens))
     with open(work.rows, mode, encoding="utf-8") as rows_fh, \
             open(work.rejects, mode, encoding="utf-8") as rej_fh:
         rows_fh.seek(0, os.SEEK_END)
