@@ -130,16 +130,18 @@ def _human(result: Any, alpha: float, rejects: Path | None) -> str:
     lines.append(f"flagged: {result.n_flagged:,} records at FDR {result.fdr:g} "
                  "(Benjamini-Hochberg)")
     f = result.fraction
-    lines.append(f"watermarked fraction of records: {f.estimate:.2%} ({f.confidence:.0%} CI "
-                 f"{f.ci_low:.2%} to {f.ci_high:.2%}; {f.method})")
+    fresh = "fresh " if f.method == "binomial-mixture" else ""
+    lines.append(f"watermarked fraction of the {f.n_records:,} records with >= {f.min_units} "
+                 f"{fresh}scored units: {f.estimate:.2%} ({f.confidence:.0%} CI {f.ci_low:.2%} "
+                 f"to {f.ci_high:.2%}; {f.method})")
     if not result.is_watermarked(alpha):
         det = result.detectable_fraction(alpha)
         power = (f"a watermark on {det:.2%} of the {a.n_scored:,} distinct tuples would have "
                  f"been found half of the time at alpha {alpha:g}" if det != float("inf")
                  else f"{a.n_scored:,} distinct tuples are too few to find even a fully "
                       f"watermarked dataset at alpha {alpha:g}")
-        lines.append(f"evidence: {power}; at most {f.ci_high:.2%} of the records are "
-                     f"watermarked ({f.confidence:.0%} upper bound)")
+        lines.append(f"evidence: {power}; at most {f.ci_high:.2%} of those {f.n_records:,} "
+                     f"records are watermarked ({f.confidence:.0%} upper bound)")
     return "\n".join(lines)
 
 

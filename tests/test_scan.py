@@ -144,7 +144,7 @@ def test_records_and_pool_are_the_exact_tests(tmp_path: Path, mixed: Any,
 
 
 def test_one_percent_contamination_is_found(mixed: Any, spec: WatermarkSpec) -> None:
-    path, _, is_wm = mixed
+    path, texts, is_wm = mixed
     res = scan([path], [spec], field="output.text")
     assert is_wm.mean() == pytest.approx(0.01, abs=1e-3)
     assert res.is_watermarked(1e-3) and res.log10_pvalue < -6, res.log10_pvalue
@@ -152,8 +152,10 @@ def test_one_percent_contamination_is_found(mixed: Any, spec: WatermarkSpec) -> 
     # each watermarked answer is flagged, and (almost) nothing else
     assert res.n_flagged >= 9 and res.n_flagged <= 11
     f = res.fraction
-    assert f.method == "binomial-mixture"
-    assert f.ci_low <= 0.01 <= f.ci_high and f.ci_high < 0.05
+    assert f.method == "binomial-mixture" and f.min_units == 25
+    # among the records with >= 25 fresh tuples (every watermarked answer has ~150)
+    assert 10 < f.n_records < len(texts)
+    assert f.ci_low <= 10 / f.n_records <= f.ci_high and f.ci_high < 3 * 10 / f.n_records
 
 
 def test_clean_data_is_not_found_over_several_keys(tmp_path: Path, paragraphs: list[str],

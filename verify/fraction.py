@@ -60,7 +60,9 @@ class FractionEstimate:
         confidence: e.g. 0.95.
         method: ``binomial-mixture``, ``beta-uniform-mixture`` or ``none`` (no informative
             record: the interval is [0, 1]).
-        n_records: records with at least one scored unit (those the fit used).
+        n_records: records the fit used: those with at least ``min_units`` scored units; the
+            fraction is among them.
+        min_units: the threshold.
         min_effect: the alternative's floor: ``theta_min`` (binomial mixture) or ``a_max``
             (beta-uniform mixture).
     """
@@ -71,6 +73,7 @@ class FractionEstimate:
     confidence: float
     method: str
     n_records: int
+    min_units: int
     min_effect: float
 
     def to_dict(self) -> dict[str, float | int | str]:
@@ -195,7 +198,8 @@ def _profile_fit(base: np.ndarray, alt: np.ndarray, weights: np.ndarray, confide
 
 
 def binomial_mixture(n: np.ndarray, k: np.ndarray, counts: np.ndarray, *, p0: float,
-                     theta_min: float, confidence: float = 0.95) -> FractionEstimate:
+                     theta_min: float, min_units: int = 1, confidence: float = 0.95
+                     ) -> FractionEstimate:
     """Fraction of watermarked records from grouped ``(n, k)`` data (see the module doc).
 
     Args:
@@ -203,6 +207,7 @@ def binomial_mixture(n: np.ndarray, k: np.ndarray, counts: np.ndarray, *, p0: fl
             many records had that pair.
         p0: exact null probability of a unit scoring 1.
         theta_min: smallest mean score of a watermarked record, in ``(p0, 1)``.
+        min_units: records with fewer units are left out (the fraction is among the others).
         confidence: of the interval.
     """
     _check_confidence(confidence)
@@ -212,11 +217,11 @@ def binomial_mixture(n: np.ndarray, k: np.ndarray, counts: np.ndarray, *, p0: fl
     n = np.asarray(n, dtype=np.int64)
     k = np.asarray(k, dtype=np.int64)
     w: np.ndarray = np.asarray(counts, dtype=np.float64)
-    keep = (n > 0) & (w > 0)
+    keep = (n >= max(1, min_units)) & (w > 0)
     n, k, w = n[keep], k[keep], w[keep]
     n_records = int(w.sum())
     if n_records == 0:
-        return FractionEstimate(0.0, 0.0, 1.0, confidence, "none", 0, theta_min)
+        return FractionEstimate(0.0, 0.0, 1.0, confidence, "none", 0, min_units, theta_min)
     big = n > _N_CAP
     k = np.where(big, np.rint(k * (_N_CAP / np.maximum(n, 1))).astype(np.int64), k)
     n = np.minimum(n, _N_CAP)
@@ -240,10 +245,11 @@ def binomial_mixture(n: np.ndarray, k: np.ndarray, counts: np.ndarray, *, p0: fl
                 cols.append(stats.betabinom.logpmf(k, n, th * s, (1.0 - th) * s))
     alt = np.stack(cols, axis=1)
     f, lo, hi = _profile_fit(base, alt, w, confidence)
-    return FractionEstimate(f, lo, hi, confidence, "binomial-mixture", n_records, theta_min)
+    return FractionEstimate(f, lo, hi, confidence, "binomial-mixture", n_records, min_units,
+                            theta_min)
 
 
-def pvalue_mixture(log10_pvalues: np.ndarray, *, a_max: float = 0.5,
+def pvalue_mixture(log10_pvalues: np.ndarray, *, a_max: float = 0.5, min_units: int = 1,
                    confidence: float = 0.95) -> FractionEstimate:
     """Fraction of watermarked records from their exact (continuous) p-values: a beta-uniform
     mixture, ``p ~ (1 - f) U(0, 1) + f Beta(a, 1)`` with ``a`` profiled over ``(0, a_max]``.
@@ -251,6 +257,7 @@ def pvalue_mixture(log10_pvalues: np.ndarray, *, a_max: float = 0.5,
     Args:
         log10_pvalues: ``(m,) float`` log10 p-values of the records with something scored.
         a_max: the alternative's floor of strength (``E[p] = a / (a + 1)`` at most).
+        min_units: recorded in the result: the threshold the caller selected the records by.
     """
     _check_confidence(confidence)
     if not 0.0 < a_max < 1.0:
@@ -258,7 +265,7 @@ def pvalue_mixture(log10_pvalues: np.ndarray, *, a_max: float = 0.5,
     x = -np.asarray(log10_pvalues, dtype=np.float64) * math.log(10.0)  # -ln p >= 0
     x = np.maximum(x, 0.0)
     if x.size == 0:
-        return FractionEstimate(0.0, 0.0, 1.0, confidence, "none", 0, a_max)
+        return FractionEstimate(0.0, 0.0, 1.0, confidence, "none", 0, min_units, a_max)
     # group: 0.01 resolution in -ln p below 20, 1 above (the likelihood is smooth in it)
     q = np.where(x < 20.0, np.round(x, 2), np.round(x))
     vals, w = np.unique(q, return_counts=True)
@@ -267,7 +274,8 @@ def pvalue_mixture(log10_pvalues: np.ndarray, *, a_max: float = 0.5,
     # log density of Beta(a, 1) at p = e^-x: log a + (a - 1) log p = log a - (a - 1) x
     alt = np.log(a)[None, :] - (a[None, :] - 1.0) * vals[:, None]
     f, lo, hi = _profile_fit(base, alt, w.astype(np.float64), confidence)
-    return FractionEstimate(f, lo, hi, confidence, "beta-uniform-mixture", int(x.size), a_max)
+    return FractionEstimate(f, lo, hi, confidence, "beta-uniform-mixture", int(x.size),
+                            min_units, a_max)
 
 
 def theta_floor(p0: float, effect: float) -> float:

@@ -124,8 +124,8 @@ def render(result: ScanResult, rec_log10p: np.ndarray, ks: KeyState, *,
                  else "even a fully watermarked dataset of this size could go unnoticed")
         summary = (f"No watermark found (p = {_p(result.pvalue, result.log10_pvalue)}) over "
                    f"{d['n_scored']:,} distinct tuples from {d['n_records_scored']:,} records; "
-                   f"{power}. At most {frac.ci_high:.2%} of the records are watermarked "
-                   f"({frac.confidence:.0%} upper bound).")
+                   f"{power}. At most {frac.ci_high:.2%} of the {frac.n_records:,} records with "
+                   f"enough evidence are watermarked ({frac.confidence:.0%} upper bound).")
     rows = [
         ("verdict", f"{verdict} (alpha = {alpha:g})"),
         ("dataset p-value", _p(result.pvalue, result.log10_pvalue)
@@ -137,7 +137,8 @@ def render(result: ScanResult, rec_log10p: np.ndarray, ks: KeyState, *,
         ("repeated tuples left out", d["n_repeated"]),
         ("score mean / without the key", f"{_fmt(d['score_mean'])} / {_fmt(d['null_mean'])}"),
         ("z-score (for reading)", d["z_score"]),
-        ("watermarked fraction of records",
+        ((f"watermarked fraction of the {frac.n_records:,} records with >= {frac.min_units} "
+         "(fresh) scored units"),
          (f"{frac.estimate:.3%} ({frac.confidence:.0%} CI {frac.ci_low:.3%} to "
           f"{frac.ci_high:.3%}; {frac.method})")),
         (f"records flagged at FDR {result.fdr:g} (Benjamini-Hochberg)", d["n_flagged"]),

@@ -708,12 +708,16 @@ class ScanResult:
 
 
 def _fraction(ks: KeyState, agg: AggregateResult, confidence: float) -> FractionEstimate:
+    """Among the records with at least ``min_scored`` fresh tuples (binomial family) or scored
+    tuples (others): a record with less says too little to be classified, and which records
+    say little is not independent of what they are (near-duplicates of other records)."""
     if ks.scheme.test in _BINOMIAL_TESTS:
         n, k, c = ks.pairs.arrays()
         return binomial_mixture(n, k, c, p0=agg.null_mean, confidence=confidence,
-                                theta_min=theta_floor(agg.null_mean, agg.effect))
-    lg = ks.log10_pvalues[ks.n_scored > 0]
-    return pvalue_mixture(lg, confidence=confidence)
+                                theta_min=theta_floor(agg.null_mean, agg.effect),
+                                min_units=agg.min_scored * ks._depth)
+    lg = ks.log10_pvalues[ks.n_scored >= agg.min_scored]
+    return pvalue_mixture(lg, confidence=confidence, min_units=agg.min_scored)
 
 
 def finish(state: ScanState, *, fdr: float = DEFAULT_FDR, min_scored: int = DEFAULT_MIN_SCORED,
