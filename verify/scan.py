@@ -77,8 +77,8 @@ DEFAULT_FDR = 0.05
 #: enough that a batch's arrays stay a few MB.
 DEFAULT_BATCH_CHARS = 2 << 20
 _CHUNK_CHARS = 1 << 16
-_OWNER_SHIFT = np.uint64(40)
-_KEY_MASK = np.uint64((1 << 40) - 1)
+_OWNER_BITS = np.uint64(24)
+_OWNER_MASK = np.uint64((1 << 24) - 1)
 _BINOMIAL_TESTS = ("binomial", "tournament-mean")
 
 
@@ -126,14 +126,16 @@ class Pooled:
     """The tuples a batch of records contributes to the pooled test.
 
     Attributes:
-        keys: ``(u,) uint64``, tuple keys distinct within each record, sorted by (record, key).
+        keys: ``(u,) uint64``, tuple keys distinct within each record, sorted by (key, record).
         owner: ``(u,) int64``, the record of each.
+        first: ``(u,) bool``, the first (lowest) record of each distinct key.
         depth: units per tuple (1; layers of a tournament).
         n_scorable: scorable tuples before the per-record deduplication.
     """
 
     keys: np.ndarray
     owner: np.ndarray
+    first: np.ndarray
     depth: int
     n_scorable: int
 
@@ -159,9 +161,14 @@ def score_tokens(ids: np.ndarray, lens: np.ndarray, prompt_lens: np.ndarray,
     n_scorable = int(keys.size)
     if scheme.vocab_size * getattr(scheme, "n_rows", 1 << 40) >= 1 << 40 or n_records >= 1 << 24:
         raise ParameterError("tuple key space too large for the batched scan")
-    combined = unique_keys((owner.astype(np.uint64) << _OWNER_SHIFT) | keys)
-    u_owner = (combined >> _OWNER_SHIFT).astype(np.int64)
-    u_keys = combined & _KEY_MASK
+    # one sort gives both deduplications: (key, record) pairs, and each key's first record
+    combined = unique_keys((keys << _OWNER_BITS) | owner.astype(np.uint64))
+    u_keys = combined >> _OWNER_BITS
+    u_owner = (combined & _OWNER_MASK).astype(np.int64)
+    first = np.empty(u_keys.size, dtype=bool)
+    if u_keys.size:
+        first[0] = True
+        np.not_equal(u_keys[1:], u_keys[:-1], out=first[1:])
     n_tok = np.bincount(seq_record, weights=lens - prompt_lens, minlength=n_records)
     n = np.bincount(u_owner, minlength=n_records)
     scores = scheme.key_scores(u_keys)
@@ -190,16 +197,18 @@ def score_tokens(ids: np.ndarray, lens: np.ndarray, prompt_lens: np.ndarray,
             lg[i] = log_gammaincc(int(n[i]), float(stat[i])) / math.log(10.0)
             pv[i] = 10.0 ** lg[i]
     else:  # any other test: record by record on its distinct tuples
-        bounds = np.searchsorted(u_owner, np.arange(n_records + 1))
+        order = np.argsort(u_owner, kind="stable")
+        by_rec = scores[order]
+        bounds = np.searchsorted(u_owner[order], np.arange(n_records + 1))
         stat, pv, lg, mean = (np.zeros(n_records) for _ in range(4))
         for i in range(n_records):  # type: ignore[assignment]
-            o = run_test(test, scores[bounds[i]:bounds[i + 1]], params)
+            o = run_test(test, by_rec[bounds[i]:bounds[i + 1]], params)
             stat[i], pv[i], lg[i], mean[i] = o.statistic, o.pvalue, o.log10_pvalue, o.score_mean
     rs = RecordScores(n_tokens=n_tok.astype(np.int64), n_scored=n, statistic=stat,
                       pvalue=np.asarray(pv, dtype=np.float64),
                       log10_pvalue=np.asarray(lg, dtype=np.float64),
                       score_mean=np.asarray(mean, dtype=np.float64), n_units=units, n_ones=ones)
-    return rs, Pooled(u_keys, u_owner, depth, n_scorable)
+    return rs, Pooled(u_keys, u_owner, first, depth, n_scorable)
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,7 +238,7 @@ class KeyState:
             # disjoint across records, so the records' counts are independent under the null
             # even when records repeat each other (near-duplicates are common in corpora).
             self._depth = pooled.depth
-            cells, rec = _first_owner(pooled.keys, pooled.owner)
+            cells, rec = pooled.keys[pooled.first], pooled.owner[pooled.first]
             new = ~self.acc.tuples.contains(cells)
             cells, rec = cells[new], rec[new]
             scores = self.scheme.key_scores(cells)
@@ -308,19 +317,6 @@ class KeyState:
         self._log10p = [np.array(arrays[f"{prefix}log10p"])]
         self._score_mean = [np.array(arrays[f"{prefix}score_mean"])]
         self._n_scored = [np.array(arrays[f"{prefix}n_scored"])]
-
-
-def _first_owner(keys: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each distinct key of ``keys (u,) uint64 < 2**40`` and the lowest ``owner (u,) < 2**24``
-    it occurs with: ``(cells (d,) uint64, owner (d,) int64)``, sorted by key."""
-    if keys.size == 0:
-        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
-    packed = np.sort((keys << np.uint64(24)) | owner.astype(np.uint64))
-    k = packed >> np.uint64(24)
-    first = np.empty(k.size, dtype=bool)
-    first[0] = True
-    np.not_equal(k[1:], k[:-1], out=first[1:])
-    return k[first], (packed[first] & np.uint64(0xFFFFFF)).astype(np.int64)
 
 
 class ScanState:
