@@ -298,7 +298,8 @@ class KeyState:
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         arrays = {f"{prefix}tuples_{k}": v for k, v in self.acc.tuples.to_arrays().items()}
         arrays[f"{prefix}counts"] = np.array(
-            [self.acc.n_texts, self.acc.n_tokens, self.acc.n_scorable], dtype=np.int64)
+            [self.acc.n_texts, self.acc.n_tokens, self.acc.n_scorable, self._depth],
+            dtype=np.int64)
         arrays[f"{prefix}pairs"] = self.pairs.to_array()
         arrays[f"{prefix}log10p"] = self.log10_pvalues
         arrays[f"{prefix}score_mean"] = self.score_means
@@ -311,7 +312,7 @@ class KeyState:
         tl = f"{prefix}tuples_"
         self.acc.tuples = TupleSet.from_arrays(
             {k[len(tl):]: arrays[k] for k in arrays.files if k.startswith(tl)})
-        self.acc.n_texts, self.acc.n_tokens, self.acc.n_scorable = (
+        self.acc.n_texts, self.acc.n_tokens, self.acc.n_scorable, self._depth = (
             int(x) for x in arrays[f"{prefix}counts"])
         self.pairs = PairCounts.from_array(arrays[f"{prefix}pairs"])
         self._log10p = [np.array(arrays[f"{prefix}log10p"])]
