@@ -439,6 +439,11 @@ def demo(
     raise typer.Exit(EXIT_FOUND if correct == len(rows) else EXIT_NOT_FOUND)
 
 
+from distillmark.cli.scan import scan as _scan
+
+app.command(name="scan", epilog=_EXIT_HELP)(_scan)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -283,12 +283,17 @@ class AggregateAccumulator:
         self.add_keys(keys, n_texts=len(seqs),
                       n_tokens=int(sum(np.asarray(s).size for s in seqs)) - n_prompt)
 
-    def add_keys(self, keys: np.ndarray, *, n_texts: int, n_tokens: int) -> None:
-        """Pool tuple keys already computed (e.g. by :func:`batch_tuple_keys`)."""
+    def add_keys(self, keys: np.ndarray, *, n_texts: int, n_tokens: int,
+                 n_scorable: int | None = None) -> None:
+        """Pool tuple keys already computed (e.g. by :func:`batch_tuple_keys`).
+
+        ``n_scorable``: the scorable tuples these keys came from, when ``keys`` was already
+        deduplicated (per text, say); default ``keys.size``.
+        """
         self.tuples.add(keys)
         self.n_texts += n_texts
         self.n_tokens += n_tokens
-        self.n_scorable += int(np.asarray(keys).size)
+        self.n_scorable += int(np.asarray(keys).size) if n_scorable is None else int(n_scorable)
 
     def merge(self, other: AggregateAccumulator) -> None:
         """Add the texts pooled by ``other`` (same key)."""

@@ -1,0 +1,188 @@
+"""``distillmark scan``: test a whole dataset (JSONL, Parquet, CSV, text, datasets folders).
+
+Thin: parse the options, call :func:`distillmark.verify.scan.scan`, render. The library (and
+its optional stacks: pyarrow, dask, matplotlib) is imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED
+
+_FMT_HELP = "Input format: auto (from file names), jsonl, parquet, csv, text, hf."
+
+
+def scan(
+    inputs: list[str] = typer.Argument(..., help="Files and directories to scan: JSON Lines "
+                                       "(.jsonl, .gz, .zst), Parquet, CSV, text files, "
+                                       "datasets save_to_disk folders."),
+    key: list[Path] = typer.Option(..., "--key", "-k", help="The watermark key; repeat it to "
+                                   "test several keys (Bonferroni-corrected)."),
+    field: str | None = typer.Option(None, help="Dotted path of the text in each record "
+                                     "(e.g. response, output.text)."),
+    chat: str | None = typer.Option(None, help="Dotted path of OpenAI-style chat messages: "
+                                    "only assistant turns are scored."),
+    fmt: str = typer.Option("auto", "--format", help=_FMT_HELP),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Per-record results, .jsonl "
+                                    "or .parquet (written atomically)."),
+    fdr: float = typer.Option(0.05, help="False-discovery rate of the per-record flags "
+                              "(Benjamini-Hochberg)."),
+    alpha: float = typer.Option(DEFAULT_ALPHA, help="Significance level of the dataset "
+                                "verdict."),
+    min_scored: int = typer.Option(DEFAULT_MIN_SCORED, help="Fewer distinct scored tuples "
+                                   "than this is 'insufficient evidence'."),
+    effect: float | None = typer.Option(None, help="Standardised per-tuple effect of "
+                                        "watermarked text (power statement, fraction floor)."),
+    confidence: float = typer.Option(0.95, help="Confidence of the fraction interval."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip bad records (counted, and "
+                                  "written to the rejects file) instead of stopping."),
+    rejects: Path | None = typer.Option(None, help="Rejects file of --skip-bad (default "
+                                        "OUT.rejects.jsonl)."),
+    max_record_bytes: int = typer.Option(8 << 20, help="Longer records are bad records."),
+    report: Path | None = typer.Option(None, help="Write a self-contained HTML report."),
+    resume: bool = typer.Option(False, help="Checkpoint, and continue an interrupted scan "
+                                "from its checkpoint."),
+    state_dir: Path | None = typer.Option(None, help="Checkpoint folder of --resume "
+                                          "(default OUT.scan-state)."),
+    engine: str = typer.Option("local", help="local, or dask (a cluster: --scheduler, else "
+                               "a LocalCluster)."),
+    scheduler: str | None = typer.Option(None, help="Dask scheduler address, tcp://HOST:PORT."),
+    workers: int = typer.Option(2, help="Workers of the LocalCluster (dask without "
+                                "--scheduler)."),
+    shard_mb: float = typer.Option(64.0, help="Shard size for the dask engine (MB)."),
+    tokenizer: str | None = typer.Option(None, help="Tokenizer to use instead of the one "
+                                         "recorded in the key (must match it)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """Scan a dataset for the watermark: every record tested, flags at a controlled FDR, one
+    exact test of the whole dataset (tuples deduplicated across records), and the estimated
+    fraction of watermarked records."""
+    from distillmark.cli.main import EXIT_ERROR, EXIT_FOUND, EXIT_NOT_FOUND, _err, _errors_exit
+    from distillmark.verify.scan import scan as run_scan
+    from distillmark.watermark import load_spec
+
+    for name, value in (("--alpha", alpha), ("--fdr", fdr), ("--confidence", confidence)):
+        if not 0.0 < value < 1.0:
+            _err(f"{name} must be in (0, 1), got {value}")
+            raise typer.Exit(EXIT_ERROR)
+    if (field is None) == (chat is None):
+        _err("give one of --field PATH or --chat PATH")
+        raise typer.Exit(EXIT_ERROR)
+    show = not as_json and sys.stderr.isatty()
+    with _errors_exit():
+        specs = [load_spec(k) for k in key]
+        with _progress(show) as progress:
+            try:
+                result = run_scan(
+                    inputs, specs, field=field, chat=chat, fmt=fmt, out=out, rejects=rejects,
+                    skip_bad=skip_bad, max_record_bytes=max_record_bytes, fdr=fdr,
+                    min_scored=min_scored, effect=effect, confidence=confidence,
+                    tokenizer=tokenizer, resume=resume, state_dir=state_dir, engine=engine,
+                    scheduler=scheduler, n_workers=workers,
+                    shard_bytes=max(1, int(shard_mb * 1e6)), report=report, alpha=alpha,
+                    progress=progress)
+            except KeyboardInterrupt:
+                hint = "; run it again with --resume to continue" if resume else ""
+                _err(f"interrupted{hint}")
+                raise typer.Exit(130) from None
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(alpha)))
+    else:
+        typer.echo(_human(result, alpha, rejects_path(out, rejects, skip_bad)))
+    raise typer.Exit(EXIT_FOUND if result.is_watermarked(alpha) else EXIT_NOT_FOUND)
+
+
+def rejects_path(out: Path | None, rejects: Path | None, skip_bad: bool) -> Path | None:
+    if rejects is not None:
+        return rejects
+    if out is not None and skip_bad:
+        return out.with_name(out.name + ".rejects.jsonl")
+    return None
+
+
+def _p(pvalue: float, log10_pvalue: float) -> str:
+    return f"{pvalue:.3g}" if pvalue > 0 else f"1e{log10_pvalue:.1f}"
+
+
+def _human(result: Any, alpha: float, rejects: Path | None) -> str:
+    a = result.aggregate
+    keys = (f"best of {result.n_keys} keys: {a.key_id}, p corrected for {result.n_keys} keys"
+            if result.n_keys > 1 else f"key {a.key_id}")
+    if a.test == "binomial":
+        score = (f"{a.statistic:,}/{a.n_scored:,} distinct tuples green, {a.score_mean:.1%}, "
+                 f"{a.null_mean:.1%} expected without the key")
+    else:
+        score = (f"{a.n_scored:,} distinct tuples, mean score {a.score_mean:.4g}, "
+                 f"{a.null_mean:.4g} expected without the key")
+    lines = [(f"dataset: {result.verdict(alpha)} (p = {_p(result.pvalue, result.log10_pvalue)}; "
+              f"{score}; {keys})")]
+    skipped = f"{result.n_records_skipped:,} skipped"
+    if result.n_records_skipped and rejects is not None:
+        skipped += f" (see {rejects})"
+    lines.append(f"records: {result.n_records_read:,} read, {result.n_records_scored:,} scored, "
+                 f"{skipped}; {a.n_tokens:,} tokens")
+    lines.append(f"flagged: {result.n_flagged:,} records at FDR {result.fdr:g} "
+                 "(Benjamini-Hochberg)")
+    f = result.fraction
+    fresh = "fresh " if f.method == "binomial-mixture" else ""
+    lines.append(f"watermarked fraction of the {f.n_records:,} records with >= {f.min_units} "
+                 f"{fresh}scored units: {f.estimate:.2%} ({f.confidence:.0%} CI {f.ci_low:.2%} "
+                 f"to {f.ci_high:.2%}; {f.method})")
+    if not result.is_watermarked(alpha):
+        det = result.detectable_fraction(alpha)
+        power = (f"a watermark on {det:.2%} of the {a.n_scored:,} distinct tuples would have "
+                 f"been found half of the time at alpha {alpha:g}" if det != float("inf")
+                 else f"{a.n_scored:,} distinct tuples are too few to find even a fully "
+                      f"watermarked dataset at alpha {alpha:g}")
+        lines.append(f"evidence: {power}; at most {f.ci_high:.2%} of those {f.n_records:,} "
+                     f"records are watermarked ({f.confidence:.0%} upper bound)")
+    return "\n".join(lines)
+
+
+class _progress:
+    """A rich progress bar on stderr (bytes, records, tokens/s, ETA), or nothing."""
+
+    def __init__(self, show: bool) -> None:
+        self.show = show
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> Any:
+        if not self.show:
+            return None
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._bar = Progress(TextColumn("scanning"), BarColumn(),
+                             TextColumn("{task.fields[records]:,} records"),
+                             TextColumn("{task.fields[rate]} tokens/s"),
+                             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                             console=Console(stderr=True), transient=True)
+        self._bar.__enter__()
+        self._task = self._bar.add_task("scan", total=None, records=0, rate="-")
+        import time
+
+        t0 = time.monotonic()
+
+        def update(p: Any) -> None:
+            dt = max(time.monotonic() - t0, 1e-9)
+            self._bar.update(self._task, total=p.total_bytes, completed=p.bytes_done,
+                             records=p.records, rate=f"{p.tokens / dt:,.0f}")
+
+        return update
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
