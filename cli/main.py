@@ -442,3 +442,9 @@ def demo(
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+# Commands in their own modules (they import this module's helpers, hence at the end).
+from .audit import audit as _audit
+
+app.command("audit", epilog=_EXIT_HELP)(_audit)
