@@ -63,6 +63,8 @@ def audit(
     top_k: int = typer.Option(64, help="distribution: tokens per context read; reading: "
                               "tokens per context scored is --reading-k."),
     reading_k: int = typer.Option(1, help="reading: tokens per context scored (1 = argmax)."),
+    weighting: str = typer.Option("window", help="distribution: window (each distinct window "
+                                  "of the key weighs one) or context (each distinct context)."),
     batch_size: int = typer.Option(8, help="Sequences per forward pass."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     seed: int = typer.Option(0, help="Random seed of --generate."),
@@ -85,6 +87,9 @@ def audit(
             raise InputError("give --text FILE or --generate N, not both")
         if mode not in au.AUDIT_MODES:
             raise InputError(f"--mode must be one of {', '.join(au.AUDIT_MODES)}, got {mode!r}")
+        if weighting not in au.WEIGHTINGS:
+            raise InputError(f"--weighting must be one of {', '.join(au.WEIGHTINGS)}, got "
+                             f"{weighting!r}")
         specs = [load_spec(k) for k in key]
         texts = _texts(text, max_bytes) if text is not None else None
         if texts is not None:
@@ -104,7 +109,8 @@ def audit(
         readings = au.read_model(lm, contexts, top_k=max(top_k, reading_k),
                                  batch_size=batch_size)
         result, _ = au.audit_specs(readings, specs, mode=mode, top_k=top_k,
-                                   reading_k=reading_k, min_scored=min_scored)
+                                   reading_k=reading_k, weighting=weighting,
+                                   min_scored=min_scored)
     if as_json:
         typer.echo(json.dumps({"source": model, **result.to_dict(alpha)}))
     else:

@@ -61,6 +61,8 @@ __all__ = ["AUDIT_MODES", "AuditResult", "ModelReadings", "audit_readings", "aud
 
 AUDIT_MODES = ("distribution", "reading")
 DEFAULT_MODE = "distribution"
+WEIGHTINGS = ("window", "context")
+DEFAULT_WEIGHTING = "window"
 DEFAULT_TOP_K = 64
 DEFAULT_CONTEXT_LEN = 256
 #: Text whose own detection p-value falls below this is refused as audit contexts.
@@ -221,6 +223,7 @@ class AuditResult:
         z_score: ``(statistic - gamma W) / sqrt(gamma (1 - gamma) sum w^2)``, for reading only.
         test: ``chernoff-weighted-bernoulli`` (an upper bound of the exact tail) or ``binomial``.
         mode: ``distribution`` or ``reading``.
+        weighting: ``window`` or ``context`` (distribution test; see :func:`audit_readings`).
         top_k: tokens per context the test used (``reading``: ``reading_k``).
         min_scored: fewer scored cells than this is "insufficient evidence".
         dedup: always True (repeated prefixes read once, cells counted once).
@@ -245,6 +248,7 @@ class AuditResult:
     z_score: float
     test: str
     mode: str
+    weighting: str
     top_k: int
     min_scored: int
     dedup: bool
@@ -289,9 +293,10 @@ def _check_scheme(scheme: Any) -> GreenList:
 
 
 def _cell_keys(readings: ModelReadings, scheme: GreenList, k: int
-               ) -> tuple[np.ndarray, np.ndarray, int]:
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cell key ``row * V + token`` of each context's ``k`` top tokens: ``(m', k) uint64``,
-    the contexts kept (those with a full window), and the number of distinct windows."""
+    the contexts kept (those with a full window: ``(m,) bool``), and the index of each kept
+    context's window (its last ``h`` tokens) among the distinct windows: ``(m',) int64``."""
     h, V = scheme.context_width, scheme.vocab_size
     ok = readings.pos + 1 >= h
     seq, pos = readings.seq[ok], readings.pos[ok]
@@ -303,7 +308,11 @@ def _cell_keys(readings: ModelReadings, scheme: GreenList, k: int
         p = pos[sel]
         for c in range(h):
             win[sel, c] = s[p - h + 1 + c]
-    n_windows = int(np.unique(win, axis=0).shape[0]) if h else int(seq.size > 0)
+    if h:
+        _, window_of = np.unique(win, axis=0, return_inverse=True)
+        window_of = window_of.ravel()
+    else:
+        window_of = np.zeros(seq.size, dtype=np.int64)
     # Logit columns beyond the spec's vocabulary (padding of a model's head) are ids no text
     # holds: their cells are computed on a stand-in id and left out by the caller.
     t_clip = np.minimum(toks, V - 1)
@@ -314,11 +323,12 @@ def _cell_keys(readings: ModelReadings, scheme: GreenList, k: int
     else:
         rows = np.broadcast_to(scheme.rows(win)[:, None], toks.shape)
     keys = rows.astype(np.uint64) * np.uint64(V) + t_clip.astype(np.uint64)
-    return keys, ok, n_windows
+    return keys, ok, window_of
 
 
 def audit_readings(readings: ModelReadings, scheme: Any, *, mode: str = DEFAULT_MODE,
                    top_k: int | None = None, reading_k: int = 1,
+                   weighting: str = DEFAULT_WEIGHTING,
                    min_scored: int = DEFAULT_MIN_SCORED) -> AuditResult:
     """Test one key against a model's readings.
 
@@ -329,6 +339,10 @@ def audit_readings(readings: ModelReadings, scheme: Any, *, mode: str = DEFAULT_
             ``reading_k`` tokens of each context, exact binomial).
         top_k: tokens per context used by the distribution test (default: all that were read).
         reading_k: tokens per context scored by the reading test (1: the argmax).
+        weighting: distribution test: ``"window"`` gives every distinct window (the last
+            ``h`` tokens of a context) a total weight of one, its contexts' distributions
+            averaged; ``"context"`` gives every distinct context a weight of one (a window seen
+            in many contexts then weighs that many times more). Both are valid.
         min_scored: fewer scored cells than this is "insufficient evidence".
     """
     scheme = _check_scheme(scheme)
@@ -343,13 +357,17 @@ def audit_readings(readings: ModelReadings, scheme: Any, *, mode: str = DEFAULT_
         raise ParameterError(f"tokens per context must be in 1..{readings.top_k} (what was "
                              f"read), got {k}")
     V, g = scheme.vocab_size, scheme.gamma_effective
-    keys, ok, n_windows = _cell_keys(readings, scheme, k)
+    if weighting not in WEIGHTINGS:
+        raise ParameterError(f"`weighting` must be one of {', '.join(WEIGHTINGS)}, "
+                             f"got {weighting!r}")
+    keys, ok, window_of = _cell_keys(readings, scheme, k)
+    n_windows = int(window_of.max()) + 1 if window_of.size else 0
     in_vocab = readings.top_ids[ok, :k] < V
     common: dict[str, Any] = {
         "n_tokens": readings.n_tokens, "n_contexts": readings.n_contexts,
         "n_windows": n_windows, "n_repeated": readings.n_tokens - readings.n_contexts,
-        "null_mean": g, "mode": mode, "top_k": k, "min_scored": min_scored, "dedup": True,
-        "scheme": scheme.name, "key_id": scheme.key_id, "model": readings.source, "n_keys": 1}
+        "null_mean": g, "mode": mode, "weighting": weighting, "top_k": k,
+        "min_scored": min_scored, "dedup": True, "scheme": scheme.name, "key_id": scheme.key_id, "model": readings.source, "n_keys": 1}
     if mode == "reading":
         cells = np.unique(keys[in_vocab])
         green = scheme.key_scores(cells)
@@ -361,6 +379,8 @@ def audit_readings(readings: ModelReadings, scheme: Any, *, mode: str = DEFAULT_
                            score_mean=c / n if n else 0.0, z_score=z, test="binomial",
                            uncorrected_log10_pvalue=tail.log10_pvalue, **common)
     probs = readings.top_probs[ok, :k].astype(np.float64)
+    if weighting == "window" and window_of.size:
+        probs /= np.bincount(window_of)[window_of][:, None]
     cells, inv = np.unique(keys[in_vocab], return_inverse=True)
     w = np.bincount(inv.ravel(), weights=probs[in_vocab], minlength=cells.size)
     green = scheme.key_scores(cells)
@@ -379,8 +399,8 @@ def audit_readings(readings: ModelReadings, scheme: Any, *, mode: str = DEFAULT_
 
 def audit_specs(readings: ModelReadings, specs: Sequence[WatermarkSpec], *,
                 mode: str = DEFAULT_MODE, top_k: int | None = None, reading_k: int = 1,
-                min_scored: int = DEFAULT_MIN_SCORED) -> tuple[AuditResult,
-                                                               tuple[AuditResult, ...]]:
+                weighting: str = DEFAULT_WEIGHTING, min_scored: int = DEFAULT_MIN_SCORED
+                ) -> tuple[AuditResult, tuple[AuditResult, ...]]:
     """Test every key of a ring against one set of readings; the first result is the best key
     with its p-value Bonferroni-corrected for ``len(specs)`` keys, then every key's own."""
     if not specs:
@@ -389,7 +409,8 @@ def audit_specs(readings: ModelReadings, specs: Sequence[WatermarkSpec], *,
     if len(set(ids)) != len(ids):
         raise ParameterError(f"key {next(k for k in ids if ids.count(k) > 1)} is given twice")
     per_key = tuple(audit_readings(readings, scheme_for(s), mode=mode, top_k=top_k,
-                                   reading_k=reading_k, min_scored=min_scored) for s in specs)
+                                   reading_k=reading_k, weighting=weighting,
+                                   min_scored=min_scored) for s in specs)
     best = min(per_key, key=lambda r: r.log10_pvalue)
     n = len(per_key)
     if n == 1:
