@@ -68,17 +68,22 @@ def _inputs(batch: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
 
 def _time_calls(proc: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                 ids: list[torch.Tensor], scores: list[torch.Tensor], n: int, warmup: int
-                ) -> list[float]:
+                ) -> tuple[list[float], list[float]]:
+    """Wall and thread-CPU seconds of each call (the CPU time is what the call costs when
+    other processes share the cores; the wall time includes waiting for one)."""
     work = scores[0].clone()
-    times = []
+    times, cpu = [], []
     for i in range(warmup + n):
         work.copy_(scores[i % POOL])
+        c0 = time.thread_time_ns()
         t0 = time.perf_counter()
         proc(ids[i % POOL], work)
         dt = time.perf_counter() - t0
+        dc = (time.thread_time_ns() - c0) * 1e-9
         if i >= warmup:
             times.append(dt)
-    return times
+            cpu.append(dc)
+    return times, cpu
 
 
 def _measure(make: Callable[[], Any], batch: int, n: int) -> dict[str, Any]:
@@ -89,11 +94,12 @@ def _measure(make: Callable[[], Any], batch: int, n: int) -> dict[str, Any]:
     proc(ids[0], work)
     setup = time.perf_counter() - t0
     warmup = min(10, n)
-    times = _time_calls(proc, ids, scores, n, warmup)
+    times, cpu = _time_calls(proc, ids, scores, n, warmup)
     med = statistics.median(times)
     p90 = sorted(times)[int(0.9 * (len(times) - 1))]
     return {"calls": n, "setup_first_call_s": setup, "median_call_s": med, "p90_call_s": p90,
-            "ms_per_row": med * 1e3 / batch}
+            "ms_per_row": med * 1e3 / batch,
+            "cpu_ms_per_row": statistics.median(cpu) * 1e3 / batch}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     for (label, batch), rs in runs.items():
         tool, seeding, h = meta[label]
         med = {k: statistics.median(r[k] for r in rs)
-               for k in ("setup_first_call_s", "median_call_s", "p90_call_s", "ms_per_row")}
+               for k in ("setup_first_call_s", "median_call_s", "p90_call_s", "ms_per_row",
+                         "cpu_ms_per_row")}
         results.append({"tool": tool, "label": label, "seeding": seeding, "h": h,
                         "batch": batch, "calls_per_round": rs[0]["calls"], **med,
                         "ms_per_row_by_round": [r["ms_per_row"] for r in rs]})
@@ -149,18 +156,19 @@ def main(argv: list[str] | None = None) -> int:
         ref = hf_ref[(r["seeding"], r["batch"])]
         r["speedup_vs_transformers"] = ref / r["ms_per_row"]
         target = ("-" if r["tool"] != "distillmark" or r["seeding"] != "lefthash"
-                  else "yes" if r["ms_per_row"] <= TARGET_MS_PER_ROW else "no")
+                  else "/".join("yes" if r[k] <= TARGET_MS_PER_ROW else "no"
+                                for k in ("ms_per_row", "cpu_ms_per_row")))
         rows.append([r["label"], r["batch"], f"{r['setup_first_call_s'] * 1e3:,.1f}",
                      f"{r['median_call_s'] * 1e3:.3f}", f"{r['p90_call_s'] * 1e3:.3f}",
-                     f"{r['ms_per_row']:.4f}",
+                     f"{r['ms_per_row']:.4f}", f"{r['cpu_ms_per_row']:.4f}",
                      f"{min(r['ms_per_row_by_round']):.3f}–{max(r['ms_per_row_by_round']):.3f}",
                      fmt_ratio(r["speedup_vs_transformers"]) if r["tool"] == "distillmark"
                      else "1×", target])
     info_m = machine()
     table = markdown_table(
         ["processor", "batch", "set-up + 1st call ms", "ms per call (median)", "p90 ms",
-         "ms per row", "rounds' range", "speed-up vs transformers (same seeding)",
-         "≤ 0.05 ms/row"], rows)
+         "ms per row", "CPU ms per row", "rounds' range (wall)",
+         "speed-up vs transformers (same seeding)", "≤ 0.05 ms/row (wall/CPU)"], rows)
     print(f"\nLogits processor per step, V = {V:,}, input_ids length {SEQ_LEN}, one thread, "
           f"median of {args.rounds} round(s); {machine_line(info_m)}\n")
     print(table)

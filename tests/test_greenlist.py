@@ -213,6 +213,40 @@ def _green_after(det: GreenList, ctx: np.ndarray, tokens: np.ndarray) -> np.ndar
     return det.green_indicators(blocks.reshape(-1))[::h + 1]
 
 
+@pytest.mark.parametrize("params", [
+    {"context_width": 0}, {"context_width": 1}, {"context_width": 2},
+    {"context_width": 4, "combine": "min"}, {"context_width": 4, "combine": "hash"},
+    {"context_width": 3, "n_lists": 1024}, {"context_width": 2, "n_lists": 1},
+    {"context_width": 2, "seeding": "selfhash"}, {"context_width": 3, "seeding": "selfhash",
+                                                  "combine": "min"},
+])
+def test_row_of_one_window_equals_rows(params: dict[str, Any]) -> None:
+    scheme = make(**params)
+    rng = np.random.default_rng(11)
+    windows = rng.integers(0, V, size=(300, scheme.window))
+    windows[0] = V - 1
+    windows[1] = 0
+    expected = scheme.rows(windows)
+    got = [scheme.context.row_of(w) for w in windows.tolist()]
+    assert got == expected.tolist()
+
+
+@pytest.mark.parametrize("h", [0, 1, 2, 4])
+def test_in_place_bias_equals_bias(h: int) -> None:
+    scheme = make(context_width=h, delta=1.25)
+    rng = np.random.default_rng(12 + h)
+    contexts = rng.integers(0, V, size=(5, h + 3))
+    logits = rng.normal(size=(5, V + 7)).astype(np.float32)
+    expected = scheme.bias(logits, contexts)
+    scheme.bias_(logits, [c[len(c) - h:] if h else [] for c in contexts.tolist()])
+    np.testing.assert_array_equal(logits, expected)
+    if h:
+        with pytest.raises(ParameterError, match=f"token id {V} is outside"):
+            scheme.bias_(logits[:1], [[V] * h])
+    with pytest.raises(ParameterError, match="bias_ is for lefthash"):
+        make(context_width=2, seeding="selfhash").bias_(logits, [[1, 2]])
+
+
 @pytest.mark.parametrize("combine", ["hash", "min"])
 @pytest.mark.parametrize("h", [0, 1, 2, 3, 4])
 def test_lefthash_bias_adds_delta_exactly_to_detected_green(h: int, combine: str) -> None:

@@ -118,8 +118,10 @@ def test_processor_leaves_padded_logit_columns_alone(params: dict[str, Any]) -> 
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("params", [{"context_width": 1}, {"context_width": 2}])
+@pytest.mark.parametrize("params", PROCESSOR_CONFIGS[:6])
 def test_processor_keeps_half_precision_dtype(params: dict[str, Any], dtype: torch.dtype) -> None:
+    """Half precision takes the all-torch path (as on a GPU): rows hashed in torch, table
+    gathered as a tensor; the same bias as the numpy reference, in the logits' dtype."""
     scheme = make_scheme(**params)
     gen = torch.Generator().manual_seed(8)
     ids = torch.randint(0, VOCAB, (3, 5), generator=gen)

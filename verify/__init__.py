@@ -1,5 +1,6 @@
-"""Verification: statistical tests for watermarks in texts (and, later, datasets and models)."""
+"""Verification: statistical tests for watermarks in one text, many texts pooled, datasets, models."""
 
+from .aggregate import AggregateAccumulator, AggregateResult, TupleSet
 from .detect import (
     DEFAULT_ALPHA,
     DEFAULT_MIN_SCORED,
@@ -15,10 +16,13 @@ from .stats import binomial_tail, unique_keys
 __all__ = [
     "DEFAULT_ALPHA",
     "DEFAULT_MIN_SCORED",
+    "AggregateAccumulator",
+    "AggregateResult",
     "DetectionResult",
     "Detector",
     "KeyRingDetector",
     "KeyRingResult",
+    "TupleSet",
     "Verdict",
     "binomial_tail",
     "detect_ids",

@@ -24,8 +24,15 @@ from distillmark.watermark.tokenizer import tokenizer_for
 from .nulls import run_test
 from .stats import binomial_tails, unique_keys
 
-__all__ = ["DEFAULT_MIN_SCORED", "DetectionResult", "Detector", "Verdict", "detect_ids",
-           "detect_ids_batch"]
+__all__ = [
+    "DEFAULT_MIN_SCORED",
+    "DetectionResult",
+    "Detector",
+    "Verdict",
+    "batch_tuple_keys",
+    "detect_ids",
+    "detect_ids_batch",
+]
 
 #: Default number of scored (distinct) tuples below which the answer is "insufficient evidence".
 DEFAULT_MIN_SCORED = 25
@@ -173,19 +180,9 @@ def detect_ids_batch(seqs: Sequence[np.ndarray], scheme: Scheme, *,
                 for s, pl in zip(seqs, plens)]
     if min_scored < 1:
         raise ParameterError(f"`min_scored` must be >= 1, got {min_scored}")
+    keys, owner = batch_tuple_keys(seqs, scheme, prompt_lens=plens)
     lens = np.array([s.size for s in seqs], dtype=np.int64)
     pl = np.asarray(plens, dtype=np.int64)
-    if (pl < 0).any() or (pl > lens).any():
-        j = int(np.flatnonzero((pl < 0) | (pl > lens))[0])
-        raise ParameterError(f"`prompt_lens[{j}]` must be in 0..{lens[j]}, got {pl[j]}")
-    h = scheme.context_width
-    ids = np.concatenate(seqs) if len(seqs) > 1 else seqs[0]
-    keys = scheme.tuple_keys(ids)  # entry i belongs to token h + i of the concatenation
-    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
-    owner = np.repeat(np.arange(len(seqs)), lens)[h:]
-    local = np.arange(h, ids.size) - starts[owner]
-    valid = local >= np.maximum(h, pl[owner])  # own window, and not in the prompt
-    keys, owner = keys[valid], owner[valid]
     n_scorable = np.bincount(owner, minlength=len(seqs))
     combined = unique_keys((owner.astype(np.uint64) << np.uint64(40)) | keys)
     u_owner = (combined >> np.uint64(40)).astype(np.int64)
@@ -206,6 +203,35 @@ def detect_ids_batch(seqs: Sequence[np.ndarray], scheme: Scheme, *,
                k.tolist(), pv.tolist(), lg.tolist(), n_tokens.tolist(), n.tolist(),
                n_scorable.tolist(), mean.tolist(), z.tolist())]
     return out
+
+
+def batch_tuple_keys(seqs: Sequence[np.ndarray], scheme: Scheme, *,
+                     prompt_lens: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Tuple keys of many sequences in one pass: ``(keys (k,) uint64, owner (k,) int64)``.
+
+    ``owner[i]`` is the index of the sequence key ``i`` belongs to. A sequence's first ``h``
+    tokens have no full window and are not scored, nor are its first ``prompt_lens[j]`` tokens
+    (the prompt: context only). No deduplication here.
+    """
+    seqs = [np.asarray(s, dtype=np.int64).reshape(-1) for s in seqs]
+    if not seqs:
+        return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int64)
+    lens = np.array([s.size for s in seqs], dtype=np.int64)
+    pl = (np.zeros(len(seqs), dtype=np.int64) if prompt_lens is None
+          else np.asarray(prompt_lens, dtype=np.int64))
+    if pl.shape != lens.shape:
+        raise ParameterError(f"`prompt_lens` has {pl.size} entries for {lens.size} sequences")
+    if (pl < 0).any() or (pl > lens).any():
+        j = int(np.flatnonzero((pl < 0) | (pl > lens))[0])
+        raise ParameterError(f"`prompt_lens[{j}]` must be in 0..{lens[j]}, got {pl[j]}")
+    h = scheme.context_width
+    ids = np.concatenate(seqs) if len(seqs) > 1 else seqs[0]
+    keys = scheme.tuple_keys(ids)  # entry i belongs to token h + i of the concatenation
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    owner = np.repeat(np.arange(len(seqs), dtype=np.int64), lens)[h:]
+    local = np.arange(h, ids.size) - starts[owner]
+    valid = local >= np.maximum(h, pl[owner])  # own full window, and not in the prompt
+    return keys[valid], owner[valid]
 
 
 class Detector:

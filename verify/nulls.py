@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import fft, optimize, special
+from scipy import special
 
 from .stats import binomial_tail
 
@@ -145,6 +145,8 @@ def _tilt(t: int, n: int, w: np.ndarray, p: float = 0.5) -> float:
     def excess(theta: float) -> float:
         return n * float(np.dot(w, special.expit(theta * w + lg))) - t
 
+    from scipy import optimize  # imported on use: it is slow to import
+
     hi = 1.0 / float(w.max())
     for _ in range(200):
         if excess(hi) >= 0.0:
@@ -169,6 +171,8 @@ def weighted_binomial_logsf(s: int, n: int, weights: Sequence[int], *, p: float 
     the millions) is the Chernoff bound ``log M - theta s`` returned: an upper bound, so the
     test stays valid (conservative).
     """
+    from scipy import fft  # imported on use: it is slow to import
+
     w = np.array([int(x) for x in weights if int(x) != 0], dtype=np.float64)
     if n < 0 or any(int(x) < 0 for x in weights):
         raise ValueError(f"need n >= 0 and weights >= 0, got n={n}, weights={list(weights)}")

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special, stats
+from scipy import special
 
 __all__ = ["BinomialTail", "binomial_tail", "binomial_tails", "bonferroni", "min_scored_for", "unique_keys"]
 
@@ -43,6 +43,8 @@ def binomial_tail(k: int, n: int, p: float) -> BinomialTail:
     # Deep tail (scipy's sf may return 0 well above the double-precision floor): the pmf
     # decreases geometrically beyond k > n p, so a bounded log-space sum of the leading terms is
     # exact to double precision; the float p-value is its exponential where representable.
+    from scipy import stats  # rare path; scipy.stats takes a second to import
+
     j = np.arange(k, min(n, k + _TAIL_TERMS) + 1, dtype=np.float64)
     log_sf = float(special.logsumexp(stats.binom.logpmf(j, n, p)))
     return BinomialTail(math.exp(log_sf), log_sf / math.log(10.0))

@@ -39,7 +39,7 @@ docs/schemes/greenlist.md gives the trade-off.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import Any
@@ -255,6 +255,27 @@ class GreenList(RowScheme):
         np.add.at(out, (np.arange(out.shape[0])[:, None], cand),
                   out.dtype.type(self.params.delta) * green)
         return out
+
+    def bias_(self, logits: np.ndarray, windows: Sequence[Sequence[int]]) -> None:
+        """:meth:`bias` in place for lefthash seeding, one generation step: ``logits (B, W)
+        float32`` (writable; a numpy view of an engine's buffer) gets ``delta`` added to the
+        green columns of row ``b``'s list, ``windows[b]`` being its last ``h`` tokens (all in
+        the vocabulary). Rows from :meth:`ContextRows.row_of` and one add per batch row: no
+        ``(B, V)`` temporary. Same result as :meth:`bias`."""
+        if self.params.seeding != "lefthash":
+            raise ParameterError("bias_ is for lefthash seeding; selfhash needs the logits "
+                                 "(use bias)")
+        if self.params.delta == 0.0:
+            return
+        V = self.vocab_size
+        table = self.delta_table
+        row_of = self.context.row_of
+        for b, win in enumerate(windows):
+            if win and (min(win) < 0 or max(win) >= V):
+                bad = min(win) if min(win) < 0 else max(win)
+                raise ParameterError(f"token id {bad} is outside the spec's vocabulary "
+                                     f"0..{V - 1} (wrong tokenizer?)")
+            np.add(logits[b, :V], table[row_of(win)], out=logits[b, :V])
 
     def process(self, logits: np.ndarray, contexts: np.ndarray, *, prompt_width: int = 0,
                 temperature: float = 1.0, top_p: float = 1.0) -> np.ndarray:

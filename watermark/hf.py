@@ -5,8 +5,10 @@ raises :class:`~distillmark.watermark.errors.MissingDependencyError` with the in
 
 The processor applies :class:`~distillmark.watermark.greenlist.GreenList` exactly as the numpy
 ``bias`` does (the same rows from the same code, the same keyed table), staying in torch on the
-hot path: the table is held as a ``(n_lists, V)`` float tensor of ``delta`` / ``0`` on the
-logits' device, and one step is a row gather plus an add.
+hot path. On CPU with float32 logits a step is the numpy row computation plus one in-place add
+of a ``(V,)`` table row per batch row, through numpy views of the tensors; elsewhere (GPU, half
+precision) the table is held as a ``(n_lists, V)`` tensor of ``delta`` / ``0`` on the logits'
+device, the rows are hashed in torch, and a step is a row gather plus an add.
 """
 
 from __future__ import annotations
@@ -127,7 +129,10 @@ class WatermarkLogitsProcessor(LogitsProcessor):
             ctx = input_ids[:, input_ids.shape[1] - h:].cpu().numpy()
             green = s.candidate_green(ctx, cand.cpu().numpy())
             bias = torch.from_numpy(green).to(device=dev, dtype=scores.dtype) * s.params.delta
-            return scores.scatter_add_(1, cand, bias)
+            scores.scatter_add_(1, cand, bias)
+            return scores
+        if dev.type == "cpu" and scores.dtype == torch.float32 and not input_ids.is_cuda:
+            return self._add_rows_numpy(input_ids, scores)
         if h == 0:
             rows = torch.zeros(input_ids.shape[0], dtype=torch.long, device=dev)
         elif h == 1:
@@ -136,6 +141,16 @@ class WatermarkLogitsProcessor(LogitsProcessor):
             rows = self._rows_torch(input_ids[:, input_ids.shape[1] - h:].to(dev))
         table = self._on("delta_table", dev, scores.dtype)
         scores[:, :V] += table.index_select(0, rows)
+        return scores
+
+    def _add_rows_numpy(self, input_ids: torch.LongTensor, scores: torch.FloatTensor
+                        ) -> torch.FloatTensor:
+        """CPU float32 logits: ``GreenList.bias_`` on a numpy view of the scores (no copy, no
+        gathered ``(B, V)`` temporary, rows hashed in Python integers): a step costs little more
+        than one add per batch row; small torch ops cost several times more here."""
+        h = self.scheme.context_width
+        windows = input_ids[:, input_ids.shape[1] - h:].tolist() if h else [[]] * len(input_ids)
+        self.scheme.bias_(scores.detach().numpy(), windows)
         return scores
 
     def _rows_torch(self, windows: torch.Tensor) -> torch.Tensor:
@@ -230,7 +245,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # transformers marks GGUF-loaded models as quantised and refuses to save them; the weights
     # are already dequantised to float, so drop the marker and save plain safetensors.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -273,7 +288,7 @@ def load_model(model: str | Path | None = None, *, device: str | None = None) ->
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"cannot load model {path}: {str(exc).splitlines()[0]}") from None
     if device:
-        lm = lm.to(device)
+        lm = lm.to(device)  # type: ignore[arg-type]
     lm.eval()
     tok.padding_side = "left"
     if tok.pad_token is None:

@@ -59,6 +59,13 @@ class LlamaCppWatermark:
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """``input_ids: (n,) intc``, ``scores: (n_vocab,) float32`` -> ``(n_vocab,) float32``."""
         s = self.scheme
+        if isinstance(s, GreenList) and s.params.seeding == "lefthash":
+            h = s.context_width
+            if len(input_ids) < h:
+                return scores
+            out = scores if scores.flags.writeable else scores.copy()
+            s.bias_(out[None, :], [input_ids[len(input_ids) - h:].tolist() if h else []])
+            return out
         if isinstance(s, GreenList):  # only the last h tokens matter: skip the full copy
             h = s.context_width
             ctx = np.asarray(input_ids[len(input_ids) - h:] if h else input_ids[:0],

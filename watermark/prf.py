@@ -41,6 +41,7 @@ __all__ = [
     "LABEL_PREFIX",
     "derive_subkey",
     "fmix64",
+    "fmix64_int",
     "keystream",
     "u32_at",
     "u32_stream",
@@ -129,3 +130,13 @@ def fmix64(x: np.ndarray) -> np.ndarray:
     x *= _M2
     x ^= x >> _S33
     return x
+
+
+def fmix64_int(x: int) -> int:
+    """:func:`fmix64` of one Python integer in ``0..2**64-1`` (same value, no numpy call)."""
+    mask = (1 << 64) - 1
+    x ^= x >> 33
+    x = (x * int(_M1)) & mask
+    x ^= x >> 33
+    x = (x * int(_M2)) & mask
+    return x ^ (x >> 33)

@@ -1,0 +1,49 @@
+"""Prompt sets: the built-in set and prompt files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from distillmark.verify.prompts import TEMPLATES, TOPICS, builtin_prompts, read_prompts
+from distillmark.watermark import InputError
+
+
+def test_builtin_prompts_are_distinct_and_varied() -> None:
+    allp = builtin_prompts()
+    assert len(allp) == len(TEMPLATES) * len(TOPICS) == len(set(allp))
+    first = builtin_prompts(40)
+    assert first == allp[:40]
+    # any prefix mixes templates and topics
+    assert len({p.split()[0] for p in first}) > 5
+    assert sum(any(t in p for p in first) for t in TOPICS) >= 30
+    with pytest.raises(InputError, match="has 1840 prompts, 5000 asked"):
+        builtin_prompts(5000)
+
+
+def test_read_prompts_text_and_jsonl(tmp_path: Path) -> None:
+    txt = tmp_path / "p.txt"
+    txt.write_text("first prompt\n\n  second one\n")
+    assert read_prompts(txt) == ["first prompt", "  second one"]
+    js = tmp_path / "p.jsonl"
+    js.write_text(json.dumps({"prompt": "a"}) + "\n" + json.dumps({"prompt": "b", "x": 1}) + "\n")
+    assert read_prompts(js) == ["a", "b"]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b'{"prompt": "a"}\n{"prompt": \n', "p.jsonl:2: invalid JSON"),
+    (b'{"prompt": "a"}\n{"text": "b"}\n', "p.jsonl:2: record has no 'prompt' field"),
+    (b'{"prompt": 3}\n', "p.jsonl:1: 'prompt' must be a non-empty string"),
+    (b'{"prompt": "ok"}\n\xff\xfe\n', "p.jsonl:2: not valid UTF-8"),
+    (b"\n\n", "p.jsonl: no prompts in the file"),
+])
+def test_read_prompts_errors_name_file_and_line(tmp_path: Path, content: bytes,
+                                                message: str) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=message.replace(".", r"\.").replace("'", "'")):
+        read_prompts(path)
+    with pytest.raises(InputError, match="no such prompts file"):
+        read_prompts(tmp_path / "missing.txt")
