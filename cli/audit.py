@@ -63,6 +63,8 @@ def audit(
     top_k: int = typer.Option(64, help="distribution: tokens per context read; reading: "
                               "tokens per context scored is --reading-k."),
     reading_k: int = typer.Option(1, help="reading: tokens per context scored (1 = argmax)."),
+    min_prob: float = typer.Option(0.0, help="reading: score only those of the --reading-k "
+                                   "tokens with at least this probability."),
     weighting: str = typer.Option("window", help="distribution: window (each distinct window "
                                   "of the key weighs one) or context (each distinct context)."),
     batch_size: int = typer.Option(8, help="Sequences per forward pass."),
@@ -109,8 +111,8 @@ def audit(
         readings = au.read_model(lm, contexts, top_k=max(top_k, reading_k),
                                  batch_size=batch_size)
         result, _ = au.audit_specs(readings, specs, mode=mode, top_k=top_k,
-                                   reading_k=reading_k, weighting=weighting,
-                                   min_scored=min_scored)
+                                   reading_k=reading_k, min_prob=min_prob,
+                                   weighting=weighting, min_scored=min_scored)
     if as_json:
         typer.echo(json.dumps({"source": model, **result.to_dict(alpha)}))
     else:

@@ -155,6 +155,23 @@ def test_distribution_test_has_more_power_than_reading_mode(world: dict[str, Any
     assert dist.log10_pvalue < reading.log10_pvalue
 
 
+def test_reading_the_learned_cells(world: dict[str, Any]) -> None:
+    """Reading mode over the cells the model gives at least ``min_prob``: finds the mark,
+    stays calibrated over fresh keys, and scores fewer cells the higher the threshold."""
+    r = au.audit_readings(world["wm"], world["scheme"], mode="reading", reading_k=64,
+                          min_prob=0.05)
+    assert r.is_watermarked(1e-6) and r.min_prob == 0.05
+    loose = au.audit_readings(world["wm"], world["scheme"], mode="reading", reading_k=64,
+                              min_prob=0.01)
+    assert loose.n_scored > r.n_scored
+    for i in range(20):
+        scheme = scheme_for(make_spec(secret=bytes([150 + i]) * 32))
+        assert au.audit_readings(world["clean"], scheme, mode="reading", reading_k=64,
+                                 min_prob=0.05).pvalue > 1e-3
+    with pytest.raises(ValueError, match="`min_prob` must be in"):
+        au.audit_readings(world["wm"], world["scheme"], mode="reading", min_prob=1.0)
+
+
 def test_null_is_calibrated_over_keys(world: dict[str, Any]) -> None:
     """Keys the students never saw: no p-value below 1e-3 (either student, either test), and
     the exact reading-mode p-values are not smaller than uniform ones (one-sided KS)."""
@@ -340,7 +357,7 @@ def test_cli_exit_codes_and_json(cli_files: dict[str, Path]) -> None:
     assert clean.exit_code == 1, clean.output
     assert json.loads(clean.stdout)["verdict"] == "not watermarked"
     reading = run("--model", f["wm"], "--key", f["key"], "--text", f["text"], "--mode",
-                  "reading")
+                  "reading", "--reading-k", "8", "--min-prob", "0.05")
     assert reading.exit_code == 0 and "watermarked (p = " in reading.stdout
     ring = run("--model", f["wm"], "--key", f["other"], "--key", f["key"], "--text", f["text"],
                "--json")

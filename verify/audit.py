@@ -225,6 +225,7 @@ class AuditResult:
         mode: ``distribution`` or ``reading``.
         weighting: ``window`` or ``context`` (distribution test; see :func:`audit_readings`).
         top_k: tokens per context the test used (``reading``: ``reading_k``).
+        min_prob: reading test: least probability of a scored token (0: no threshold).
         min_scored: fewer scored cells than this is "insufficient evidence".
         dedup: always True (repeated prefixes read once, cells counted once).
         scheme: scheme name.
@@ -250,6 +251,7 @@ class AuditResult:
     mode: str
     weighting: str
     top_k: int
+    min_prob: float
     min_scored: int
     dedup: bool
     scheme: str
@@ -327,7 +329,7 @@ def _cell_keys(readings: ModelReadings, scheme: GreenList, k: int
 
 
 def audit_readings(readings: ModelReadings, scheme: Any, *, mode: str = DEFAULT_MODE,
-                   top_k: int | None = None, reading_k: int = 1,
+                   top_k: int | None = None, reading_k: int = 1, min_prob: float = 0.0,
                    weighting: str = DEFAULT_WEIGHTING,
                    min_scored: int = DEFAULT_MIN_SCORED) -> AuditResult:
     """Test one key against a model's readings.
@@ -339,6 +341,8 @@ def audit_readings(readings: ModelReadings, scheme: Any, *, mode: str = DEFAULT_
             ``reading_k`` tokens of each context, exact binomial).
         top_k: tokens per context used by the distribution test (default: all that were read).
         reading_k: tokens per context scored by the reading test (1: the argmax).
+        min_prob: reading test: of those, score only tokens the model gives at least this
+            probability (the cells the model has clearly learned; 0: all ``reading_k``).
         weighting: distribution test: ``"window"`` gives every distinct window (the last
             ``h`` tokens of a context) a total weight of one, its contexts' distributions
             averaged; ``"context"`` gives every distinct context a weight of one (a window seen
@@ -367,9 +371,14 @@ def audit_readings(readings: ModelReadings, scheme: Any, *, mode: str = DEFAULT_
         "n_tokens": readings.n_tokens, "n_contexts": readings.n_contexts,
         "n_windows": n_windows, "n_repeated": readings.n_tokens - readings.n_contexts,
         "null_mean": g, "mode": mode, "weighting": weighting, "top_k": k,
-        "min_scored": min_scored, "dedup": True, "scheme": scheme.name, "key_id": scheme.key_id, "model": readings.source, "n_keys": 1}
+        "min_prob": min_prob if mode == "reading" else 0.0, "min_scored": min_scored,
+        "dedup": True, "scheme": scheme.name, "key_id": scheme.key_id,
+        "model": readings.source, "n_keys": 1}
     if mode == "reading":
-        cells = np.unique(keys[in_vocab])
+        if not 0.0 <= min_prob < 1.0:
+            raise ParameterError(f"`min_prob` must be in [0, 1), got {min_prob}")
+        sel = in_vocab & (readings.top_probs[ok, :k] >= min_prob)
+        cells = np.unique(keys[sel])
         green = scheme.key_scores(cells)
         n, c = int(cells.size), int(np.count_nonzero(green))
         tail = binomial_tail(c, n, g)
@@ -399,7 +408,8 @@ def audit_readings(readings: ModelReadings, scheme: Any, *, mode: str = DEFAULT_
 
 def audit_specs(readings: ModelReadings, specs: Sequence[WatermarkSpec], *,
                 mode: str = DEFAULT_MODE, top_k: int | None = None, reading_k: int = 1,
-                weighting: str = DEFAULT_WEIGHTING, min_scored: int = DEFAULT_MIN_SCORED
+                min_prob: float = 0.0, weighting: str = DEFAULT_WEIGHTING,
+                min_scored: int = DEFAULT_MIN_SCORED
                 ) -> tuple[AuditResult, tuple[AuditResult, ...]]:
     """Test every key of a ring against one set of readings; the first result is the best key
     with its p-value Bonferroni-corrected for ``len(specs)`` keys, then every key's own."""
@@ -409,8 +419,9 @@ def audit_specs(readings: ModelReadings, specs: Sequence[WatermarkSpec], *,
     if len(set(ids)) != len(ids):
         raise ParameterError(f"key {next(k for k in ids if ids.count(k) > 1)} is given twice")
     per_key = tuple(audit_readings(readings, scheme_for(s), mode=mode, top_k=top_k,
-                                   reading_k=reading_k, weighting=weighting,
-                                   min_scored=min_scored) for s in specs)
+                                   reading_k=reading_k, min_prob=min_prob,
+                                   weighting=weighting, min_scored=min_scored)
+                    for s in specs)
     best = min(per_key, key=lambda r: r.log10_pvalue)
     n = len(per_key)
     if n == 1:

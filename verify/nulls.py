@@ -312,6 +312,8 @@ def weighted_bernoulli_logsf_bound(weights: np.ndarray, s: float, *, p: float
         return -math.inf, math.inf
     if s >= total * (1.0 - 1e-12):
         return w.size * math.log(p), math.inf
+    from scipy import optimize  # imported on use: it is slow to import
+
     lg, l1 = float(special.logit(p)), math.log1p(-p)
 
     def excess(theta: float) -> float:
