@@ -439,20 +439,19 @@ def demo(
     raise typer.Exit(EXIT_FOUND if correct == len(rows) else EXIT_NOT_FOUND)
 
 
-from distillmark.cli.scan import scan as _scan
-
-app.command(name="scan", epilog=_EXIT_HELP)(_scan)
-
-
 def main() -> None:
     """Console-script entry point."""
     app()
 
 
-# serve and probe live in their own modules (imported last: they use the helpers above)
+# Commands in their own modules (they import this module's helpers, hence at the end).
+from distillmark.cli.audit import audit as _audit
 from distillmark.cli.probe import _EXIT_HELP as _PROBE_EXIT_HELP
-from distillmark.cli.probe import probe_command
-from distillmark.cli.serve import serve
+from distillmark.cli.probe import probe_command as _probe
+from distillmark.cli.scan import scan as _scan
+from distillmark.cli.serve import serve as _serve
 
-app.command()(serve)
-app.command("probe", epilog=_PROBE_EXIT_HELP)(probe_command)
+app.command("scan", epilog=_EXIT_HELP)(_scan)
+app.command("serve")(_serve)
+app.command("probe", epilog=_PROBE_EXIT_HELP)(_probe)
+app.command("audit", epilog=_EXIT_HELP)(_audit)

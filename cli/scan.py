@@ -60,9 +60,11 @@ def scan(
                                          "recorded in the key (must match it)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
-    """Scan a dataset for the watermark: every record tested, flags at a controlled FDR, one
-    exact test of the whole dataset (tuples deduplicated across records), and the estimated
-    fraction of watermarked records."""
+    """Scan a dataset for the watermark of KEY.
+
+    Every record tested, flags at a controlled FDR, one exact test of the whole dataset (tuples
+    deduplicated across records), and the estimated fraction of watermarked records.
+    """
     from distillmark.cli.main import EXIT_ERROR, EXIT_FOUND, EXIT_NOT_FOUND, _err, _errors_exit
     from distillmark.verify.scan import scan as run_scan
     from distillmark.watermark import load_spec

@@ -18,7 +18,8 @@ from scipy import special
 from .stats import binomial_tail
 
 __all__ = ["TESTS", "Outcome", "binomial_test", "gamma_test", "log_gammaincc", "run_test",
-           "tournament_mean_test", "tournament_weighted_test", "weighted_binomial_logsf"]
+           "tournament_mean_test", "tournament_weighted_test", "weighted_bernoulli_logsf_bound",
+           "weighted_binomial_logsf"]
 
 
 @dataclass(frozen=True)
@@ -278,3 +279,51 @@ def run_test(name: str, scores: np.ndarray, params: dict[str, Any]) -> Outcome:
     except KeyError:
         raise ValueError(f"unknown test {name!r}; known: {', '.join(TESTS)}") from None
     return test(scores, **params)
+
+
+# -- weighted sums of independent Bernoulli cells (the open-model audit) ----------------------
+
+
+def weighted_bernoulli_logsf_bound(weights: np.ndarray, s: float, *, p: float
+                                   ) -> tuple[float, float]:
+    """Chernoff–Cramér bound on ``P(S >= s)`` for ``S = sum_c w_c B_c``, ``B_c ~
+    Bernoulli(p)`` independent, fixed weights ``w_c >= 0``: ``(log_bound, theta)``, natural log.
+
+    ``P(S >= s) <= exp(log M(theta) - theta s)`` for every ``theta >= 0`` (Markov's inequality
+    on ``e^{theta S}``), ``log M(theta) = sum_c log(1 - p + p e^{theta w_c})``; the bound is
+    minimised at the ``theta`` where the tilted mean ``sum_c w_c expit(theta w_c + logit p)``
+    equals ``s`` (convex in ``theta``, found by bracketing and Brent's method). Everything is in
+    log space (``logaddexp``), so bounds far below 1e-308 stay finite. The result is an upper
+    bound of the true tail, never below it: a p-value computed from it is valid (conservative).
+    ``s`` at or below the mean gives 0 (p = 1); ``s`` above ``sum w`` is impossible (-inf); ``s``
+    equal to ``sum w`` gives the exact ``log P(every weighted cell is 1)``.
+    """
+    w = np.asarray(weights, dtype=np.float64).ravel()
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"need 0 < p < 1, got p={p}")
+    if w.size and (not np.isfinite(w).all() or w.min() < 0.0):
+        raise ValueError("weights must be finite and >= 0")
+    w = w[w > 0.0]
+    total = float(w.sum())
+    if s <= p * total or w.size == 0:
+        return 0.0, 0.0
+    # Relative tolerance of float sums: s within it of the maximum counts as the maximum.
+    if s > total * (1.0 + 1e-12):
+        return -math.inf, math.inf
+    if s >= total * (1.0 - 1e-12):
+        return w.size * math.log(p), math.inf
+    from scipy import optimize  # imported on use: it is slow to import
+
+    lg, l1 = float(special.logit(p)), math.log1p(-p)
+
+    def excess(theta: float) -> float:
+        return float(np.dot(w, special.expit(theta * w + lg))) - s
+
+    hi = 1.0 / float(w.max())
+    for _ in range(2000):
+        if excess(hi) >= 0.0:
+            break
+        hi *= 2.0
+    theta = float(optimize.brentq(excess, 0.0, hi, xtol=1e-12, rtol=1e-12))
+    log_m = float(np.sum(np.logaddexp(0.0, theta * w + lg))) + w.size * l1
+    return min(0.0, log_m - theta * s), theta

@@ -1,0 +1,605 @@
+"""The distillation experiment: does a student trained on watermarked answers carry the mark?
+
+    python benchmarks/distillation.py            # default run (about an hour on 2 busy cores)
+    python benchmarks/distillation.py --quick    # smoke run, a few minutes
+    python benchmarks/distillation.py --scale 4  # 4x the data and a wider student (big machine)
+
+Teacher: the embedded SmolLM2-135M-Instruct (transformers engine, batched) answers the training
+prompts twice, once watermarked with the default green-list key (gamma 0.25, delta 2, h = 1)
+and once without a watermark. Answers are cached on disk (``benchmarks/out/distill/``), so a
+rerun generates nothing.
+
+Students: for each fraction f in 0%, 1%, 5%, 10%, 100%, a fraction f of the training prompts
+contribute their watermarked answer and the rest their unwatermarked one (the same prompts in
+every corpus: the students differ only in which answers were watermarked). The default student
+(``--student bigram``) is a neural bigram LM trained from scratch: a Llama with no transformer
+layers, ``logits = W RMSNorm(E[previous token])`` (rank 128), trained by full-batch Adam on the
+answers' next-token cross-entropy. ``--student transformer`` trains a 2-layer Llama instead
+(for a bigger machine: on 2 busy CPU cores it does not get past the unigram stage within the
+budget). During training the output layer covers only the token ids of the student's own
+corpus plus one "other" class that is never a target; when saved, the model is expanded back to
+the full 49,152-token vocabulary (unused ids copy the "other" row, a logit that training pushed
+down), so it is an ordinary Hugging Face model whose outputs are ids of the teacher's tokenizer.
+
+Tests, per student:
+
+* closed model (black box, unsupervised): the student answers held-out prompts that were not
+  in training (sampling at temperature 1); every answer is scored with the key, tuples
+  deduplicated across all answers, windows that reach into the prompt excluded; one exact
+  binomial test (:func:`closed_model_test`).
+* open model: ``distillmark.verify.audit`` on the saved weights, over the student's own
+  answers to held-out prompts and the teacher's unwatermarked answers (neither depends on the
+  key), four variants (distribution test with window or context weights, reading mode with the
+  argmax or the top 4).
+
+Calibration: the 0% student is tested, in every setting, against 20 fresh keys that it never
+saw (and against the teacher's key, which it never saw either): no p-value may fall below 1e-3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _distill_prompts import prompt_set
+
+OUT = Path(__file__).resolve().parent / "out" / "distill"
+
+#: The teacher's key: fixed, so that figures are reproducible (a benchmark key, not a secret).
+TEACHER_SECRET = hashlib.sha256(b"distillmark distillation teacher key, not secret").digest()
+
+
+def null_secret(i: int) -> bytes:
+    """The i-th key that no student ever saw (the calibration keys)."""
+    return hashlib.sha256(f"distillmark distillation null key {i}".encode()).digest()
+
+
+@dataclass(frozen=True)
+class Config:
+    n_train: int = 192            # training prompts (each answered with and without the mark)
+    n_heldout: int = 400          # held-out prompts for the closed-model test
+    max_new_tokens: int = 128     # teacher answer length
+    teacher_temperature: float = 1.0
+    teacher_batch: int = 32
+    fractions: tuple[float, ...] = (0.0, 0.01, 0.05, 0.10, 1.0)
+    student: str = "bigram"       # "bigram" (0-layer Llama) or "transformer"
+    d_model: int = 128
+    n_layers: int = 2             # transformer student only
+    n_heads: int = 4              # transformer student only
+    seq_len: int = 192            # transformer student only
+    epochs: int = 6               # transformer student only
+    steps: int = 30               # bigram student: full-batch Adam steps
+    lr: float = 3e-3              # transformer student (bigram: 10x)
+    train_batch: int = 16
+    closed_queries: int = 400     # student answers scored in the closed-model test
+    closed_max_new: int = 128
+    audit_contexts: int = 128     # student answers read by the audit (plus clean teacher ones)
+    audit_len: int = 128
+    null_keys: int = 20
+    null_seeds: int = 1           # 0% students trained with different seeds
+    threads: int = 1
+
+    def teacher_tag(self) -> str:
+        """Cache directory of the teacher's answers: batches are cached one by one, so a
+        larger ``n_train`` reuses every batch a smaller one generated."""
+        d = {"max_new": self.max_new_tokens, "temp": self.teacher_temperature,
+             "batch": self.teacher_batch, "prompts": "v1"}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+QUICK = Config(n_train=64, n_heldout=64, epochs=3, steps=20, closed_queries=64,
+               closed_max_new=64, audit_contexts=16, null_keys=10, null_seeds=1)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def teacher_spec(secret: bytes = TEACHER_SECRET) -> Any:
+    from distillmark.watermark import BUILTIN_SMOLLM2, load_tokenizer, new_spec
+
+    _, info = load_tokenizer(BUILTIN_SMOLLM2)
+    return new_spec("greenlist", {}, info, secret=secret)
+
+
+# --------------------------------------------------------------------------------------------
+# Teacher answers (cached)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def teacher_answers(cfg: Config) -> dict[str, list[dict[str, Any]]]:
+    """``{"wm": [...], "clean": [...]}``: one record per training prompt (prompt, prompt_ids,
+    completion_ids), generated batch by batch and cached; an interrupted run resumes."""
+    from distillmark.watermark import scheme_for
+
+    prompts = prompt_set()[:cfg.n_train]
+    cache = OUT / "teacher" / cfg.teacher_tag()
+    cache.mkdir(parents=True, exist_ok=True)
+    spec = teacher_spec()
+    batches = [(kind, i) for i in range(0, len(prompts), cfg.teacher_batch)
+               for kind in ("wm", "clean")]
+    todo = [(k, i) for k, i in batches if not (cache / f"{k}-{i:05d}.json").is_file()]
+    if todo:
+        import torch
+
+        from distillmark.watermark import hf
+
+        torch.set_num_threads(cfg.threads)
+        log(f"teacher: {len(todo)} of {len(batches)} batches to generate (cache {cache})")
+        lm = hf.load_model(None)
+        scheme = scheme_for(spec)
+        t0, n_tok = time.perf_counter(), 0
+        for j, (kind, i) in enumerate(todo):
+            chunk = prompts[i:i + cfg.teacher_batch]
+            outs = lm.generate(chunk, scheme=scheme if kind == "wm" else None,
+                               max_new_tokens=cfg.max_new_tokens,
+                               temperature=cfg.teacher_temperature,
+                               batch_size=cfg.teacher_batch,
+                               seed=1000 * i + (kind == "wm"))
+            recs = [{"prompt": o.prompt, "prompt_ids": list(o.prompt_ids),
+                     "completion_ids": list(o.completion_ids)} for o in outs]
+            _write_atomic(cache / f"{kind}-{i:05d}.json", json.dumps(recs))
+            n_tok += sum(len(r["completion_ids"]) for r in recs)
+            dt = time.perf_counter() - t0
+            log(f"teacher: batch {j + 1}/{len(todo)} ({kind}), {n_tok} tokens, "
+                f"{n_tok / dt:.0f} tok/s")
+    out: dict[str, list[dict[str, Any]]] = {"wm": [], "clean": []}
+    for kind, i in batches:
+        out[kind].extend(json.loads((cache / f"{kind}-{i:05d}.json").read_text()))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Students
+
+
+def corpus(answers: dict[str, list[dict[str, Any]]], fraction: float
+           ) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """The training corpus of the ``fraction`` student: ``(prompt_ids, completion_ids)`` per
+    training prompt, and how many of them are watermarked. The watermarked prompts are the first
+    ``round(fraction * n)`` of a fixed order, so the 1% set is inside the 5% set, and so on."""
+    n = len(answers["wm"])
+    order = np.random.default_rng(12345).permutation(n)
+    n_wm = round(fraction * n)
+    wm_set = set(order[:n_wm].tolist())
+    out = []
+    for i in range(n):
+        rec = answers["wm" if i in wm_set else "clean"][i]
+        out.append((rec["prompt_ids"], rec["completion_ids"]))
+    return out, n_wm
+
+
+def train_student(pairs: list[tuple[list[int], list[int]]], cfg: Config, *, seed: int,
+                  out_dir: Path, eos_id: int = 2) -> dict[str, Any]:
+    """Train a small Llama from scratch on ``pairs`` (loss on the answers and their end token)
+    and save it, expanded to the full vocabulary, as a Hugging Face model in ``out_dir``.
+
+    The restricted vocabulary is the set of ids in this student's own corpus (so a student's
+    support never depends on text it did not see), plus the special tokens and one "other"
+    class, never a target, standing in for every other id."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(cfg.threads)
+    used = sorted({t for p, c in pairs for t in p + c} | {0, 1, eos_id})
+    other = len(used)
+    vmap = np.full(49152, other, dtype=np.int64)
+    vmap[used] = np.arange(len(used))
+    seqs = []
+    for p, c in pairs:
+        ids = (p + c + [eos_id])[:cfg.seq_len]
+        lab = ([-100] * len(p) + c + [eos_id])[:cfg.seq_len]
+        seqs.append((vmap[ids], np.array([vmap[t] if t >= 0 else -100 for t in lab])))
+    mcfg = LlamaConfig(vocab_size=len(used) + 1, hidden_size=cfg.d_model,
+                       num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+                       num_key_value_heads=cfg.n_heads, intermediate_size=4 * cfg.d_model,
+                       max_position_embeddings=cfg.seq_len + cfg.closed_max_new + 64,
+                       bos_token_id=1, eos_token_id=eos_id, pad_token_id=eos_id,
+                       tie_word_embeddings=False)
+    model = LlamaForCausalLM(mcfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    steps = cfg.epochs * math.ceil(len(seqs) / cfg.train_batch)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(
+            math.pi * min(1.0, s / steps)))))
+    rng = np.random.default_rng(seed)
+    model.train()
+    t0, step, losses = time.perf_counter(), 0, []
+    for _ in range(cfg.epochs):
+        order = rng.permutation(len(seqs))
+        for b in range(0, len(order), cfg.train_batch):
+            chunk = [seqs[i] for i in order[b:b + cfg.train_batch]]
+            L = max(len(x) for x, _ in chunk)
+            ids = torch.full((len(chunk), L), eos_id if eos_id < other else 0, dtype=torch.long)
+            labels = torch.full((len(chunk), L), -100, dtype=torch.long)
+            mask = torch.zeros((len(chunk), L), dtype=torch.long)
+            for r, (x, y) in enumerate(chunk):
+                ids[r, :len(x)] = torch.from_numpy(x)
+                labels[r, :len(y)] = torch.from_numpy(y)
+                mask[r, :len(x)] = 1
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            losses.append(float(loss.detach()))
+    train_s = time.perf_counter() - t0
+    # Expand to the full vocabulary and save as an ordinary Hugging Face model.
+    full_cfg = LlamaConfig(**{**mcfg.to_dict(), "vocab_size": 49152})
+    full = LlamaForCausalLM(full_cfg)
+    sd = model.state_dict()
+    idx = torch.from_numpy(vmap)
+    sd["model.embed_tokens.weight"] = sd["model.embed_tokens.weight"][idx].clone()
+    sd["lm_head.weight"] = sd["lm_head.weight"][idx].clone()
+    full.load_state_dict(sd)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    full.save_pretrained(tmp)
+    src = teacher_model_dir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (src / name).is_file():
+            shutil.copy(src / name, tmp / name)
+    info = {"train_s": train_s, "steps": step, "final_loss": float(np.mean(losses[-10:])),
+            "vocab_used": len(used), "n_seqs": len(seqs),
+            "train_tokens": int(sum(int((y >= 0).sum()) for _, y in seqs))}
+    (tmp / "distill_train.json").write_text(json.dumps(info))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return info
+
+
+def train_bigram(pairs: list[tuple[list[int], list[int]]], cfg: Config, *, seed: int,
+                 out_dir: Path, eos_id: int = 2) -> dict[str, Any]:
+    """Train a neural bigram student and save it as a Hugging Face model in ``out_dir``.
+
+    The model is a Llama with no transformer layers: ``logits = W RMSNorm(E[x])``, the next
+    token's distribution given the previous token ``x``, of rank ``d_model``: what a small
+    LM's direct path learns first, and where an ``h = 1`` mark lives. It is trained by
+    full-batch Adam on the answers' bigram counts (every (previous, next) pair of the answers,
+    the last prompt token included as the first answer token's predecessor), which is the
+    same loss as next-token cross-entropy over the corpus, ``steps`` times. Vocabulary
+    restricted as in :func:`train_student`."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(cfg.threads)
+    used = sorted({t for p, c in pairs for t in p + c} | {0, 1, eos_id})
+    other = len(used)
+    vr = other + 1
+    vmap = np.full(49152, other, dtype=np.int64)
+    vmap[used] = np.arange(len(used))
+    xs, ts = [], []
+    for p, c in pairs:
+        seq = vmap[np.asarray(p + c + [eos_id], dtype=np.int64)]
+        xs.append(seq[len(p) - 1:-1])
+        ts.append(seq[len(p):])
+    x_all, t_all = np.concatenate(xs), np.concatenate(ts)
+    cells, counts = np.unique(x_all * vr + t_all, return_counts=True)
+    ux, xi = np.unique(cells // vr, return_inverse=True)
+    d = cfg.d_model
+    E = torch.nn.Parameter(torch.randn(vr, d) * 0.02)
+    W = torch.nn.Parameter(torch.randn(vr, d) * 0.02)
+    g = torch.nn.Parameter(torch.ones(d))
+    opt = torch.optim.Adam([E, W, g], lr=10 * cfg.lr)
+    uxt, xit = torch.from_numpy(ux), torch.from_numpy(xi)
+    tt, ct = torch.from_numpy(cells % vr), torch.from_numpy(counts).float()
+    eps = 1e-6
+    t0 = time.perf_counter()
+    loss = torch.zeros(())
+    for _ in range(cfg.steps):
+        h = E[uxt]
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps) * g
+        logits = h @ W.T
+        loss = ((torch.logsumexp(logits, -1)[xit] - logits[xit, tt]) * ct).sum() / ct.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    train_s = time.perf_counter() - t0
+    tot = np.bincount(xi, weights=counts)
+    mle = float(-(counts * np.log(counts / tot[xi])).sum() / counts.sum())
+    mcfg = LlamaConfig(vocab_size=49152, hidden_size=d, num_hidden_layers=0,
+                       num_attention_heads=1, num_key_value_heads=1, intermediate_size=4,
+                       max_position_embeddings=4096, bos_token_id=1, eos_token_id=eos_id,
+                       pad_token_id=eos_id, tie_word_embeddings=False, rms_norm_eps=eps)
+    full = LlamaForCausalLM(mcfg)
+    idx = torch.from_numpy(vmap)
+    with torch.no_grad():
+        full.model.embed_tokens.weight.copy_(E[idx])
+        full.lm_head.weight.copy_(W[idx])
+        full.model.norm.weight.copy_(g)
+    info = {"train_s": train_s, "steps": cfg.steps, "final_loss": float(loss.detach()),
+            "bigram_mle_loss": mle, "vocab_used": len(used), "n_seqs": len(pairs),
+            "train_tokens": int(t_all.size), "distinct_bigrams": int(cells.size)}
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    full.save_pretrained(tmp)
+    src = teacher_model_dir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (src / name).is_file():
+            shutil.copy(src / name, tmp / name)
+    (tmp / "distill_train.json").write_text(json.dumps(info))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return info
+
+
+def teacher_model_dir() -> Path:
+    """The transformers copy of the embedded model (converted once, cached)."""
+    from distillmark.watermark import hf
+    from distillmark.watermark.models import default_model_path
+
+    gguf = default_model_path()
+    cached = hf._gguf_cache_dir(gguf)
+    if not (cached / "tokenizer.json").is_file():
+        hf.load_model(None)
+    return cached
+
+
+def student(answers: dict[str, list[dict[str, Any]]], fraction: float, cfg: Config, *,
+            seed: int = 0) -> tuple[Path, dict[str, Any]]:
+    """The trained student of ``fraction`` (cached on disk by its configuration)."""
+    tag = hashlib.sha256(json.dumps({"teacher": cfg.teacher_tag(), "n": cfg.n_train,
+                                     "f": fraction, "seed": seed, "kind": cfg.student,
+                                     "d": cfg.d_model, "l": cfg.n_layers, "h": cfg.n_heads,
+                                     "e": cfg.epochs, "steps": cfg.steps, "lr": cfg.lr,
+                                     "b": cfg.train_batch, "len": cfg.seq_len},
+                                    sort_keys=True).encode()).hexdigest()[:12]
+    out = OUT / "students" / f"f{fraction:g}-s{seed}-{tag}"
+    info_file = out / "distill_train.json"
+    pairs, n_wm = corpus(answers, fraction)
+    if not info_file.is_file():
+        log(f"student f={fraction:g} seed={seed}: training on {len(pairs)} answers "
+            f"({n_wm} watermarked)")
+        train = train_bigram if cfg.student == "bigram" else train_student
+        info = train(pairs, cfg, seed=seed, out_dir=out)
+        log(f"student f={fraction:g} seed={seed}: {info['steps']} steps in "
+            f"{info['train_s']:.0f} s, loss {info['final_loss']:.2f}")
+    info = json.loads(info_file.read_text())
+    info["n_wm_answers"] = n_wm
+    info["wm_tokens"] = sum(len(c) for (_, c), i in zip(pairs, range(len(pairs)))
+                            if corpus_is_wm(answers, fraction, i))
+    return out, info
+
+
+def corpus_is_wm(answers: dict[str, list[dict[str, Any]]], fraction: float, i: int) -> bool:
+    n = len(answers["wm"])
+    order = np.random.default_rng(12345).permutation(n)
+    return i in set(order[:round(fraction * n)].tolist())
+
+
+# --------------------------------------------------------------------------------------------
+# The two tests
+
+
+def student_answers(model_dir: Path, prompts: list[str], cfg: Config, *, seed: int = 0
+                    ) -> list[dict[str, Any]]:
+    """The student's answers to ``prompts`` (sampled at temperature 1, no watermark), cached."""
+    cache = model_dir / f"answers-{len(prompts)}-{cfg.closed_max_new}-{seed}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())  # type: ignore[no-any-return]
+    import torch
+
+    from distillmark.watermark import hf
+
+    torch.set_num_threads(cfg.threads)
+    lm = hf.load_model(model_dir)
+    outs = lm.generate(prompts, scheme=None, max_new_tokens=cfg.closed_max_new,
+                       temperature=1.0, batch_size=200, seed=seed)
+    recs = [{"prompt": o.prompt, "prompt_ids": list(o.prompt_ids),
+             "completion_ids": list(o.completion_ids)} for o in outs]
+    _write_atomic(cache, json.dumps(recs))
+    return recs
+
+
+def closed_model_test(answers: list[dict[str, Any]], spec: Any, *,
+                      checkpoints: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Black-box test of a suspect from its answers (``verify.aggregate``): every answer scored
+    with the key, tuples deduplicated across all answers, windows reaching into the prompt
+    excluded (answers are pooled without their prompt, so only answer tokens with ``h`` answer
+    tokens before them are scored), one exact test.
+
+    The one place the closed-model step happens: it can be replaced by ``serve`` + ``probe``
+    on loopback without touching the rest of the experiment.
+    ``checkpoints``: also report the p-value after the first n answers, for each n.
+    """
+    from distillmark.verify.aggregate import AggregateAccumulator
+    from distillmark.watermark import scheme_for
+
+    acc = AggregateAccumulator(scheme_for(spec))
+    curve = []
+    for n, a in enumerate(answers, 1):
+        acc.add(np.asarray(a["completion_ids"], dtype=np.int64))
+        if n in checkpoints:
+            curve.append(_closed_dict(acc.result()))
+    out = _closed_dict(acc.result())
+    out["curve"] = curve
+    return out
+
+
+def _closed_dict(r: Any) -> dict[str, Any]:
+    d: dict[str, Any] = r.to_dict()
+    d["queries"] = d["n_texts"]
+    return d
+
+
+def queries_to_reach(answers: list[dict[str, Any]], spec: Any, log10_target: float
+                     ) -> int | None:
+    """Fewest answers (in the order asked) whose pooled closed-model p-value falls below
+    ``10**log10_target``; None if all of them do not suffice."""
+    from distillmark.verify.aggregate import AggregateAccumulator
+    from distillmark.watermark import scheme_for
+
+    acc = AggregateAccumulator(scheme_for(spec))
+    for n, a in enumerate(answers, 1):
+        acc.add(np.asarray(a["completion_ids"], dtype=np.int64))
+        if acc.result().log10_pvalue < log10_target:
+            return n
+    return None
+
+
+#: Audit variants recorded per student: (name, audit_readings keyword arguments).
+AUDIT_VARIANTS = (
+    ("distribution", {"mode": "distribution"}),
+    ("distribution-context", {"mode": "distribution", "weighting": "context"}),
+    ("reading", {"mode": "reading", "reading_k": 1}),
+    ("reading-top4", {"mode": "reading", "reading_k": 4}),
+    ("reading-learned", {"mode": "reading", "reading_k": 64, "min_prob": 0.03}),
+)
+
+
+def open_model_test(model_dir: Path, contexts: list[np.ndarray], specs: list[Any],
+                    cfg: Config) -> list[dict[str, Any]]:
+    """``distillmark.verify.audit`` on the saved weights: one reading of the model over
+    ``contexts``, then every key and every variant of :data:`AUDIT_VARIANTS` tested on it."""
+    import torch
+
+    from distillmark.verify import audit as au
+    from distillmark.watermark import scheme_for
+
+    torch.set_num_threads(cfg.threads)
+    lm = au.load_suspect(str(model_dir), specs[:1])
+    readings = au.read_model(lm, contexts, top_k=64, batch_size=8)
+    return [{name: au.audit_readings(readings, scheme_for(s), **kw)
+             for name, kw in AUDIT_VARIANTS} for s in specs]
+
+
+ANCHORS = {  # Sander et al. 2024, unsupervised, as quoted in the issue
+    0.05: ("p < 1e-5", "not reached (needs >= 10%)"),
+    0.10: ("p < 1e-10", "p < 1e-5"),
+}
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    answers = teacher_answers(cfg)
+    t_teacher = time.perf_counter() - t_start
+    spec = teacher_spec()
+    teacher_check = {k: closed_model_test(answers[k], spec) for k in ("wm", "clean")}
+    log(f"teacher answers: watermarked green share {teacher_check['wm']['score_mean']:.3f} "
+        f"(log10 p {teacher_check['wm']['log10_pvalue']:.0f}), clean "
+        f"{teacher_check['clean']['score_mean']:.3f}")
+    held = prompt_set()[cfg.n_train:cfg.n_train + cfg.n_heldout][:cfg.closed_queries]
+    null_specs = [teacher_spec(null_secret(i)) for i in range(cfg.null_keys)]
+    rows: list[dict[str, Any]] = []
+    for f in cfg.fractions:
+        for seed in range(cfg.null_seeds if f == 0.0 else 1):
+            t0 = time.perf_counter()
+            mdir, info = student(answers, f, cfg, seed=seed)
+            ans = student_answers(mdir, held, cfg, seed=seed)
+            closed = closed_model_test(ans, spec, checkpoints=(10, 25, 50, 100, 200, 400))
+            # Contexts: the student's own answers and the teacher's unwatermarked answers,
+            # neither of which depends on the key.
+            ctx = [np.asarray(a["prompt_ids"] + a["completion_ids"], dtype=np.int64)
+                   for a in ans[:cfg.audit_contexts] + answers["clean"]]
+            opens = open_model_test(mdir, ctx, [spec] + (null_specs if f == 0.0 else []), cfg)
+            row: dict[str, Any] = {
+                "fraction": f, "seed": seed, "student": info, "closed": closed,
+                "open": {m: r.to_dict() for m, r in opens[0].items()},
+                "contexts": len(ctx),
+            }
+            if f == 0.0:
+                row["null_closed_log10_p"] = [closed_model_test(ans, s)["log10_pvalue"]
+                                              for s in null_specs]
+                row["null_open_log10_p"] = {m: [o[m].log10_pvalue for o in opens[1:]]
+                                            for m in opens[0]}
+            if f == 1.0:
+                row["queries_to_1e-6"] = queries_to_reach(ans, spec, -6.0)
+            row["seconds"] = time.perf_counter() - t0
+            rows.append(row)
+            log(f"f={f:g} seed={seed}: closed log10 p {closed['log10_pvalue']:.1f} "
+                f"({closed['n_scored']} tuples from {closed['queries']} answers), open "
+                f"distribution {opens[0]['distribution'].log10_pvalue:.1f}, reading "
+                f"{opens[0]['reading'].log10_pvalue:.1f} ({row['seconds']:.0f} s)")
+    return {"config": asdict(cfg), "teacher_seconds": t_teacher,
+            "wall_seconds": time.perf_counter() - t_start,
+            "teacher_check": teacher_check, "rows": rows,
+            "load_average": os.getloadavg()}
+
+
+def table(res: dict[str, Any]) -> str:
+    lines = [("| watermarked fraction | wm answers (tokens) | closed: log10 p (tuples, answers) "
+             "| open, distribution (window / context weights) | open, reading (argmax / top-4) "
+             "| Sander et al. open / closed |"),
+             "|---:|---:|---:|---:|---:|---|"]
+    for r in res["rows"]:
+        f = r["fraction"]
+        a = ANCHORS.get(f, ("", ""))
+        c, o = r["closed"], r["open"]
+        seed = f" (seed {r['seed']})" if f == 0.0 and res["config"]["null_seeds"] > 1 else ""
+        lines.append(
+            f"| {f:.0%}{seed} | {r['student']['n_wm_answers']} ({r['student']['wm_tokens']:,}) "
+            f"| {c['log10_pvalue']:.1f} ({c['n_scored']:,}, {c['queries']}) "
+            f"| {o['distribution']['log10_pvalue']:.1f} / "
+            f"{o['distribution-context']['log10_pvalue']:.1f} "
+            f"| {o['reading']['log10_pvalue']:.1f} / {o['reading-top4']['log10_pvalue']:.1f} / "
+            f"{o['reading-learned']['log10_pvalue']:.1f} "
+            f"| {a[0]} / {a[1]} |")
+    nulls_c = [x for r in res["rows"] if r["fraction"] == 0.0 for x in r["null_closed_log10_p"]]
+    nulls_o = [x for r in res["rows"] if r["fraction"] == 0.0
+               for v in r["null_open_log10_p"].values() for x in v]
+    q = next((r.get("queries_to_1e-6") for r in res["rows"] if r["fraction"] == 1.0), None)
+    lines += ["",
+              (f"0% students against {len(nulls_c)} keys they never saw: smallest p closed "
+              f"1e{min(nulls_c):.2f}, open 1e{min(nulls_o):.2f} ({len(nulls_o)} open tests); "
+              f"below 1e-3: {sum(x < -3 for x in nulls_c + nulls_o)}."),
+              f"Closed-model queries for p < 1e-6 on the 100% student: {q}.",
+              (f"Wall time {res['wall_seconds'] / 60:.1f} min (teacher "
+              f"{res['teacher_seconds'] / 60:.1f} min), load average "
+              f"{', '.join(f'{x:.1f}' for x in res['load_average'])}.")]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a few-minute smoke run")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply data and student size")
+    ap.add_argument("--stage", choices=("teacher", "all"), default="all")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--student", choices=("bigram", "transformer"), default="bigram")
+    args = ap.parse_args()
+    cfg = replace(QUICK if args.quick else Config(), threads=args.threads,
+                  student=args.student)
+    if args.scale != 1.0:
+        s = args.scale
+        cfg = replace(cfg, n_train=int(cfg.n_train * s), closed_queries=int(cfg.closed_queries * s),
+                      n_heldout=int(cfg.n_heldout * s), d_model=int(cfg.d_model * math.sqrt(s)),
+                      audit_contexts=int(cfg.audit_contexts * s))
+    log(f"config: {asdict(cfg)}")
+    answers = teacher_answers(cfg)
+    log(f"teacher: {sum(len(r['completion_ids']) for r in answers['wm'])} watermarked, "
+        f"{sum(len(r['completion_ids']) for r in answers['clean'])} clean tokens")
+    if args.stage == "teacher":
+        return
+    res = run(cfg)
+    name = "quick" if args.quick else f"scale{args.scale:g}"
+    _write_atomic(OUT / f"results-{name}.json", json.dumps(res, indent=1, default=str))
+    print(table(res))
+
+
+if __name__ == "__main__":
+    main()

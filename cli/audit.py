@@ -1,0 +1,129 @@
+"""``distillmark audit``: the open-model test, when the suspect model's weights are at hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED
+from distillmark.watermark import InputError, load_spec
+
+from .main import (
+    DEFAULT_MAX_BYTES,
+    EXIT_ERROR,
+    EXIT_FOUND,
+    EXIT_NOT_FOUND,
+    _err,
+    _errors_exit,
+    _info,
+    _read_text,
+)
+
+DEFAULT_GENERATE = 64
+
+
+def _texts(name: str, max_bytes: int) -> list[str]:
+    """A text file, or JSON Lines with a ``text`` field (``name:line`` on a broken line)."""
+    raw = _read_text(name, max_bytes)
+    label = "<stdin>" if name == "-" else name
+    if not name.endswith(".jsonl"):
+        return [raw]
+    out = []
+    for i, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{label}:{i}: not valid JSON ({exc.msg})") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+            raise InputError(f"{label}:{i}: each line needs a string field 'text'")
+        out.append(rec["text"])
+    return out
+
+
+def audit(
+    model: str = typer.Option(..., "--model", "-m", help="The suspect model: a Hugging Face "
+                              "model directory or a GGUF file (required)."),
+    key: list[Path] = typer.Option(..., "--key", "-k", help="The watermark key (spec file); "
+                                   "repeat it to test several keys (Bonferroni-corrected)."),
+    text: str | None = typer.Option(None, "--text", help="Contexts to read the model on: a "
+                                    "text file, or .jsonl with a 'text' field per line; must "
+                                    "not carry the watermark. Default: --generate."),
+    generate: int | None = typer.Option(None, "--generate", help="Read the model on N "
+                                        f"sequences it samples itself (default {DEFAULT_GENERATE}"
+                                        " when no --text)."),
+    context_len: int = typer.Option(256, help="Tokens per context sequence (--text: cut to "
+                                    "this; --generate: sampled length)."),
+    mode: str = typer.Option("distribution", help="distribution (probability mass on green "
+                             "cells, Chernoff bound; more power) or reading (argmax/top-k "
+                             "tokens, exact binomial)."),
+    top_k: int = typer.Option(64, help="distribution: tokens per context read; reading: "
+                              "tokens per context scored is --reading-k."),
+    reading_k: int = typer.Option(1, help="reading: tokens per context scored (1 = argmax)."),
+    min_prob: float = typer.Option(0.0, help="reading: score only those of the --reading-k "
+                                   "tokens with at least this probability."),
+    weighting: str = typer.Option("window", help="distribution: window (each distinct window "
+                                  "of the key weighs one) or context (each distinct context)."),
+    batch_size: int = typer.Option(8, help="Sequences per forward pass."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    seed: int = typer.Option(0, help="Random seed of --generate."),
+    alpha: float = typer.Option(DEFAULT_ALPHA, help="Significance level of the verdict."),
+    min_scored: int = typer.Option(DEFAULT_MIN_SCORED, help="Fewer scored cells than this is "
+                                   "'insufficient evidence'."),
+    max_bytes: int = typer.Option(DEFAULT_MAX_BYTES, help="Refuse a --text larger than this."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """Test a model's weights for the watermark of KEY.
+
+    Do its next-token distributions favour the key's green tokens more than chance allows? A
+    negative result is not proof that the model never saw watermarked text.
+    """
+    if not 0.0 < alpha < 1.0:
+        _err(f"--alpha must be in (0, 1), got {alpha}")
+        raise typer.Exit(EXIT_ERROR)
+    with _errors_exit():
+        from distillmark.verify import audit as au
+
+        if text is not None and generate is not None:
+            raise InputError("give --text FILE or --generate N, not both")
+        if mode not in au.AUDIT_MODES:
+            raise InputError(f"--mode must be one of {', '.join(au.AUDIT_MODES)}, got {mode!r}")
+        if weighting not in au.WEIGHTINGS:
+            raise InputError(f"--weighting must be one of {', '.join(au.WEIGHTINGS)}, got "
+                             f"{weighting!r}")
+        specs = [load_spec(k) for k in key]
+        texts = _texts(text, max_bytes) if text is not None else None
+        if texts is not None:
+            contexts = au.text_contexts(texts, specs[0], context_len=context_len,
+                                        source="<stdin>" if text == "-" else str(text))
+            for s in specs[1:]:  # a ring: the text must be free of every key's mark
+                au.text_contexts(texts, s, context_len=context_len, source=str(text))
+        _info(f"loading {model}…", as_json)
+        lm = au.load_suspect(model, specs, device=device)
+        if texts is None:
+            n = generate if generate is not None else DEFAULT_GENERATE
+            _info(f"sampling {n} sequences of {context_len} tokens from the model…", as_json)
+            contexts = au.generate_contexts(lm, n, length=context_len, seed=seed,
+                                            batch_size=batch_size)
+        _info(f"reading the model over {sum(c.size for c in contexts)} context tokens…",
+              as_json)
+        readings = au.read_model(lm, contexts, top_k=max(top_k, reading_k),
+                                 batch_size=batch_size)
+        result, _ = au.audit_specs(readings, specs, mode=mode, top_k=top_k,
+                                   reading_k=reading_k, min_prob=min_prob,
+                                   weighting=weighting, min_scored=min_scored)
+    if as_json:
+        typer.echo(json.dumps({"source": model, **result.to_dict(alpha)}))
+    else:
+        p = f"{result.pvalue:.3g}" if result.pvalue > 0 else f"1e{result.log10_pvalue:.1f}"
+        what = ("green share of the probability mass" if result.mode == "distribution"
+                else "green share of the predicted cells")
+        keys = (f"best of {result.n_keys} keys: {result.key_id}, p corrected"
+                if result.n_keys > 1 else f"key {result.key_id}")
+        typer.echo(f"{model}: {result.verdict(alpha)} (p = {p}; {result.mode} test; {what} "
+                   f"{result.score_mean:.1%}, {result.null_mean:.1%} expected without the key; "
+                   f"{result.n_scored} cells from {result.n_contexts} contexts; {keys})")
+    raise typer.Exit(EXIT_FOUND if result.is_watermarked(alpha) else EXIT_NOT_FOUND)
