@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -331,13 +332,17 @@ def test_malformed_http_gets_an_openai_error(marked_url: str, method: str, path:
 
 
 class CountingGenerator:
-    """Wraps a generator and records the number of prompts of each engine call."""
+    """Wraps a generator: records the number of prompts of each engine call and the tokens
+    each call generates, and spends at least ``delay`` seconds per token, so that a long
+    answer lasts long enough for other requests to arrive meanwhile on any machine."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, *, delay: float = 0.005) -> None:
         self.inner = inner
         self.engine, self.source = inner.engine, inner.source
         self.model, self.tokenizer = inner.model, inner.tokenizer
+        self.delay = delay
         self.calls: list[int] = []
+        self.tokens: list[int] = []
         self.started = threading.Event()
 
     def check_tokenizer(self, spec: WatermarkSpec) -> None:
@@ -345,8 +350,17 @@ class CountingGenerator:
 
     def generate(self, prompts: Any, **kwargs: Any) -> Any:
         self.calls.append(len(prompts))
+        self.tokens.append(0)
+        k = len(self.tokens) - 1
+        hook = kwargs.pop("on_text")
         self.started.set()
-        return self.inner.generate(prompts, **kwargs)
+
+        def slow(i: int, text: str) -> None:
+            self.tokens[k] += 1
+            time.sleep(self.delay)
+            hook(i, text)
+
+        return self.inner.generate(prompts, on_text=slow, **kwargs)
 
 
 def test_requests_are_batched_and_the_event_loop_stays_free(master: WatermarkSpec) -> None:
@@ -445,13 +459,13 @@ class FaultyGenerator(CountingGenerator):
 
     def generate(self, prompts: Any, **kwargs: Any) -> Any:
         texts = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
-        self.calls.append(len(prompts))
-        self.started.set()
         if any("BOOM" in t for t in texts):
+            self.calls.append(len(prompts))
             raise ValueError("the engine cannot take BOOM\nsecond line")
         if any("CRASH" in t for t in texts):
+            self.calls.append(len(prompts))
             raise RuntimeError("internal state /secret/path corrupted")
-        return self.inner.generate(prompts, **kwargs)
+        return super().generate(prompts, **kwargs)
 
 
 def test_engine_faults_become_error_bodies_and_spare_batched_neighbours(
@@ -495,32 +509,13 @@ def test_engine_faults_become_error_bodies_and_spare_batched_neighbours(
     assert later[0] == 3 and sorted(later[1:]) == [1, 1, 1], gen.calls
 
 
-class TokenCountingGenerator(CountingGenerator):
-    """Counts the tokens each engine call generates (through the per-token hook)."""
-
-    def __init__(self, inner: Any) -> None:
-        super().__init__(inner)
-        self.tokens: list[int] = []
-
-    def generate(self, prompts: Any, **kwargs: Any) -> Any:
-        self.tokens.append(0)
-        hook = kwargs.pop("on_text")
-        k = len(self.tokens) - 1
-
-        def counting(i: int, text: str) -> None:
-            self.tokens[k] += 1
-            hook(i, text)
-
-        return super().generate(prompts, on_text=counting, **kwargs)
-
-
 def test_a_client_that_leaves_stops_its_generation(master: WatermarkSpec) -> None:
     """A client that times out (and will retry) must not leave its request generating ahead
     of everything else."""
-    gen = TokenCountingGenerator(tiny_generator())
+    gen = CountingGenerator(tiny_generator())
     with serving(gen, spec=master) as url:
         with pytest.raises(httpx.TimeoutException):
-            chat(url, max_tokens=500, timeout=1.0)
+            chat(url, max_tokens=500, timeout=0.5)
         ok = chat(url, max_tokens=4)
         assert ok.status_code == 200
         health = httpx.get(url.removesuffix("/v1") + "/health").json()
