@@ -468,6 +468,40 @@ def test_resume_after_interruption_equals_a_clean_run(tmp_path: Path, mixed: Any
     assert not state.exists()
 
 
+def test_resume_after_a_killed_process_equals_a_clean_run(tmp_path: Path, mixed: Any,
+                                                          spec: WatermarkSpec) -> None:
+    """SIGKILL a scanning process at an arbitrary point after its first checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path, _, _ = mixed
+    key = save_spec(spec, tmp_path / "key.json")
+    out = tmp_path / "killed.jsonl"
+    code = ("import sys; from distillmark.verify.scan import scan; "
+            "from distillmark.watermark import load_spec; "
+            "scan([sys.argv[1]], [load_spec(sys.argv[2])], field='output.text', "
+            "out=sys.argv[3], resume=True, checkpoint_seconds=0, batch_chars=10_000)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path), str(key), str(out)])
+    ckpt = tmp_path / "killed.jsonl.scan-state" / "checkpoint.npz"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # somewhere in the middle of a later batch
+    if proc.poll() is not None:
+        pytest.skip("the scan finished before it could be killed (machine too fast)")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and not out.exists()
+    resumed = scan([path], [spec], field="output.text", out=out, resume=True)
+    clean_out = tmp_path / "clean.jsonl"
+    clean = scan([path], [spec], field="output.text", out=clean_out)
+    assert resumed == clean
+    assert out.read_bytes() == clean_out.read_bytes()
+
+
 def test_resume_refuses_another_scans_checkpoint(tmp_path: Path, mixed: Any,
                                                  spec: WatermarkSpec,
                                                  spec_factory: SpecFactory) -> None:
