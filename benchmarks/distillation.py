@@ -543,8 +543,8 @@ def run(cfg: Config) -> dict[str, Any]:
 
 def table(res: dict[str, Any]) -> str:
     lines = [("| watermarked fraction | wm answers (tokens) | closed: log10 p (tuples, answers) "
-             "| open, distribution (window / context weights) | open, reading (argmax / top-4) "
-             "| Sander et al. open / closed |"),
+             "| open, distribution (window / context weights) "
+             "| open, reading (argmax / top-4 / p >= 0.03) | Sander et al. open / closed |"),
              "|---:|---:|---:|---:|---:|---|"]
     for r in res["rows"]:
         f = r["fraction"]
