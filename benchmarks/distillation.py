@@ -228,14 +228,15 @@ def train_student(pairs: list[tuple[list[int], list[int]]], cfg: Config, *, seed
         for b in range(0, len(order), cfg.train_batch):
             chunk = [seqs[i] for i in order[b:b + cfg.train_batch]]
             L = max(len(x) for x, _ in chunk)
-            ids = torch.full((len(chunk), L), eos_id if eos_id < other else 0, dtype=torch.long)
+            batch = torch.full((len(chunk), L), eos_id if eos_id < other else 0,
+                               dtype=torch.long)
             labels = torch.full((len(chunk), L), -100, dtype=torch.long)
             mask = torch.zeros((len(chunk), L), dtype=torch.long)
             for r, (x, y) in enumerate(chunk):
-                ids[r, :len(x)] = torch.from_numpy(x)
+                batch[r, :len(x)] = torch.from_numpy(x)
                 labels[r, :len(y)] = torch.from_numpy(y)
                 mask[r, :len(x)] = 1
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss = model(input_ids=batch, attention_mask=mask, labels=labels).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -543,8 +544,8 @@ def run(cfg: Config) -> dict[str, Any]:
 
 def table(res: dict[str, Any]) -> str:
     lines = [("| watermarked fraction | wm answers (tokens) | closed: log10 p (tuples, answers) "
-             "| open, distribution (window / context weights) | open, reading (argmax / top-4) "
-             "| Sander et al. open / closed |"),
+             "| open, distribution (window / context weights) "
+             "| open, reading (argmax / top-4 / p >= 0.03) | Sander et al. open / closed |"),
              "|---:|---:|---:|---:|---:|---|"]
     for r in res["rows"]:
         f = r["fraction"]
