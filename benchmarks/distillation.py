@@ -89,12 +89,15 @@ class Config:
     null_keys: int = 20
     null_seeds: int = 1           # 0% students trained with different seeds
     threads: int = 1
+    engine: str = "transformers"  # the teacher's engine: transformers, llama.cpp or auto
 
     def teacher_tag(self) -> str:
         """Cache directory of the teacher's answers: batches are cached one by one, so a
         larger ``n_train`` reuses every batch a smaller one generated."""
         d = {"max_new": self.max_new_tokens, "temp": self.teacher_temperature,
              "batch": self.teacher_batch, "prompts": "v1"}
+        if self.engine != "transformers":  # other engines answer differently: their own cache
+            d["engine"] = self.engine
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -138,11 +141,11 @@ def teacher_answers(cfg: Config) -> dict[str, list[dict[str, Any]]]:
     if todo:
         import torch
 
-        from distillmark.watermark import hf
+        from distillmark.watermark.engines import load_generator
 
         torch.set_num_threads(cfg.threads)
         log(f"teacher: {len(todo)} of {len(batches)} batches to generate (cache {cache})")
-        lm = hf.load_model(None)
+        lm = load_generator(cfg.engine, None)
         scheme = scheme_for(spec)
         t0, n_tok = time.perf_counter(), 0
         for j, (kind, i) in enumerate(todo):
@@ -582,9 +585,13 @@ def main() -> None:
     ap.add_argument("--stage", choices=("teacher", "all"), default="all")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--student", choices=("bigram", "transformer"), default="bigram")
+    ap.add_argument("--engine", choices=("transformers", "llama.cpp", "auto"),
+                    default="transformers",
+                    help="the teacher's engine (llama.cpp: faster at batch 1 on CPU; answers "
+                         "are cached per engine)")
     args = ap.parse_args()
     cfg = replace(QUICK if args.quick else Config(), threads=args.threads,
-                  student=args.student)
+                  student=args.student, engine=args.engine)
     if args.scale != 1.0:
         s = args.scale
         cfg = replace(cfg, n_train=int(cfg.n_train * s), closed_queries=int(cfg.closed_queries * s),
