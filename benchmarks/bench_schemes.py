@@ -89,7 +89,8 @@ def unbiasedness(lm: Any, info: Any, scheme_name: str, n_keys: int) -> list[floa
         ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
         with torch.inference_mode():
             logits = lm.model(ids).logits[0, -1, :info.vocab_size].float().numpy()
-        p = np.exp(logits - logits.max())
+        lg = logits.astype(np.float64)
+        p = np.exp(lg - lg.max())
         p /= p.sum()
         rng = np.random.default_rng(0)
         counts: dict[int, int] = {}
@@ -108,7 +109,9 @@ def unbiasedness(lm: Any, info: Any, scheme_name: str, n_keys: int) -> list[floa
         if rest_exp >= 5:
             obs.append(rest_obs)
             exp.append(rest_exp)
-        pvals.append(float(stats.chisquare(obs, exp).pvalue))
+        exp_a = np.asarray(exp, dtype=np.float64)
+        exp_a *= sum(obs) / exp_a.sum()  # exact equal sums, as chisquare wants
+        pvals.append(float(stats.chisquare(obs, exp_a).pvalue))
     return pvals
 
 

@@ -271,7 +271,7 @@ class GreenList(RowScheme):
         table = self.delta_table
         row_of = self.context.row_of
         for b, win in enumerate(windows):
-            if win and (min(win) < 0 or max(win) >= V):
+            if win and not 0 <= min(win) <= max(win) < V:
                 bad = min(win) if min(win) < 0 else max(win)
                 raise ParameterError(f"token id {bad} is outside the spec's vocabulary "
                                      f"0..{V - 1} (wrong tokenizer?)")

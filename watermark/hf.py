@@ -149,7 +149,8 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         gathered ``(B, V)`` temporary, rows hashed in Python integers): a step costs little more
         than one add per batch row; small torch ops cost several times more here."""
         h = self.scheme.context_width
-        windows = input_ids[:, input_ids.shape[1] - h:].tolist() if h else [[]] * len(input_ids)
+        ids = input_ids.numpy()
+        windows = ids[:, ids.shape[1] - h:].tolist() if h else [[]] * ids.shape[0]
         self.scheme.bias_(scores.detach().numpy(), windows)
         return scores
 
