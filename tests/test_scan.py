@@ -480,18 +480,20 @@ def test_resume_after_a_killed_process_equals_a_clean_run(tmp_path: Path, mixed:
     path, _, _ = mixed
     key = save_spec(spec, tmp_path / "key.json")
     out = tmp_path / "killed.jsonl"
-    code = ("import sys; from distillmark.verify.scan import scan; "
+    # Each chunk's progress call sleeps, so the scan lasts long enough to be killed mid-way on
+    # any machine (the sleep changes no result).
+    code = ("import sys, time; from distillmark.verify.scan import scan; "
             "from distillmark.watermark import load_spec; "
             "scan([sys.argv[1]], [load_spec(sys.argv[2])], field='output.text', "
-            "out=sys.argv[3], resume=True, checkpoint_seconds=0, batch_chars=10_000)")
+            "out=sys.argv[3], resume=True, checkpoint_seconds=0, batch_chars=10_000, "
+            "progress=lambda p: time.sleep(0.25))")
     proc = subprocess.Popen([sys.executable, "-c", code, str(path), str(key), str(out)])
     ckpt = tmp_path / "killed.jsonl.scan-state" / "checkpoint.npz"
     deadline = time.monotonic() + 120
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     time.sleep(0.3)  # somewhere in the middle of a later batch
-    if proc.poll() is not None:
-        pytest.skip("the scan finished before it could be killed (machine too fast)")
+    assert proc.poll() is None, "the scan finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert ckpt.exists() and not out.exists()
