@@ -100,3 +100,17 @@ def test_unseeded_answers_are_independent_and_seeded_ones_repeat(model):
     a = model.generate(PROMPTS[:2], scheme=None, max_new_tokens=24, temperature=1.0, seed=5)
     b = model.generate(PROMPTS[:2], scheme=None, max_new_tokens=24, temperature=1.0, seed=5)
     assert a == b and a[0].completion_ids != a[1].completion_ids
+
+
+@pytest.mark.parametrize("scheme_name", ["gumbel", "tournament"])
+def test_sampling_schemes_on_llamacpp_are_detected(model, scheme_name):
+    """Sampling schemes choose the token themselves: llama.cpp then samples at temperature 1
+    with no top-k from the scheme's distribution, and the mark is there."""
+    _, info = load_tokenizer(BUILTIN_SMOLLM2)
+    spec = new_spec(scheme_name, {}, info, secret=bytes(range(1, 33)))
+    other = new_spec(scheme_name, {}, info, secret=bytes(range(2, 34)))
+    marked = model.generate(PROMPTS[:2], scheme=scheme_for(spec), max_new_tokens=60,
+                            temperature=1.0, seed=5)
+    joined = "\n\n".join(o.text for o in marked)
+    assert Detector(spec).detect(joined).pvalue < 1e-6
+    assert Detector(other).detect(joined).pvalue > 1e-3
