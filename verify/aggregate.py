@@ -35,7 +35,7 @@ from distillmark.watermark.registry import Scheme
 from .detect import (
     DEFAULT_ALPHA,
     DEFAULT_MIN_SCORED,
-    Verdict,
+    Decision,
     _check_alpha,
     batch_tuple_keys,
 )
@@ -174,7 +174,7 @@ class TupleSet:
 
 
 @dataclass(frozen=True)
-class AggregateResult:
+class AggregateResult(Decision):
     """Exact test on the distinct tuples pooled over many texts.
 
     Attributes:
@@ -211,22 +211,6 @@ class AggregateResult:
     effect: float
     scheme: str
     key_id: str
-
-    def is_sufficient(self) -> bool:
-        return self.n_scored >= self.min_scored
-
-    def is_watermarked(self, alpha: float = DEFAULT_ALPHA) -> bool:
-        """True when the evidence suffices and ``pvalue < alpha``."""
-        _check_alpha(alpha)
-        return self.is_sufficient() and self.log10_pvalue < math.log10(alpha)
-
-    def verdict(self, alpha: float = DEFAULT_ALPHA) -> str:
-        """One of "watermarked", "not watermarked", "insufficient evidence"."""
-        if self.is_watermarked(alpha):
-            return Verdict.WATERMARKED
-        if not self.is_sufficient():
-            return Verdict.INSUFFICIENT
-        return Verdict.NOT_WATERMARKED
 
     def detectable_fraction(self, alpha: float = DEFAULT_ALPHA, *, power: float = 0.5) -> float:
         """Smallest share of watermarked tuples among the ``n_scored`` that the test would

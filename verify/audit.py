@@ -49,7 +49,7 @@ from distillmark.watermark.greenlist import GreenList
 from distillmark.watermark.keys import WatermarkSpec
 from distillmark.watermark.registry import scheme_for
 
-from .detect import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, Verdict, detect_ids
+from .detect import DEFAULT_MIN_SCORED, Decision, detect_ids
 from .nulls import weighted_bernoulli_logsf_bound
 from .stats import binomial_tail
 
@@ -203,7 +203,7 @@ def read_model(lm: LoadedModel, sequences: Sequence[np.ndarray], *, top_k: int =
 
 
 @dataclass(frozen=True)
-class AuditResult:
+class AuditResult(Decision):
     """Result of auditing one model against one key (or, with ``n_keys > 1``, a key ring).
 
     Attributes:
@@ -259,22 +259,6 @@ class AuditResult:
     model: str
     n_keys: int
     uncorrected_log10_pvalue: float
-
-    def is_sufficient(self) -> bool:
-        return self.n_scored >= self.min_scored
-
-    def is_watermarked(self, alpha: float = DEFAULT_ALPHA) -> bool:
-        """True when the evidence suffices and ``pvalue < alpha``."""
-        if not 0.0 < alpha < 1.0:
-            raise ParameterError(f"`alpha` must be in (0, 1), got {alpha}")
-        return self.is_sufficient() and self.log10_pvalue < math.log10(alpha)
-
-    def verdict(self, alpha: float = DEFAULT_ALPHA) -> str:
-        if self.is_watermarked(alpha):
-            return Verdict.WATERMARKED
-        if not self.is_sufficient():
-            return Verdict.INSUFFICIENT
-        return Verdict.NOT_WATERMARKED
 
     def to_dict(self, alpha: float | None = None) -> dict[str, Any]:
         d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}

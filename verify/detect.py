@@ -26,6 +26,7 @@ from .stats import binomial_tails, unique_keys
 
 __all__ = [
     "DEFAULT_MIN_SCORED",
+    "Decision",
     "DetectionResult",
     "Detector",
     "Verdict",
@@ -62,8 +63,33 @@ class Verdict:
     INSUFFICIENT = "insufficient evidence"
 
 
+class Decision:
+    """The three-outcome decision every result makes the same way, from its ``log10_pvalue``
+    and :meth:`is_sufficient` (by default: ``n_scored >= min_scored``)."""
+
+    log10_pvalue: float
+    n_scored: int
+    min_scored: int
+
+    def is_sufficient(self) -> bool:
+        return self.n_scored >= self.min_scored
+
+    def is_watermarked(self, alpha: float = DEFAULT_ALPHA) -> bool:
+        """True when the evidence suffices and ``pvalue < alpha``."""
+        _check_alpha(alpha)
+        return self.is_sufficient() and self.log10_pvalue < math.log10(alpha)
+
+    def verdict(self, alpha: float = DEFAULT_ALPHA) -> str:
+        """One of "watermarked", "not watermarked", "insufficient evidence"."""
+        if self.is_watermarked(alpha):
+            return Verdict.WATERMARKED
+        if not self.is_sufficient():
+            return Verdict.INSUFFICIENT
+        return Verdict.NOT_WATERMARKED
+
+
 @dataclass(frozen=True)
-class DetectionResult:
+class DetectionResult(Decision):
     """Result of a watermark test on one text.
 
     Attributes:
@@ -98,22 +124,6 @@ class DetectionResult:
     dedup: bool
     scheme: str
     key_id: str
-
-    def is_sufficient(self) -> bool:
-        return self.n_scored >= self.min_scored
-
-    def is_watermarked(self, alpha: float = DEFAULT_ALPHA) -> bool:
-        """True when the evidence suffices and ``pvalue < alpha``."""
-        _check_alpha(alpha)
-        return self.is_sufficient() and self.log10_pvalue < math.log10(alpha)
-
-    def verdict(self, alpha: float = DEFAULT_ALPHA) -> str:
-        """One of "watermarked", "not watermarked", "insufficient evidence"."""
-        if self.is_watermarked(alpha):
-            return Verdict.WATERMARKED
-        if not self.is_sufficient():
-            return Verdict.INSUFFICIENT
-        return Verdict.NOT_WATERMARKED
 
     def to_dict(self, alpha: float | None = None) -> dict[str, Any]:
         """JSON-ready dict; with ``alpha``, the decision at that level is included."""

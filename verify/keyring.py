@@ -16,13 +16,13 @@ from typing import Any
 from distillmark.watermark.errors import ParameterError
 from distillmark.watermark.keys import WatermarkSpec
 
-from .detect import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, DetectionResult, Detector, Verdict
+from .detect import DEFAULT_MIN_SCORED, Decision, DetectionResult, Detector
 
 __all__ = ["KeyRingDetector", "KeyRingResult"]
 
 
 @dataclass(frozen=True)
-class KeyRingResult:
+class KeyRingResult(Decision):
     """Result of testing one text against ``n_keys`` keys.
 
     Attributes:
@@ -39,17 +39,8 @@ class KeyRingResult:
     n_keys: int
     results: tuple[DetectionResult, ...]
 
-    def is_watermarked(self, alpha: float = DEFAULT_ALPHA) -> bool:
-        if not 0.0 < alpha < 1.0:
-            raise ParameterError(f"`alpha` must be in (0, 1), got {alpha}")
-        return self.best.is_sufficient() and self.log10_pvalue < math.log10(alpha)
-
-    def verdict(self, alpha: float = DEFAULT_ALPHA) -> str:
-        if self.is_watermarked(alpha):
-            return Verdict.WATERMARKED
-        if not self.best.is_sufficient():
-            return Verdict.INSUFFICIENT
-        return Verdict.NOT_WATERMARKED
+    def is_sufficient(self) -> bool:
+        return self.best.is_sufficient()
 
     def to_dict(self, alpha: float | None = None) -> dict[str, Any]:
         """The best key's fields with the corrected p-value, plus ``n_keys``, the uncorrected

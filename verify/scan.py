@@ -46,7 +46,7 @@ from distillmark.watermark.registry import Scheme, scheme_for
 from distillmark.watermark.tokenizer import tokenizer_for
 
 from .aggregate import AggregateAccumulator, AggregateResult
-from .detect import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, Verdict, _check_alpha, text_chunks
+from .detect import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, Decision, _check_alpha, text_chunks
 from .fraction import FractionEstimate, PairCounts, binomial_mixture, pvalue_mixture, theta_floor
 from .nulls import log_gammaincc, run_test
 from .sources import (
@@ -628,7 +628,7 @@ def benjamini_hochberg(log10_pvalues: np.ndarray, q: float) -> tuple[np.ndarray,
 
 
 @dataclass(frozen=True)
-class ScanResult:
+class ScanResult(Decision):
     """Result of a dataset scan.
 
     Attributes:
@@ -661,17 +661,6 @@ class ScanResult:
     def is_sufficient(self) -> bool:
         return self.aggregate.is_sufficient()
 
-    def is_watermarked(self, alpha: float = DEFAULT_ALPHA) -> bool:
-        """Evidence suffices and the corrected dataset p-value is below ``alpha``."""
-        _check_alpha(alpha)
-        return self.is_sufficient() and self.log10_pvalue < math.log10(alpha)
-
-    def verdict(self, alpha: float = DEFAULT_ALPHA) -> str:
-        if self.is_watermarked(alpha):
-            return Verdict.WATERMARKED
-        if not self.is_sufficient():
-            return Verdict.INSUFFICIENT
-        return Verdict.NOT_WATERMARKED
 
     def detectable_fraction(self, alpha: float = DEFAULT_ALPHA) -> float:
         """Smallest watermarked share of the pooled tuples the test would find at ``alpha``
