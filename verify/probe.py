@@ -221,7 +221,8 @@ def reference_log10_pvalue(reference: TupleSet, scheme: Scheme) -> float:
 
 def reference_from_texts(texts: Iterable[str], spec: WatermarkSpec | Detector, *,
                          tokenizer: str | Path | None = None) -> TupleSet:
-    """The distinct tuples of known watermarked texts (the supervised filter)."""
+    """The distinct tuples of reference texts (the supervised filter; generated without the
+    watermark, see :func:`read_reference`)."""
     detector = _as_detector(spec, tokenizer)
     ref = TupleSet.for_scheme(detector.scheme)
     batch: list[str] = []
@@ -238,8 +239,10 @@ def reference_from_texts(texts: Iterable[str], spec: WatermarkSpec | Detector, *
 
 def read_reference(path: str | Path, spec: WatermarkSpec | Detector, *,
                    field: str = "text", tokenizer: str | Path | None = None) -> TupleSet:
-    """The tuples of a known watermarked corpus: JSON Lines whose ``field`` holds a text
-    (as ``distillmark generate --json`` writes), or any other file read as one text.
+    """The tuples of a reference corpus — the answers a suspect could have learned from,
+    generated *without* the watermark (a marked corpus biases the test; see
+    :func:`score_answers`): JSON Lines whose ``field`` holds a text (as ``distillmark generate
+    --json`` writes), or any other file read as one text.
 
     Errors name the file and line.
     """
