@@ -1,8 +1,8 @@
 """Prompts of the distillation experiment: templates crossed with topics, in a fixed order.
 
-Until a shared built-in prompt set exists, the experiment makes its own: 24 instruction templates
-x 40 topics = 960 distinct prompts, shuffled with a fixed seed; the first part trains the
-students (teacher answers), the rest are held-out queries for the closed-model test.
+The experiment's own 24 instruction templates x 40 topics (960 prompts) joined with the
+package's built-in probe prompts, deduplicated and shuffled with a fixed seed; the first part
+trains the students (teacher answers), the rest are held-out queries for the closed-model test.
 """
 
 from __future__ import annotations
@@ -49,7 +49,11 @@ TOPICS = [
 
 
 def prompt_set(seed: int = 0) -> list[str]:
-    """All distinct prompts, shuffled with ``seed`` (the same list on every machine)."""
-    prompts = [tpl.format(t=topic) for topic in TOPICS for tpl in TEMPLATES]
+    """All distinct prompts, shuffled with ``seed`` (the same list on every machine): this
+    module's templates x topics and the package's built-in probe prompts, 2,650 in all."""
+    from distillmark.verify.prompts import builtin_prompts
+
+    own = [tpl.format(t=topic) for topic in TOPICS for tpl in TEMPLATES]
+    prompts = sorted(set(own) | set(builtin_prompts()))
     random.Random(seed).shuffle(prompts)
     return prompts

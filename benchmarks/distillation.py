@@ -67,7 +67,7 @@ def null_secret(i: int) -> bytes:
 
 @dataclass(frozen=True)
 class Config:
-    n_train: int = 192            # training prompts (each answered with and without the mark)
+    n_train: int = 768            # training prompts (each answered with and without the mark)
     n_heldout: int = 400          # held-out prompts for the closed-model test
     max_new_tokens: int = 128     # teacher answer length
     teacher_temperature: float = 1.0
@@ -95,7 +95,7 @@ class Config:
         """Cache directory of the teacher's answers: batches are cached one by one, so a
         larger ``n_train`` reuses every batch a smaller one generated."""
         d = {"max_new": self.max_new_tokens, "temp": self.teacher_temperature,
-             "batch": self.teacher_batch, "prompts": "v1"}
+             "batch": self.teacher_batch, "prompts": "v2"}
         if self.engine != "transformers":  # other engines answer differently: their own cache
             d["engine"] = self.engine
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
