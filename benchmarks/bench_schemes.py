@@ -1,10 +1,13 @@
 """Every scheme side by side on SmolLM2 answers: power, text quality, unbiasedness, step cost.
 
     python benchmarks/bench_schemes.py [--quick] [--prompts N] [--max-new-tokens N]
+                                       [--schemes NAME,...]
 
-For each scheme (green-list h = 1, unigram, Gumbel/EXP, tournament) and each temperature (0.7,
-1.0), the same varied prompts are answered by the embedded SmolLM2-135M-Instruct (transformers,
-batch 8, no top-k/top-p), plus unwatermarked answers. Reported per setting:
+For each scheme (green-list h = 1, unigram, Gumbel/EXP, tournament, DiPmark) and each
+temperature (0.7, 1.0), the same varied prompts are answered by the embedded
+SmolLM2-135M-Instruct (transformers, batch 8, no top-k/top-p), plus unwatermarked answers.
+``--schemes`` runs only the named schemes (``none``: the unwatermarked answers), and then times
+only their hooks. Reported per setting:
 
 * TPR at FPR 1e-5 after 25, 50, 100 and 200 completion tokens: the share of answers whose exact
   p-value (dedup, prompt as context but never scored) on that prefix is below 1e-5 — the tests
@@ -43,7 +46,10 @@ SETTINGS = [  # label, scheme, params
     ("unigram δ=2", "greenlist", {"context_width": 0}),
     ("gumbel (EXP)", "gumbel", {}),
     ("tournament", "tournament", {}),
+    ("dipmark α=0.45", "dipmark", {}),
 ]
+#: Schemes whose per-step distribution is the model's, averaged over keys.
+DISTORTION_FREE = ("gumbel", "tournament", "dipmark")
 
 
 def first_below(ids: np.ndarray, plen: int, scheme: Any, thr: float) -> float:
@@ -115,7 +121,9 @@ def unbiasedness(lm: Any, info: Any, scheme_name: str, n_keys: int) -> list[floa
     return pvals
 
 
-def step_costs(info: Any, batches: tuple[int, ...] = (1, 8)) -> list[list[Any]]:
+def step_costs(info: Any, settings: list[tuple[str, str, dict[str, Any]]],
+               batches: tuple[int, ...] = (1, 8), *, references: bool = True
+               ) -> list[list[Any]]:
     """ms per row of each scheme's generation hook, and of transformers' processors."""
     import torch
     from transformers.generation.logits_process import SynthIDTextWatermarkLogitsProcessor
@@ -138,13 +146,13 @@ def step_costs(info: Any, batches: tuple[int, ...] = (1, 8)) -> list[list[Any]]:
     for B in batches:
         ids = torch.from_numpy(rng.integers(0, V, size=(B, 300)))
         scores = torch.from_numpy(rng.standard_normal((B, V)).astype(np.float32))
-        for label, name, params in SETTINGS:
-            if name not in SCHEMES:
-                continue
+        for label, name, params in settings:
             proc = WatermarkLogitsProcessor(scheme_for(new_spec(name, params, info,
                                                                 secret=BENCH_SECRET)))
             dt = timeit(proc, ids, scores, 30)
             rows.append([label, B, f"{dt / B * 1e3:.3f}"])
+        if not references:
+            continue
         hf_kgw = HFKGW(vocab_size=V, device="cpu", greenlist_ratio=0.25, bias=2.0,
                        context_width=1, seeding_scheme="lefthash")
         rows.append(["transformers KGW lefthash h=1", B,
@@ -163,7 +171,16 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=220)
     ap.add_argument("--keys", type=int, default=2000, help="keys for the chi-square test")
+    ap.add_argument("--schemes", default=None,
+                    help="comma-separated scheme names to run (none = unwatermarked answers); "
+                         "default: all, with the unwatermarked answers and transformers' "
+                         "processors for reference")
     args = ap.parse_args()
+    chosen = None if args.schemes is None else {s.strip() for s in args.schemes.split(",")
+                                                if s.strip()}
+    if chosen is not None and not chosen <= set(SCHEMES) | {"none"}:
+        ap.error(f"--schemes: unknown {', '.join(sorted(chosen - set(SCHEMES) - {'none'}))}; "
+                 f"known: {', '.join(s for s in SCHEMES)}, none")
     n_prompts = 8 if args.quick else min(args.prompts, len(PROMPTS))
     max_new = 120 if args.quick else args.max_new_tokens
     n_keys = 300 if args.quick else args.keys
@@ -175,11 +192,13 @@ def main() -> None:
     lm = hf.load_model()
     _, info = load_tokenizer(BUILTIN_SMOLLM2)
     prompts = PROMPTS[:n_prompts]
-    settings = [s for s in SETTINGS if s[1] in SCHEMES]
+    settings = [s for s in SETTINGS if s[1] in SCHEMES and (chosen is None or s[1] in chosen)]
+    baseline: list[tuple[str, str | None, dict[str, Any]]] = (
+        [("no watermark", None, {})] if chosen is None or "none" in chosen else [])
     results: list[dict[str, Any]] = []
     t0 = time.time()
     for temp in (0.7, 1.0):
-        for label, name, params in settings + [("no watermark", None, {})]:
+        for label, name, params in settings + baseline:
             scheme = (scheme_for(new_spec(name, params, info, secret=BENCH_SECRET))
                       if name else scheme_for(new_spec("greenlist", {}, info,
                                                        secret=BENCH_SECRET)))
@@ -196,6 +215,12 @@ def main() -> None:
                                        prompt_len=len(o.prompt_ids))
                         hits += r.pvalue < 1e-5
                 row[f"tpr@{k}"] = hits / len(outs)
+            # standardised per-tuple effect over whole answers: sum (stat - null) / sum n
+            full = [detect_ids(np.array(o.prompt_ids + o.completion_ids), scheme,
+                               prompt_len=len(o.prompt_ids), min_scored=1) for o in outs]
+            n_all = sum(r.n_scored for r in full)
+            row["effect"] = (sum(r.z_score * math.sqrt(r.n_scored) for r in full) / n_all
+                             if n_all else 0.0)
             for thr in (0.02, 1e-6):
                 firsts = [first_below(np.array(o.prompt_ids + o.completion_ids),
                                       len(o.prompt_ids), scheme, thr) for o in outs]
@@ -208,8 +233,8 @@ def main() -> None:
             print(f"[{time.time() - t0:.0f}s] {label} T={temp}: {row}", file=sys.stderr)
 
     unbiased = {name: unbiasedness(lm, info, name, n_keys)
-                for _, name, _ in settings if name in ("gumbel", "tournament")}
-    costs = step_costs(info)
+                for _, name, _ in settings if name in DISTORTION_FREE}
+    costs = step_costs(info, settings, references=chosen is None)
 
     def fmt_size(x: float) -> str:
         return "never" if math.isinf(x) else f"{x:.0f}"
@@ -227,7 +252,8 @@ def main() -> None:
           + "; ".join(f"{k}: {', '.join(f'{p:.3f}' for p in v)}" for k, v in unbiased.items()))
     print("\nGeneration hook, ms per row at V = 49,152 (one thread):\n")
     print(markdown_table(["processor", "batch", "ms/row"], costs))
-    write_json("schemes", {"machine": machine(), "results": results, "unbiasedness": unbiased,
+    out_name = "schemes" if chosen is None else "schemes-" + "-".join(sorted(chosen))
+    write_json(out_name, {"machine": machine(), "results": results, "unbiasedness": unbiased,
                            "step_costs": costs, "prompts": n_prompts, "max_new": max_new})
 
 

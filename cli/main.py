@@ -172,10 +172,14 @@ def keygen(
     preset: str = typer.Option("greenlist", help="Parameter preset: " + ", ".join(PRESETS)),
     param: list[str] = typer.Option([], "--param", help="A scheme parameter NAME=VALUE (VALUE "
                                     "read as JSON when it parses); repeatable."),
-    gamma: float | None = typer.Option(None, help="Green fraction of the vocabulary."),
+    gamma: float | None = typer.Option(None, help="Green fraction of the vocabulary "
+                                       "(dipmark: detection's threshold, default 0.5)."),
+    alpha: float | None = typer.Option(None, help="dipmark: reweighting strength in [0, 0.5] "
+                                       "(default 0.45)."),
     delta: float | None = typer.Option(None, help="Logit bias of green tokens."),
     context_width: int | None = typer.Option(None, "--context-width",
-                                                help="Tokens before a token that pick its list."),
+                                                help="Tokens before a token that pick its list "
+                                                "(or row)."),
     seeding: str | None = typer.Option(None, help="lefthash or selfhash."),
     combine: str | None = typer.Option(None, help="hash or min (windows of 2+ tokens)."),
     n_lists: int | None = typer.Option(None, help="Number of green lists (power of two)."),
@@ -224,7 +228,7 @@ def keygen(
                             if keys is not None else None)
             except ValueError:
                 raise InputError(f"--keys must be comma-separated integers, got {keys!r}") from None
-            for name, value in [("gamma", gamma), ("delta", delta),
+            for name, value in [("gamma", gamma), ("alpha", alpha), ("delta", delta),
                                 ("context_width", context_width), ("seeding", seeding),
                                 ("combine", combine), ("n_lists", n_lists),
                                 ("hashing_key", hashing_key),

@@ -114,3 +114,16 @@ def test_sampling_schemes_on_llamacpp_are_detected(model, scheme_name):
     joined = "\n\n".join(o.text for o in marked)
     assert Detector(spec).detect(joined).pvalue < 1e-6
     assert Detector(other).detect(joined).pvalue > 1e-3
+
+
+def test_dipmark_on_llamacpp_is_detected(model):
+    """DiPmark reweights the distribution itself: llama.cpp samples it at temperature 1. It reads
+    one bit per token, so it gets three answers of 100 tokens (about 280 scored tuples)."""
+    _, info = load_tokenizer(BUILTIN_SMOLLM2)
+    spec = new_spec("dipmark", {}, info, secret=bytes(range(1, 33)))
+    other = new_spec("dipmark", {}, info, secret=bytes(range(50, 82)))
+    marked = model.generate(PROMPTS, scheme=scheme_for(spec), max_new_tokens=100,
+                            temperature=1.0, seed=5)
+    joined = "\n\n".join(o.text for o in marked)
+    assert Detector(spec).detect(joined).pvalue < 1e-6
+    assert Detector(other).detect(joined).pvalue > 1e-3

@@ -51,6 +51,7 @@ DEFAULT_EFFECT: dict[str, float] = {
     "greenlist": 0.65,
     "gumbel": 0.80,
     "tournament": 0.60,
+    "dipmark": 0.27,
     "transformers-kgw": 0.65,
     "transformers-synthid": 0.60,
 }

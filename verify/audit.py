@@ -272,7 +272,7 @@ def _check_scheme(scheme: Any) -> GreenList:
     if not isinstance(scheme, GreenList):
         raise SpecError(
             f"audit supports the greenlist scheme only; key {scheme.key_id} is "
-            f"{scheme.name!r}: a sampling scheme (gumbel, tournament) leaves the next-token "
+            f"{scheme.name!r}: a sampling scheme (gumbel, tournament, dipmark) leaves the next-token "
             "distribution unbiased for every key, so there is no per-cell bias to read; test "
             "the model's sampled answers (detect or probe) instead")
     return scheme

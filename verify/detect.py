@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from distillmark.watermark.dipmark import DiPmark
 from distillmark.watermark.errors import InputError, ParameterError
 from distillmark.watermark.greenlist import GreenList
 from distillmark.watermark.keys import WatermarkSpec
@@ -176,15 +177,16 @@ def detect_ids_batch(seqs: Sequence[np.ndarray], scheme: Scheme, *,
                      min_scored: int = DEFAULT_MIN_SCORED) -> list[DetectionResult]:
     """:func:`detect_ids` for many sequences at once, with identical results.
 
-    For green-list schemes the work is done once over the concatenation (one tuple-key pass,
-    one sort for the per-sequence dedup, vectorised exact tails), so short texts cost little
-    more than their tokens; other schemes are tested one by one.
+    For the green-bit schemes (green-list, DiPmark) the work is done once over the
+    concatenation (one tuple-key pass, one sort for the per-sequence dedup, vectorised exact
+    tails), so short texts cost little more than their tokens; other schemes are tested one by
+    one.
     """
     seqs = [np.asarray(s) for s in seqs]
     plens = list(prompt_lens) if prompt_lens is not None else [0] * len(seqs)
     if len(plens) != len(seqs):
         raise ParameterError(f"`prompt_lens` has {len(plens)} entries for {len(seqs)} sequences")
-    if (not isinstance(scheme, GreenList) or not seqs
+    if (not isinstance(scheme, (GreenList, DiPmark)) or not seqs
             or scheme.n_rows * scheme.vocab_size >= 1 << 40):
         return [detect_ids(s, scheme, prompt_len=pl, min_scored=min_scored)
                 for s, pl in zip(seqs, plens)]

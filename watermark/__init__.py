@@ -4,6 +4,7 @@ Heavy stacks (torch, transformers) are imported only by the adapter modules
 (:mod:`distillmark.watermark.hf`), never here.
 """
 
+from .dipmark import DiPmark, DiPmarkParams
 from .errors import (
                      DistillmarkError,
                      InputError,
@@ -30,6 +31,8 @@ __all__ = [
                      "BUILTIN_SMOLLM2",
                      "PRESETS",
                      "SCHEMES",
+                     "DiPmark",
+                     "DiPmarkParams",
                      "DistillmarkError",
                      "GreenList",
                      "GreenListParams",

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from .dipmark import DiPmark, DiPmarkParams
 from .errors import ParameterError, SpecError
 from .greenlist import GreenList, GreenListParams
 from .gumbel import Gumbel, GumbelParams
@@ -48,6 +49,7 @@ class Scheme(Protocol):
 SCHEMES: dict[str, tuple[type, type]] = {"greenlist": (GreenListParams, GreenList)}
 SCHEMES["gumbel"] = (GumbelParams, Gumbel)
 SCHEMES["tournament"] = (TournamentParams, Tournament)
+SCHEMES["dipmark"] = (DiPmarkParams, DiPmark)
 SCHEMES["transformers-kgw"] = (TransformersKGWParams, TransformersKGW)
 SCHEMES["transformers-synthid"] = (TransformersSynthIDParams, TransformersSynthID)
 
@@ -59,6 +61,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 PRESETS["gumbel"] = ("gumbel", {})
 PRESETS["tournament"] = ("tournament", {})
+PRESETS["dipmark"] = ("dipmark", {})
 
 
 def validate_params(scheme: str, params: Mapping[str, Any]) -> dict[str, Any]:
