@@ -67,7 +67,7 @@ def null_secret(i: int) -> bytes:
 
 @dataclass(frozen=True)
 class Config:
-    n_train: int = 768            # training prompts (each answered with and without the mark)
+    n_train: int = 384            # training prompts (each answered with and without the mark)
     n_heldout: int = 400          # held-out prompts for the closed-model test
     max_new_tokens: int = 128     # teacher answer length
     teacher_temperature: float = 1.0
