@@ -276,92 +276,21 @@ def train_student(pairs: list[tuple[list[int], list[int]]], cfg: Config, *, seed
 
 def train_bigram(pairs: list[tuple[list[int], list[int]]], cfg: Config, *, seed: int,
                  out_dir: Path, eos_id: int = 2) -> dict[str, Any]:
-    """Train a neural bigram student and save it as a Hugging Face model in ``out_dir``.
+    """Train a neural bigram student (:func:`distillmark.verify.students.train_bigram_student`,
+    rank ``d_model``, ``steps`` full-batch Adam steps at 10x the transformer's learning rate)
+    and save it as a Hugging Face model in ``out_dir``."""
+    from distillmark.verify.students import train_bigram_student
 
-    The model is a Llama with no transformer layers: ``logits = W RMSNorm(E[x])``, the next
-    token's distribution given the previous token ``x``, of rank ``d_model``: what a small
-    LM's direct path learns first, and where an ``h = 1`` mark lives. It is trained by
-    full-batch Adam on the answers' bigram counts (every (previous, next) pair of the answers,
-    the last prompt token included as the first answer token's predecessor), which is the
-    same loss as next-token cross-entropy over the corpus, ``steps`` times. Vocabulary
-    restricted as in :func:`train_student`."""
-    import shutil
-
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    torch.set_num_threads(cfg.threads)
-    used = sorted({t for p, c in pairs for t in p + c} | {0, 1, eos_id})
-    other = len(used)
-    vr = other + 1
-    vmap = np.full(49152, other, dtype=np.int64)
-    vmap[used] = np.arange(len(used))
-    xs, ts = [], []
-    for p, c in pairs:
-        seq = vmap[np.asarray(p + c + [eos_id], dtype=np.int64)]
-        xs.append(seq[len(p) - 1:-1])
-        ts.append(seq[len(p):])
-    x_all, t_all = np.concatenate(xs), np.concatenate(ts)
-    cells, counts = np.unique(x_all * vr + t_all, return_counts=True)
-    ux, xi = np.unique(cells // vr, return_inverse=True)
-    d = cfg.d_model
-    E = torch.nn.Parameter(torch.randn(vr, d) * 0.02)
-    W = torch.nn.Parameter(torch.randn(vr, d) * 0.02)
-    g = torch.nn.Parameter(torch.ones(d))
-    opt = torch.optim.Adam([E, W, g], lr=10 * cfg.lr)
-    uxt, xit = torch.from_numpy(ux), torch.from_numpy(xi)
-    tt, ct = torch.from_numpy(cells % vr), torch.from_numpy(counts).float()
-    eps = 1e-6
-    t0 = time.perf_counter()
-    loss = torch.zeros(())
-    for _ in range(cfg.steps):
-        h = E[uxt]
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps) * g
-        logits = h @ W.T
-        loss = ((torch.logsumexp(logits, -1)[xit] - logits[xit, tt]) * ct).sum() / ct.sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    train_s = time.perf_counter() - t0
-    tot = np.bincount(xi, weights=counts)
-    mle = float(-(counts * np.log(counts / tot[xi])).sum() / counts.sum())
-    mcfg = LlamaConfig(vocab_size=49152, hidden_size=d, num_hidden_layers=0,
-                       num_attention_heads=1, num_key_value_heads=1, intermediate_size=4,
-                       max_position_embeddings=4096, bos_token_id=1, eos_token_id=eos_id,
-                       pad_token_id=eos_id, tie_word_embeddings=False, rms_norm_eps=eps)
-    full = LlamaForCausalLM(mcfg)
-    idx = torch.from_numpy(vmap)
-    with torch.no_grad():
-        full.model.embed_tokens.weight.copy_(E[idx])
-        full.lm_head.weight.copy_(W[idx])
-        full.model.norm.weight.copy_(g)
-    info = {"train_s": train_s, "steps": cfg.steps, "final_loss": float(loss.detach()),
-            "bigram_mle_loss": mle, "vocab_used": len(used), "n_seqs": len(pairs),
-            "train_tokens": int(t_all.size), "distinct_bigrams": int(cells.size)}
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    full.save_pretrained(tmp)
-    src = teacher_model_dir()
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (src / name).is_file():
-            shutil.copy(src / name, tmp / name)
-    (tmp / "distill_train.json").write_text(json.dumps(info))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
-    return info
+    return train_bigram_student(pairs, out_dir, d_model=cfg.d_model, steps=cfg.steps,
+                                lr=10 * cfg.lr, seed=seed, tokenizer_dir=teacher_model_dir(),
+                                eos_id=eos_id, threads=cfg.threads)
 
 
 def teacher_model_dir() -> Path:
     """The transformers copy of the embedded model (converted once, cached)."""
-    from distillmark.watermark import hf
-    from distillmark.watermark.models import default_model_path
+    from distillmark.verify.students import default_tokenizer_dir
 
-    gguf = default_model_path()
-    cached = hf._gguf_cache_dir(gguf)
-    if not (cached / "tokenizer.json").is_file():
-        hf.load_model(None)
-    return cached
+    return default_tokenizer_dir()
 
 
 def student(answers: dict[str, list[dict[str, Any]]], fraction: float, cfg: Config, *,
