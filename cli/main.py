@@ -348,6 +348,10 @@ def generate(
             typer.echo(o.text)
 
 
+#: Teacher answers per student and held-out probe prompts of the demo's distillation story.
+DEMO_TRAIN_ANSWERS = 32
+DEMO_PROBE_PROMPTS = 16
+
 DEMO_PROMPTS = [
     "Explain why the sky is blue to a ten-year-old.",
     "Write a short story about a lighthouse keeper who finds a message in a bottle.",
@@ -364,9 +368,28 @@ def demo(
     temperature: float = typer.Option(1.0, help="Sampling temperature."),
     alpha: float = typer.Option(DEFAULT_ALPHA, help="Significance level of the verdicts."),
     seed: int = typer.Option(0, help="Random seed of the sampler."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per answer."),
+    students: bool = typer.Option(True, "--students/--no-students",
+                                  help="Then train a student on the watermarked answers and "
+                                  "a control student on the unwatermarked ones, probe both "
+                                  "on loopback and audit their weights (needs the serve "
+                                  "extra)."),
+    train_answers: int = typer.Option(DEMO_TRAIN_ANSWERS, help="Teacher answers each student "
+                                      "learns from."),
+    probe_prompts: int = typer.Option(DEMO_PROBE_PROMPTS, help="Held-out prompts each student "
+                                      "is probed with."),
+    samples: int = typer.Option(4, help="Answers per probe prompt."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per answer, then one "
+                                 "per student."),
 ) -> None:
-    """Make a key, generate watermarked answers and unwatermarked controls, detect them all."""
+    """Make a key, generate watermarked answers and unwatermarked controls, detect them all;
+    then the distillation story: was a model trained on our answers?
+
+    A bigram student is trained on the teacher's watermarked answers and a control student on
+    its unwatermarked answers to the same prompts; each is served on loopback and probed
+    (closed-model test), and its weights are audited (open-model test). Exit status 0 if every
+    answer was classified correctly and the student trained on watermarked answers was found
+    by both tests while the control was found by neither; 1 otherwise; 2 on an error.
+    """
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -393,6 +416,17 @@ def demo(
             gen.check_tokenizer(spec)
             scheme = scheme_for(spec)
             detector = Detector(load_spec(key_path), tokenizer=tok_source)
+            if students:
+                if train_answers < 1 or probe_prompts < 1 or samples < 1:
+                    raise InputError(f"--train-answers, --probe-prompts and --samples must be "
+                                     f">= 1, got {train_answers}, {probe_prompts}, {samples}")
+                try:
+                    import fastapi  # noqa: F401
+                    import httpx  # noqa: F401
+                except ImportError:
+                    raise InputError("the students' stage serves and probes them: it needs "
+                                     "the serve extra (pip install 'distillmark[serve]'), or "
+                                     "pass --no-students") from None
             rows = []
             for label, sch in (("watermarked", scheme), ("control", None)):
                 _info(f"generating {len(DEMO_PROMPTS)} {label} answers…", as_json)
@@ -436,7 +470,70 @@ def demo(
     if rows:
         sample = next(o for label, o, _ in rows if label == "watermarked")
         console.print(f"\nA watermarked answer:\n[italic]{sample.text.strip()[:400]}[/italic]")
-    raise typer.Exit(EXIT_FOUND if correct == len(rows) else EXIT_NOT_FOUND)
+    right = correct == len(rows)
+    if students:
+        with _errors_exit(), tempfile.TemporaryDirectory(prefix="distillmark-demo-") as tmp:
+            _info("\nNow the distillation story: was a model trained on our answers?", as_json)
+            story = _demo_story(gen, spec, Path(tmp), train_answers=train_answers,
+                                probe_prompts=probe_prompts, samples=samples,
+                                max_new_tokens=max_new_tokens, temperature=temperature,
+                                seed=seed, quiet=as_json)
+        if as_json:
+            for st in story.students:
+                typer.echo(json.dumps({"kind": "student", **st.to_dict(alpha)}))
+        _render_story(console, story, alpha)
+        right = right and story.is_right(alpha)
+    raise typer.Exit(EXIT_FOUND if right else EXIT_NOT_FOUND)
+
+
+def _demo_story(gen: Any, spec: Any, tmp: Path, *, train_answers: int,
+                probe_prompts: int, samples: int, max_new_tokens: int, temperature: float,
+                seed: int, quiet: bool) -> Any:
+    """The demo's second stage: two students, probed and audited (verify.students)."""
+    from distillmark.verify.prompts import builtin_prompts
+    from distillmark.verify.students import default_tokenizer_dir, distillation_story
+
+    if gen.engine == "transformers":  # the teacher's own tokenizer files
+        tok_dir: Path = tmp / "teacher-tokenizer"
+        gen.tokenizer.save_pretrained(tok_dir)
+    else:  # llama.cpp runs the embedded model (checked above): its transformers copy
+        tok_dir = default_tokenizer_dir()
+    prompts = builtin_prompts(train_answers + probe_prompts)
+    return distillation_story(gen, spec, prompts[:train_answers], prompts[train_answers:],
+                              tmp / "students", tokenizer_dir=tok_dir,
+                              max_new_tokens=max_new_tokens, temperature=temperature,
+                              seed=seed, samples=samples,
+                              progress=lambda m: _info(m, quiet))
+
+
+def _fmt_pv(result: Any) -> str:
+    return f"{result.pvalue:.3g}" if result.pvalue > 0 else f"1e{result.log10_pvalue:.1f}"
+
+
+def _render_story(console: Any, story: Any, alpha: float) -> None:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False,
+                  title=f"Was a model distilled from our answers? (alpha={alpha:g})")
+    for col in ("student", "trained on", "probe p", "answers", "probe", "audit p", "audit"):
+        table.add_column(col, justify="right" if col in ("probe p", "answers", "audit p")
+                         else "left", no_wrap=True)
+    for st in story.students:
+        p, a = st.probe, st.audit
+        table.add_row(st.name, f"{st.n_train} {'watermarked' if st.marked else 'unwatermarked'}",
+                      _fmt_pv(p), str(p.answers.n_answers), p.verdict(alpha), _fmt_pv(a),
+                      a.verdict(alpha))
+    console.print()
+    console.print(table)
+    if story.is_right(alpha):
+        console.print("The student trained on watermarked answers carries the mark (probe and "
+                      "audit), the control student does not: the mark survives distillation.")
+    else:
+        console.print("[bold]The story did not come out as expected[/bold]: the marked student "
+                      "should be found by both tests, the control by neither.")
+    console.print(f"Students: teacher answers {story.teacher_seconds:.0f} s, training, serving, "
+                  f"probing and auditing {story.seconds - story.teacher_seconds:.0f} s.")
 
 
 def main() -> None:

@@ -94,3 +94,42 @@ def test_errors(tmp_path: Path, tok_dir: Path) -> None:
     assert not (tmp_path / "x").exists()
     assert np.isfinite(train_bigram_student([([1], [2])], tmp_path / "y", d_model=4, steps=1,
                                             tokenizer_dir=tok_dir)["final_loss"])
+
+
+# --------------------------------------------------------------------------------------------
+# The whole story on a tiny teacher
+
+
+def test_story_finds_the_marked_student_and_clears_the_control(tmp_path: Path,
+                                                               tok_dir: Path) -> None:
+    """A random-init teacher answers 8 prompts with and without the watermark; the student
+    trained on the watermarked answers is found by the probe and the audit, the control by
+    neither (served on loopback, as the demo does)."""
+    from serving_helpers import tiny_generator
+
+    from distillmark.verify.prompts import builtin_prompts
+    from distillmark.verify.students import distillation_story
+    from distillmark.watermark import BUILTIN_SMOLLM2, load_tokenizer, new_spec
+
+    spec = new_spec("greenlist", {}, load_tokenizer(BUILTIN_SMOLLM2)[1],
+                    secret=bytes(range(90, 122)))
+    prompts = builtin_prompts(12)
+    seen: list[str] = []
+    story = distillation_story(tiny_generator(seed=7), spec, prompts[:8], prompts[8:],
+                               tmp_path, tokenizer_dir=tok_dir, max_new_tokens=48,
+                               samples=3, probe_max_tokens=32, audit_sequences=8,
+                               audit_len=48, d_model=32, progress=seen.append)
+    marked, control = story.students
+    assert marked.marked and not control.marked and marked.n_train == control.n_train == 8
+    assert marked.probe.queries.n_queries == 4 and marked.probe.answers.n_answers == 12
+    assert marked.probe.is_watermarked(1e-6) and marked.audit.is_watermarked(1e-6), (
+        marked.probe.to_dict(), marked.audit.to_dict())
+    assert not control.found(1e-3), (control.probe.to_dict(), control.audit.to_dict())
+    assert story.is_right(1e-3)
+    d = story.to_dict(1e-3)
+    assert d["story_right"] and [s["name"] for s in d["students"]] == ["student-marked",
+                                                                      "student-control"]
+    assert (tmp_path / "student-marked" / "config.json").is_file()
+    assert any("probing" in m for m in seen)
+    with pytest.raises(InputError, match="held-out prompts only"):
+        distillation_story(tiny_generator(), spec, prompts[:2], prompts[1:3], tmp_path)

@@ -27,15 +27,26 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from distillmark.watermark.errors import InputError, ParameterError
+from distillmark.watermark.keys import WatermarkSpec
 
-__all__ = ["TOKENIZER_FILES", "default_tokenizer_dir", "train_bigram_student"]
+from .detect import DEFAULT_ALPHA
+
+if TYPE_CHECKING:
+    from distillmark.watermark.engines import Generator
+
+    from .audit import AuditResult
+    from .probe import ProbeResult
+
+__all__ = ["TOKENIZER_FILES", "StoryResult", "StudentResult", "default_tokenizer_dir",
+           "distillation_story", "train_bigram_student"]
 
 #: Files copied from the tokenizer directory into a saved student.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
@@ -187,3 +198,150 @@ def train_bigram_student(pairs: TokenPairs, out_dir: str | Path, *, d_model: int
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return info
+
+
+# --------------------------------------------------------------------------------------------
+# The whole story: a teacher, two students, the probe and the audit
+
+
+@dataclass(frozen=True)
+class StudentResult:
+    """One student of :func:`distillation_story`: what it learned from, and what the two tests
+    found.
+
+    Attributes:
+        name: the model id it was served under (``student-marked``, ``student-control``).
+        marked: trained on the teacher's watermarked answers (else on its unwatermarked ones).
+        n_train: teacher answers it was trained on.
+        train: :func:`train_bigram_student`'s info (``train_s``, ``final_loss``, ...).
+        probe: the closed-model test: the student served on loopback and probed.
+        audit: the open-model test of its weights (``verify.audit``, distribution mode).
+        seconds: training, serving, probing and auditing it took.
+    """
+
+    name: str
+    marked: bool
+    n_train: int
+    train: dict[str, Any]
+    probe: ProbeResult
+    audit: AuditResult
+    seconds: float
+
+    def found(self, alpha: float = DEFAULT_ALPHA) -> bool:
+        """Either test found the watermark."""
+        return self.probe.is_watermarked(alpha) or self.audit.is_watermarked(alpha)
+
+    def to_dict(self, alpha: float | None = None) -> dict[str, Any]:
+        return {"name": self.name, "marked": self.marked, "n_train": self.n_train,
+                "train": dict(self.train), "probe": self.probe.to_dict(alpha),
+                "audit": self.audit.to_dict(alpha), "seconds": self.seconds}
+
+
+@dataclass(frozen=True)
+class StoryResult:
+    """Both students: ``students[0]`` learned from watermarked answers, ``students[1]`` (the
+    control) from unwatermarked ones, to the same prompts."""
+
+    students: tuple[StudentResult, ...]
+    teacher_seconds: float
+    seconds: float
+
+    def is_right(self, alpha: float = DEFAULT_ALPHA) -> bool:
+        """The marked student is found by both tests, the control by neither."""
+        return all((s.probe.is_watermarked(alpha) and s.audit.is_watermarked(alpha))
+                   if s.marked else not s.found(alpha) for s in self.students)
+
+    def to_dict(self, alpha: float | None = None) -> dict[str, Any]:
+        d: dict[str, Any] = {"students": [s.to_dict(alpha) for s in self.students],
+                             "teacher_seconds": self.teacher_seconds, "seconds": self.seconds}
+        if alpha is not None:
+            d["alpha"] = alpha
+            d["story_right"] = self.is_right(alpha)
+        return d
+
+
+def distillation_story(teacher: Generator, spec: WatermarkSpec, train_prompts: Sequence[str],
+                       probe_prompts: Sequence[str], workdir: str | Path, *,
+                       tokenizer_dir: str | Path | None = None, max_new_tokens: int = 128,
+                       temperature: float = 1.0, batch_size: int = 16, seed: int = 0,
+                       samples: int = 4, probe_max_tokens: int = 64,
+                       audit_sequences: int = 16, audit_len: int = 128, steps: int = 30,
+                       d_model: int = 128, lr: float = 0.03,
+                       progress: Callable[[str], None] | None = None) -> StoryResult:
+    """Was a model distilled from our answers? Both cases, end to end, in one call.
+
+    1. ``teacher`` answers ``train_prompts`` twice: watermarked with ``spec``, and without a
+       watermark (the same prompts; ``max_new_tokens`` each).
+    2. Two bigram students are trained from scratch (:func:`train_bigram_student`): the
+       *marked* one on the watermarked answers, the *control* on the unwatermarked ones.
+    3. Each is served without a watermark by distillmark's OpenAI-compatible server on a free
+       loopback port and probed (:func:`~distillmark.verify.probe.probe`): ``probe_prompts``
+       (not in training), ``samples`` answers per prompt in one request, all pooled into one
+       exact test.
+    4. Each one's weights are audited (:mod:`~distillmark.verify.audit`, distribution mode)
+       over ``audit_sequences`` sequences of ``audit_len`` tokens it samples itself.
+
+    Needs the ``hf`` and ``serve`` extras. ``workdir`` receives the two students
+    (``student-marked/``, ``student-control/``, ordinary Hugging Face models) and the probe's
+    answer cache. ``tokenizer_dir`` holds the teacher's tokenizer files, copied into each
+    student (default: the embedded SmolLM2's). ``progress(message)`` is told of each stage.
+    """
+    from distillmark.watermark.registry import scheme_for
+    from distillmark.watermark.serve import ServeConfig, create_app, start_server
+
+    from . import audit as au
+    from .probe import SamplingParams, probe
+
+    if not train_prompts or not probe_prompts:
+        raise InputError("the story needs training prompts and probe prompts")
+    if set(train_prompts) & set(probe_prompts):
+        raise InputError("probe prompts must not be training prompts (held-out prompts only)")
+    say = progress or (lambda message: None)
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    scheme = scheme_for(spec)
+    corpora: dict[bool, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
+    for marked in (True, False):
+        say(f"teacher: {len(train_prompts)} {'watermarked' if marked else 'unwatermarked'} "
+            f"answers to train a student on")
+        outs = teacher.generate(list(train_prompts), scheme=scheme if marked else None,
+                                max_new_tokens=max_new_tokens, temperature=temperature,
+                                batch_size=batch_size, seed=seed + (not marked))
+        corpora[marked] = [(o.prompt_ids, o.completion_ids) for o in outs]
+    teacher_seconds = time.perf_counter() - t_start
+    from distillmark.watermark import hf
+
+    students = []
+    for marked in (True, False):
+        t0 = time.perf_counter()
+        name = "student-marked" if marked else "student-control"
+        out = work / name
+        say(f"{name}: training a bigram student on {len(corpora[marked])} "
+            f"{'watermarked' if marked else 'unwatermarked'} answers")
+        info = train_bigram_student(corpora[marked], out, d_model=d_model, steps=steps, lr=lr,
+                                    seed=seed, tokenizer_dir=tokenizer_dir,
+                                    vocab_size=max(spec.vocab_size, DEFAULT_VOCAB_SIZE))
+        lm = hf.load_model(out)
+        lm.check_tokenizer(spec)
+        say(f"{name}: serving it on loopback and probing it with {len(probe_prompts)} "
+            f"prompts x {samples} answers")
+        config = ServeConfig(model_name=name, spec=None, max_n=samples,
+                             max_batch=len(probe_prompts) * samples,
+                             default_max_tokens=probe_max_tokens)
+        with start_server(create_app(lm, config)) as server:
+            found = probe(server.url, name, spec, list(probe_prompts),
+                          sampling=SamplingParams(max_tokens=probe_max_tokens,
+                                                  temperature=1.0),
+                          samples=samples, concurrency=len(probe_prompts),
+                          cache=work / "probe-cache", timeout=1800.0)
+        say(f"{name}: auditing its weights over {audit_sequences} sequences it samples")
+        contexts = au.generate_contexts(lm, audit_sequences, length=audit_len, seed=seed,
+                                        batch_size=audit_sequences)
+        readings = au.read_model(lm, contexts, batch_size=audit_sequences)
+        audited = au.audit_readings(readings, scheme)
+        students.append(StudentResult(name=name, marked=marked, n_train=len(corpora[marked]),
+                                      train=info, probe=found, audit=audited,
+                                      seconds=time.perf_counter() - t0))
+    return StoryResult(students=tuple(students), teacher_seconds=teacher_seconds,
+                       seconds=time.perf_counter() - t_start)
