@@ -651,7 +651,7 @@ def test_samples_fall_back_to_one_request_each(tmp_path: Path) -> None:
     server = start_server(fake)
     try:
         got = fetch_answers(server.url, "m", prompts, samples=4, cache=tmp_path,
-                            sampling=SamplingParams(seed=100), concurrency=1)
+                            sampling=SamplingParams(seed=100), concurrency=1, timeout=600)
         assert got.stats.n_queries == 12 and got.stats.n_fetched == 12
         assert len({a for _, a in got.pairs}) == 12
         first = [b for b in bodies if b.get("n") == 4]
@@ -670,7 +670,7 @@ def test_samples_fall_back_to_one_request_each(tmp_path: Path) -> None:
             f.unlink()
         bodies.clear()
         again = fetch_answers(server.url, "m", prompts, samples=4, cache=tmp_path,
-                              sampling=SamplingParams(seed=100))
+                              sampling=SamplingParams(seed=100), timeout=600)
         assert again.stats.n_cached == 10 and again.stats.n_queries == 2
         assert sorted(b["seed"] for b in bodies) == [100 + 1 + 3 * 2, 100 + 1 + 3 * 3]
         assert all("n" not in b for b in bodies)
@@ -682,7 +682,7 @@ def test_samples_fall_back_to_one_request_each(tmp_path: Path) -> None:
 def test_samples_count_against_the_request_budget(tmp_path: Path) -> None:
     with scripted(lambda p, a: completion(f"answer {p}")) as (url, _):
         got = fetch_answers(url, "m", builtin_prompts(5), samples=2, max_requests=4,
-                            concurrency=1)
+                            concurrency=1, timeout=600)
     # each prompt: one request for n = 2 (one choice back), one for the second sample
     assert got.stats.n_queries == 4 and got.stats.budget_exhausted
     assert len(got.pairs) == 4 and got.stats.n_failed == 6 and got.stats.n_wanted == 10
