@@ -399,45 +399,47 @@ def demo(
         _info("loading the model (a first transformers run converts it once, about a "
               "minute)…", as_json)
         gen = load_generator(engine, model)
-        with tempfile.TemporaryDirectory(prefix="distillmark-demo-") as tmp:
-            if model is None:
-                tok_source: str | Path = BUILTIN_SMOLLM2
-            elif gen.engine == "transformers":
-                tok_source = Path(tmp) / "tokenizer.json"
-                tok_source.write_text(gen.tokenizer_json(), encoding="utf-8")  # type: ignore[attr-defined]
-            else:
-                raise InputError("demo with --model needs --engine transformers (to read the "
-                                 "model's tokenizer)")
-            _, info = load_tokenizer(tok_source)
-            spec = new_spec("greenlist", {}, info)
-            key_path = save_spec(spec, Path(tmp) / "demo-key.json")
-            _info(f"made key {spec.key_id} ({key_path.name}, mode 0600, deleted after the demo)",
-                  as_json)
-            gen.check_tokenizer(spec)
-            scheme = scheme_for(spec)
-            detector = Detector(load_spec(key_path), tokenizer=tok_source)
-            if students:
-                if train_answers < 1 or probe_prompts < 1 or samples < 1:
-                    raise InputError(f"--train-answers, --probe-prompts and --samples must be "
-                                     f">= 1, got {train_answers}, {probe_prompts}, {samples}")
-                try:
-                    import fastapi  # noqa: F401
-                    import httpx  # noqa: F401
-                except ImportError:
-                    raise InputError("the students' stage serves and probes them: it needs "
-                                     "the serve extra (pip install 'distillmark[serve]'), or "
-                                     "pass --no-students") from None
-            rows = []
-            for label, sch in (("watermarked", scheme), ("control", None)):
-                _info(f"generating {len(DEMO_PROMPTS)} {label} answers…", as_json)
-                outs = gen.generate(DEMO_PROMPTS, scheme=sch, max_new_tokens=max_new_tokens,
-                                    temperature=temperature, batch_size=len(DEMO_PROMPTS),
-                                    seed=seed)
-                for o in outs:
-                    if not o.text.strip():
-                        rows.append((label, o, None))
-                        continue
-                    rows.append((label, o, detector.detect(o.text)))
+        # the key and its tokenizer live here until the end of the demo (both stages)
+        workspace = tempfile.TemporaryDirectory(prefix="distillmark-demo-")
+        tmp = workspace.name
+        if model is None:
+            tok_source: str | Path = BUILTIN_SMOLLM2
+        elif gen.engine == "transformers":
+            tok_source = Path(tmp) / "tokenizer.json"
+            tok_source.write_text(gen.tokenizer_json(), encoding="utf-8")  # type: ignore[attr-defined]
+        else:
+            raise InputError("demo with --model needs --engine transformers (to read the "
+                             "model's tokenizer)")
+        _, info = load_tokenizer(tok_source)
+        spec = new_spec("greenlist", {}, info)
+        key_path = save_spec(spec, Path(tmp) / "demo-key.json")
+        _info(f"made key {spec.key_id} ({key_path.name}, mode 0600, deleted after the demo)",
+              as_json)
+        gen.check_tokenizer(spec)
+        scheme = scheme_for(spec)
+        detector = Detector(load_spec(key_path), tokenizer=tok_source)
+        if students:
+            if train_answers < 1 or probe_prompts < 1 or samples < 1:
+                raise InputError(f"--train-answers, --probe-prompts and --samples must be "
+                                 f">= 1, got {train_answers}, {probe_prompts}, {samples}")
+            try:
+                import fastapi  # noqa: F401
+                import httpx  # noqa: F401
+            except ImportError:
+                raise InputError("the students' stage serves and probes them: it needs "
+                                 "the serve extra (pip install 'distillmark[serve]'), or "
+                                 "pass --no-students") from None
+        rows = []
+        for label, sch in (("watermarked", scheme), ("control", None)):
+            _info(f"generating {len(DEMO_PROMPTS)} {label} answers…", as_json)
+            outs = gen.generate(DEMO_PROMPTS, scheme=sch, max_new_tokens=max_new_tokens,
+                                temperature=temperature, batch_size=len(DEMO_PROMPTS),
+                                seed=seed)
+            for o in outs:
+                if not o.text.strip():
+                    rows.append((label, o, None))
+                    continue
+                rows.append((label, o, detector.detect(o.text)))
     correct = 0
     if as_json:
         for label, o, r in rows:
@@ -472,7 +474,7 @@ def demo(
         console.print(f"\nA watermarked answer:\n[italic]{sample.text.strip()[:400]}[/italic]")
     right = correct == len(rows)
     if students:
-        with _errors_exit(), tempfile.TemporaryDirectory(prefix="distillmark-demo-") as tmp:
+        with _errors_exit():
             _info("\nNow the distillation story: was a model trained on our answers?", as_json)
             story = _demo_story(gen, spec, Path(tmp), train_answers=train_answers,
                                 probe_prompts=probe_prompts, samples=samples,
@@ -483,6 +485,7 @@ def demo(
                 typer.echo(json.dumps({"kind": "student", **st.to_dict(alpha)}))
         _render_story(console, story, alpha)
         right = right and story.is_right(alpha)
+    workspace.cleanup()
     raise typer.Exit(EXIT_FOUND if right else EXIT_NOT_FOUND)
 
 
@@ -493,11 +496,11 @@ def _demo_story(gen: Any, spec: Any, tmp: Path, *, train_answers: int,
     from distillmark.verify.prompts import builtin_prompts
     from distillmark.verify.students import default_tokenizer_dir, distillation_story
 
-    if gen.engine == "transformers":  # the teacher's own tokenizer files
-        tok_dir: Path = tmp / "teacher-tokenizer"
-        gen.tokenizer.save_pretrained(tok_dir)
-    else:  # llama.cpp runs the embedded model (checked above): its transformers copy
-        tok_dir = default_tokenizer_dir()
+    source = Path(gen.source)
+    if gen.engine == "transformers" and (source / "tokenizer.json").is_file():
+        tok_dir = source  # a model directory: the teacher's own tokenizer files
+    else:  # a GGUF model (the embedded one by default): its transformers copy holds them
+        tok_dir = default_tokenizer_dir(source if source.suffix == ".gguf" else None)
     prompts = builtin_prompts(train_answers + probe_prompts)
     return distillation_story(gen, spec, prompts[:train_answers], prompts[train_answers:],
                               tmp / "students", tokenizer_dir=tok_dir,

@@ -58,15 +58,17 @@ DEFAULT_VOCAB_SIZE = 49152
 TokenPairs = Sequence[tuple[Sequence[int], Sequence[int]]]
 
 
-def default_tokenizer_dir() -> Path:
-    """The transformers copy of the embedded SmolLM2 (its tokenizer and chat template): the
-    directory :func:`~distillmark.watermark.hf.load_model` converts once and caches."""
+def default_tokenizer_dir(gguf: str | Path | None = None) -> Path:
+    """The transformers copy of a GGUF model (default: the embedded SmolLM2), which holds its
+    tokenizer and chat template: the directory :func:`~distillmark.watermark.hf.load_model`
+    converts once and caches."""
     from distillmark.watermark import hf
     from distillmark.watermark.models import default_model_path
 
-    cached = hf._gguf_cache_dir(default_model_path())
+    path = default_model_path() if gguf is None else Path(gguf)
+    cached = hf._gguf_cache_dir(path)
     if not (cached / "tokenizer.json").is_file():
-        hf.load_model(None)
+        hf.load_model(None if gguf is None else path)
     return cached
 
 
@@ -321,7 +323,7 @@ def distillation_story(teacher: Generator, spec: WatermarkSpec, train_prompts: S
             f"{'watermarked' if marked else 'unwatermarked'} answers")
         info = train_bigram_student(corpora[marked], out, d_model=d_model, steps=steps, lr=lr,
                                     seed=seed, tokenizer_dir=tokenizer_dir,
-                                    vocab_size=max(spec.vocab_size, DEFAULT_VOCAB_SIZE))
+                                    vocab_size=spec.vocab_size)
         lm = hf.load_model(out)
         lm.check_tokenizer(spec)
         say(f"{name}: serving it on loopback and probing it with {len(probe_prompts)} "
