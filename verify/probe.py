@@ -18,7 +18,8 @@ Two parts, kept apart so that experiments can score answers they got by other me
   on its own watermarked answers, scored p = 2.5e-7). Such a reference is refused unless
   ``allow_marked_reference``; build it from the teacher's answers generated without the
   watermark instead.
-- :func:`fetch_answers` (HTTP, needs the ``serve`` extra for httpx): concurrent queries,
+- :func:`fetch_answers` (HTTP, needs the ``serve`` extra for httpx): concurrent queries
+  (``samples`` answers per prompt in one request, OpenAI's ``n``),
   retries with exponential backoff on 429, 5xx, timeouts and dropped connections, a request
   budget, and an on-disk cache of answers (:class:`ResponseCache`, one file per answer, written
   atomically) so that an interrupted probe resumes without paying for any query twice.
@@ -368,7 +369,8 @@ def chat_completions_url(endpoint: str) -> str:
 
 
 class ResponseCache:
-    """Answers on disk, one JSON file per (endpoint, model, prompt, sampling, API key).
+    """Answers on disk, one JSON file per (endpoint, model, prompt, sample index, sampling,
+    API key).
 
     Each file is written to a temporary name and renamed, so a probe killed at any moment
     leaves either a whole answer or none. The API key enters only the file name's hash (answers
