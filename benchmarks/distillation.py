@@ -621,8 +621,9 @@ def _closed_line(res: dict[str, Any]) -> str:
     reqs = sum(r["closed"]["requests"] for r in rows)
     return (f"Closed-model step: each student served on loopback and probed with "
             f"{cfg['closed_queries']} prompts x {cfg['closed_samples']} samples per request; "
-            f"{reqs} requests in all this run, probe {min(secs):.0f}-{max(secs):.0f} s per "
-            "student (0 requests: answers from the probe's cache).")
+            f"{reqs} requests in all this run (0 when the probe's cache holds the answers), "
+            f"probe {min(secs):.0f}-{max(secs):.0f} s per student; null keys re-score the "
+            "cached answers without a request.")
 
 
 def main() -> None:
