@@ -517,18 +517,24 @@ def _render_story(console: Any, story: Any, alpha: float) -> None:
     from rich import box
     from rich.table import Table
 
+    first = story.students[0]
+    q = first.probe.queries
     table = Table(box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False,
                   title=f"Was a model distilled from our answers? (alpha={alpha:g})")
-    for col in ("student", "trained on", "probe p", "answers", "probe", "audit p", "audit"):
-        table.add_column(col, justify="right" if col in ("probe p", "answers", "audit p")
-                         else "left", no_wrap=True)
+    for col in ("student", "trained on", "probe p", "audit p", "verdict"):
+        table.add_column(col, justify="right" if col.endswith(" p") else "left")
     for st in story.students:
-        p, a = st.probe, st.audit
-        table.add_row(st.name, f"{st.n_train} {'watermarked' if st.marked else 'unwatermarked'}",
-                      _fmt_pv(p), str(p.answers.n_answers), p.verdict(alpha), _fmt_pv(a),
-                      a.verdict(alpha))
+        found = st.probe.is_watermarked(alpha), st.audit.is_watermarked(alpha)
+        verdict = ("carries the mark" if all(found) else
+                   "no mark found" if not any(found) else "found by one test")
+        table.add_row("marked" if st.marked else "control",
+                      f"{st.n_train} {'watermarked' if st.marked else 'unwatermarked'} answers",
+                      _fmt_pv(st.probe), _fmt_pv(st.audit), verdict)
     console.print()
     console.print(table)
+    console.print(f"probe: each student served on loopback, {q.n_prompts} held-out prompts x "
+                  f"{q.n_samples} answers ({q.n_queries} requests); audit: its weights, over "
+                  f"{first.audit.n_contexts} contexts it samples itself.")
     if story.is_right(alpha):
         console.print("The student trained on watermarked answers carries the mark (probe and "
                       "audit), the control student does not: the mark survives distillation.")
