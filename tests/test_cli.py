@@ -739,8 +739,17 @@ def test_demo_tells_the_distillation_story(tiny_model_dir: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """The students' stage: the student trained on the watermarked answers is found by the
     probe and the audit, the control by neither; one JSON object per student."""
+    import functools
+
+    from distillmark.verify import students
+
     monkeypatch.setattr("distillmark.watermark.keys._secrets.token_bytes",
                         lambda n: bytes(range(200, 200 + n)))
+    # smaller students and audit than the demo's defaults: the same story, faster
+    monkeypatch.setattr(students, "distillation_story",
+                        functools.partial(students.distillation_story, d_model=32,
+                                          probe_max_tokens=32, audit_sequences=8,
+                                          audit_len=48))
     result = run("demo", "--model", tiny_model_dir, "--engine", "transformers", "--json",
                  "--max-new-tokens", "40", "--train-answers", "8", "--probe-prompts", "4",
                  "--samples", "3")
