@@ -348,8 +348,11 @@ def generate(
             typer.echo(o.text)
 
 
-#: Teacher answers per student and held-out probe prompts of the demo's distillation story.
-DEMO_TRAIN_ANSWERS = 32
+#: Teacher answers per student (the first ones are the demo's own four) and held-out probe
+#: prompts of the demo's distillation story. Four answers suffice for a clear result: bigram
+#: students trained on 4 of SmolLM2's 128-token answers gave probe p = 1e-54.6 and audit
+#: p = 1e-48.5 (controls 1e-1.0 and 1e-0.7); on 1 answer, 1e-15.0 and 1e-14.7.
+DEMO_TRAIN_ANSWERS = 4
 DEMO_PROBE_PROMPTS = 16
 
 DEMO_PROMPTS = [
@@ -374,7 +377,8 @@ def demo(
                                   "on loopback and audit their weights (needs the serve "
                                   "extra)."),
     train_answers: int = typer.Option(DEMO_TRAIN_ANSWERS, help="Teacher answers each student "
-                                      "learns from."),
+                                      "learns from: the demo's own four, then answers to "
+                                      "further built-in prompts."),
     probe_prompts: int = typer.Option(DEMO_PROBE_PROMPTS, help="Held-out prompts each student "
                                       "is probed with."),
     samples: int = typer.Option(4, help="Answers per probe prompt."),
@@ -476,7 +480,9 @@ def demo(
     if students:
         with _errors_exit():
             _info("\nNow the distillation story: was a model trained on our answers?", as_json)
-            story = _demo_story(gen, spec, Path(tmp), train_answers=train_answers,
+            given = tuple([o for label, o, _ in rows if label == kind][:train_answers]
+                          for kind in ("watermarked", "control"))
+            story = _demo_story(gen, spec, Path(tmp), given, train_answers=train_answers,
                                 probe_prompts=probe_prompts, samples=samples,
                                 max_new_tokens=max_new_tokens, temperature=temperature,
                                 seed=seed, quiet=as_json)
@@ -489,7 +495,7 @@ def demo(
     raise typer.Exit(EXIT_FOUND if right else EXIT_NOT_FOUND)
 
 
-def _demo_story(gen: Any, spec: Any, tmp: Path, *, train_answers: int,
+def _demo_story(gen: Any, spec: Any, tmp: Path, given: tuple[Any, ...], *, train_answers: int,
                 probe_prompts: int, samples: int, max_new_tokens: int, temperature: float,
                 seed: int, quiet: bool) -> Any:
     """The demo's second stage: two students, probed and audited (verify.students)."""
@@ -501,9 +507,10 @@ def _demo_story(gen: Any, spec: Any, tmp: Path, *, train_answers: int,
         tok_dir = source  # a model directory: the teacher's own tokenizer files
     else:  # a GGUF model (the embedded one by default): its transformers copy holds them
         tok_dir = default_tokenizer_dir(source if source.suffix == ".gguf" else None)
-    prompts = builtin_prompts(train_answers + probe_prompts)
-    return distillation_story(gen, spec, prompts[:train_answers], prompts[train_answers:],
-                              tmp / "students", tokenizer_dir=tok_dir,
+    extra = train_answers - len(given[0])
+    prompts = builtin_prompts(extra + probe_prompts)
+    return distillation_story(gen, spec, prompts[:extra], prompts[extra:], tmp / "students",
+                              answers=(given[0], given[1]), tokenizer_dir=tok_dir,
                               max_new_tokens=max_new_tokens, temperature=temperature,
                               seed=seed, samples=samples,
                               progress=lambda m: _info(m, quiet))

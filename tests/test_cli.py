@@ -767,7 +767,7 @@ def test_demo_tells_the_distillation_story(tiny_model_dir: Path,
               "--max-new-tokens", "4", "--samples", "0")
     assert bad.exit_code == 2
     assert bad.stderr.endswith(error_line("--train-answers, --probe-prompts and --samples must "
-                                          "be >= 1, got 32, 16, 0"))
+                                          "be >= 1, got 4, 16, 0"))
 
 
 def test_keygen_scheme_and_params(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ from distillmark.watermark.keys import WatermarkSpec
 from .detect import DEFAULT_ALPHA
 
 if TYPE_CHECKING:
-    from distillmark.watermark.engines import Generator
+    from distillmark.watermark.engines import Completion, Generator
 
     from .audit import AuditResult
     from .probe import ProbeResult
@@ -264,6 +264,7 @@ class StoryResult:
 
 def distillation_story(teacher: Generator, spec: WatermarkSpec, train_prompts: Sequence[str],
                        probe_prompts: Sequence[str], workdir: str | Path, *,
+                       answers: tuple[Sequence[Completion], Sequence[Completion]] = ((), ()),
                        tokenizer_dir: str | Path | None = None, max_new_tokens: int = 128,
                        temperature: float = 1.0, batch_size: int = 16, seed: int = 0,
                        samples: int = 4, probe_max_tokens: int = 64,
@@ -273,7 +274,9 @@ def distillation_story(teacher: Generator, spec: WatermarkSpec, train_prompts: S
     """Was a model distilled from our answers? Both cases, end to end, in one call.
 
     1. ``teacher`` answers ``train_prompts`` twice: watermarked with ``spec``, and without a
-       watermark (the same prompts; ``max_new_tokens`` each).
+       watermark (the same prompts; ``max_new_tokens`` each). ``answers``: the teacher's
+       (watermarked, unwatermarked) answers already in hand, to the same prompts, used first
+       (``train_prompts`` may then be empty: nothing more is generated).
     2. Two bigram students are trained from scratch (:func:`train_bigram_student`): the
        *marked* one on the watermarked answers, the *control* on the unwatermarked ones.
     3. Each is served without a watermark by distillmark's OpenAI-compatible server on a free
@@ -294,9 +297,14 @@ def distillation_story(teacher: Generator, spec: WatermarkSpec, train_prompts: S
     from . import audit as au
     from .probe import SamplingParams, probe
 
-    if not train_prompts or not probe_prompts:
-        raise InputError("the story needs training prompts and probe prompts")
-    if set(train_prompts) & set(probe_prompts):
+    given_wm, given_clean = answers
+    if len(given_wm) != len(given_clean):
+        raise InputError(f"`answers` must hold as many watermarked as unwatermarked answers, "
+                         f"got {len(given_wm)} and {len(given_clean)}")
+    if not (train_prompts or given_wm) or not probe_prompts:
+        raise InputError("the story needs training prompts (or answers) and probe prompts")
+    trained_on = set(train_prompts) | {o.prompt for o in given_wm}
+    if trained_on & set(probe_prompts):
         raise InputError("probe prompts must not be training prompts (held-out prompts only)")
     say = progress or (lambda message: None)
     work = Path(workdir)
@@ -305,12 +313,16 @@ def distillation_story(teacher: Generator, spec: WatermarkSpec, train_prompts: S
     scheme = scheme_for(spec)
     corpora: dict[bool, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
     for marked in (True, False):
-        say(f"teacher: {len(train_prompts)} {'watermarked' if marked else 'unwatermarked'} "
-            f"answers to train a student on")
+        corpora[marked] = [(o.prompt_ids, o.completion_ids)
+                           for o in (given_wm if marked else given_clean)]
+        if not train_prompts:
+            continue
+        say(f"teacher: {len(train_prompts)} more {'watermarked' if marked else 'unwatermarked'}"
+            f" answers to train a student on")
         outs = teacher.generate(list(train_prompts), scheme=scheme if marked else None,
                                 max_new_tokens=max_new_tokens, temperature=temperature,
                                 batch_size=batch_size, seed=seed + (not marked))
-        corpora[marked] = [(o.prompt_ids, o.completion_ids) for o in outs]
+        corpora[marked] += [(o.prompt_ids, o.completion_ids) for o in outs]
     teacher_seconds = time.perf_counter() - t_start
     from distillmark.watermark import hf
 
