@@ -548,8 +548,10 @@ def _render_story(console: Any, story: Any, alpha: float) -> None:
     else:
         console.print("[bold]The story did not come out as expected[/bold]: the marked student "
                       "should be found by both tests, the control by neither.")
-    console.print(f"Students: teacher answers {story.teacher_seconds:.0f} s, training, serving, "
-                  f"probing and auditing {story.seconds - story.teacher_seconds:.0f} s.")
+    extra = (f"further teacher answers {story.teacher_seconds:.0f} s; "
+             if story.teacher_seconds >= 0.5 else "")
+    console.print(f"Students: {extra}training, serving, probing and auditing both "
+                  f"{story.seconds - story.teacher_seconds:.0f} s.")
 
 
 def main() -> None:
