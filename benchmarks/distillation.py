@@ -23,10 +23,15 @@ down), so it is an ordinary Hugging Face model whose outputs are ids of the teac
 
 Tests, per student:
 
-* closed model (black box, unsupervised): the student answers held-out prompts that were not
-  in training (sampling at temperature 1); every answer is scored with the key, tuples
-  deduplicated across all answers, windows that reach into the prompt excluded; one exact
-  binomial test (:func:`closed_model_test`).
+* closed model (black box, unsupervised), as an investigator runs it: the student is served by
+  distillmark's own OpenAI-compatible server (``watermark.serve``, no watermark) on a free
+  loopback port, and ``verify.probe`` asks it held-out prompts that were not in training,
+  ``closed_samples`` answers per prompt in one request each (``n``; temperature 1); every
+  answer is re-tokenised and scored with the key, tuples deduplicated across all answers,
+  tuples found in the prompts excluded; one exact binomial test (:func:`closed_model_probe`).
+  The probe's answer cache lives in the student's directory, so a rerun asks nothing again.
+  ``--closed direct`` generates the answers in process instead and pools their token ids
+  (:func:`closed_model_test`), the earlier path.
 * open model: ``distillmark.verify.audit`` on the saved weights, over the student's own
   answers to held-out prompts and the teacher's unwatermarked answers (neither depends on the
   key), four variants (distribution test with window or context weights, reading mode with the
@@ -82,8 +87,11 @@ class Config:
     steps: int = 30               # bigram student: full-batch Adam steps
     lr: float = 3e-3              # transformer student (bigram: 10x)
     train_batch: int = 16
-    closed_queries: int = 400     # student answers scored in the closed-model test
+    closed_queries: int = 100     # held-out prompts asked in the closed-model test ...
+    closed_samples: int = 4       # ... answers per prompt (one request each: OpenAI's n)
     closed_max_new: int = 128
+    closed_batch: int = 200       # answers the student's server generates together
+    closed_via: str = "probe"     # "probe" (serve + probe on loopback) or "direct"
     audit_contexts: int = 128     # student answers read by the audit (plus clean teacher ones)
     audit_len: int = 128
     null_keys: int = 20
@@ -101,7 +109,7 @@ class Config:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
-QUICK = Config(n_train=64, n_heldout=64, epochs=3, steps=20, closed_queries=64,
+QUICK = Config(n_train=64, n_heldout=64, epochs=3, steps=20, closed_queries=16,
                closed_max_new=64, audit_contexts=16, null_keys=10, null_seeds=1)
 
 
@@ -276,92 +284,21 @@ def train_student(pairs: list[tuple[list[int], list[int]]], cfg: Config, *, seed
 
 def train_bigram(pairs: list[tuple[list[int], list[int]]], cfg: Config, *, seed: int,
                  out_dir: Path, eos_id: int = 2) -> dict[str, Any]:
-    """Train a neural bigram student and save it as a Hugging Face model in ``out_dir``.
+    """Train a neural bigram student (:func:`distillmark.verify.students.train_bigram_student`,
+    rank ``d_model``, ``steps`` full-batch Adam steps at 10x the transformer's learning rate)
+    and save it as a Hugging Face model in ``out_dir``."""
+    from distillmark.verify.students import train_bigram_student
 
-    The model is a Llama with no transformer layers: ``logits = W RMSNorm(E[x])``, the next
-    token's distribution given the previous token ``x``, of rank ``d_model``: what a small
-    LM's direct path learns first, and where an ``h = 1`` mark lives. It is trained by
-    full-batch Adam on the answers' bigram counts (every (previous, next) pair of the answers,
-    the last prompt token included as the first answer token's predecessor), which is the
-    same loss as next-token cross-entropy over the corpus, ``steps`` times. Vocabulary
-    restricted as in :func:`train_student`."""
-    import shutil
-
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    torch.set_num_threads(cfg.threads)
-    used = sorted({t for p, c in pairs for t in p + c} | {0, 1, eos_id})
-    other = len(used)
-    vr = other + 1
-    vmap = np.full(49152, other, dtype=np.int64)
-    vmap[used] = np.arange(len(used))
-    xs, ts = [], []
-    for p, c in pairs:
-        seq = vmap[np.asarray(p + c + [eos_id], dtype=np.int64)]
-        xs.append(seq[len(p) - 1:-1])
-        ts.append(seq[len(p):])
-    x_all, t_all = np.concatenate(xs), np.concatenate(ts)
-    cells, counts = np.unique(x_all * vr + t_all, return_counts=True)
-    ux, xi = np.unique(cells // vr, return_inverse=True)
-    d = cfg.d_model
-    E = torch.nn.Parameter(torch.randn(vr, d) * 0.02)
-    W = torch.nn.Parameter(torch.randn(vr, d) * 0.02)
-    g = torch.nn.Parameter(torch.ones(d))
-    opt = torch.optim.Adam([E, W, g], lr=10 * cfg.lr)
-    uxt, xit = torch.from_numpy(ux), torch.from_numpy(xi)
-    tt, ct = torch.from_numpy(cells % vr), torch.from_numpy(counts).float()
-    eps = 1e-6
-    t0 = time.perf_counter()
-    loss = torch.zeros(())
-    for _ in range(cfg.steps):
-        h = E[uxt]
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps) * g
-        logits = h @ W.T
-        loss = ((torch.logsumexp(logits, -1)[xit] - logits[xit, tt]) * ct).sum() / ct.sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    train_s = time.perf_counter() - t0
-    tot = np.bincount(xi, weights=counts)
-    mle = float(-(counts * np.log(counts / tot[xi])).sum() / counts.sum())
-    mcfg = LlamaConfig(vocab_size=49152, hidden_size=d, num_hidden_layers=0,
-                       num_attention_heads=1, num_key_value_heads=1, intermediate_size=4,
-                       max_position_embeddings=4096, bos_token_id=1, eos_token_id=eos_id,
-                       pad_token_id=eos_id, tie_word_embeddings=False, rms_norm_eps=eps)
-    full = LlamaForCausalLM(mcfg)
-    idx = torch.from_numpy(vmap)
-    with torch.no_grad():
-        full.model.embed_tokens.weight.copy_(E[idx])
-        full.lm_head.weight.copy_(W[idx])
-        full.model.norm.weight.copy_(g)
-    info = {"train_s": train_s, "steps": cfg.steps, "final_loss": float(loss.detach()),
-            "bigram_mle_loss": mle, "vocab_used": len(used), "n_seqs": len(pairs),
-            "train_tokens": int(t_all.size), "distinct_bigrams": int(cells.size)}
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    full.save_pretrained(tmp)
-    src = teacher_model_dir()
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (src / name).is_file():
-            shutil.copy(src / name, tmp / name)
-    (tmp / "distill_train.json").write_text(json.dumps(info))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
-    return info
+    return train_bigram_student(pairs, out_dir, d_model=cfg.d_model, steps=cfg.steps,
+                                lr=10 * cfg.lr, seed=seed, tokenizer_dir=teacher_model_dir(),
+                                eos_id=eos_id, threads=cfg.threads)
 
 
 def teacher_model_dir() -> Path:
     """The transformers copy of the embedded model (converted once, cached)."""
-    from distillmark.watermark import hf
-    from distillmark.watermark.models import default_model_path
+    from distillmark.verify.students import default_tokenizer_dir
 
-    gguf = default_model_path()
-    cached = hf._gguf_cache_dir(gguf)
-    if not (cached / "tokenizer.json").is_file():
-        hf.load_model(None)
-    return cached
+    return default_tokenizer_dir()
 
 
 def student(answers: dict[str, list[dict[str, Any]]], fraction: float, cfg: Config, *,
@@ -420,6 +357,90 @@ def student_answers(model_dir: Path, prompts: list[str], cfg: Config, *, seed: i
     return recs
 
 
+def closed_model_probe(model_dir: Path, prompts: list[str], spec: Any, cfg: Config
+                       ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The closed-model step through the product: serve the student on loopback and probe it.
+
+    The student (a Hugging Face directory) is loaded by the transformers engine and served by
+    :func:`distillmark.watermark.serve.create_app` without a watermark on a free loopback
+    port; :func:`distillmark.verify.probe.probe` asks it every prompt, ``closed_samples``
+    answers per request, all requests at once (the server generates up to ``closed_batch``
+    answers in one engine call). Answers are cached in the student's directory (the probe's
+    own cache), so a rerun asks nothing; the port of the last run is reused when free, since
+    the cache is keyed by the endpoint.
+
+    Returns the probe's result as a dict (``queries`` = answers scored, ``requests`` = HTTP
+    requests of this run, ``seconds``) and the ``(prompt, answer)`` pairs, read back from the
+    cache with a budget of zero requests (re-scoring with other keys never asks again).
+    """
+    import torch
+
+    from distillmark.verify.probe import SamplingParams, fetch_answers, probe
+    from distillmark.watermark import hf
+    from distillmark.watermark.serve import ServeConfig, create_app, start_server
+
+    torch.set_num_threads(cfg.threads)
+    k = cfg.closed_samples
+    cache = model_dir / f"probe-{len(prompts)}x{k}-{cfg.closed_max_new}"
+    port_file = model_dir / "probe-port"
+    lm = hf.load_model(model_dir)
+    name = "student"
+    conf = ServeConfig(model_name=name, spec=None, max_batch=cfg.closed_batch, max_n=k,
+                       default_max_tokens=cfg.closed_max_new)
+    sampling = SamplingParams(max_tokens=cfg.closed_max_new, temperature=1.0)
+    with start_server(create_app(lm, conf), port=_reusable_port(port_file)) as server:
+        port_file.write_text(str(server.port))
+        t0 = time.perf_counter()
+        res = probe(server.url, name, spec, prompts, sampling=sampling, samples=k, cache=cache,
+                    concurrency=len(prompts), timeout=3600.0)
+        seconds = time.perf_counter() - t0
+        got = fetch_answers(server.url, name, prompts, sampling=sampling, samples=k,
+                            cache=cache, max_requests=0)
+    if got.stats.n_failed:
+        raise RuntimeError(f"{got.stats.n_failed} probe answers are missing from {cache}")
+    d = _closed_dict(res)
+    d.update(queries=res.answers.n_answers, requests=res.queries.n_queries, seconds=seconds)
+    return d, got.pairs
+
+
+def _reusable_port(record: Path) -> int:
+    """The loopback port recorded in ``record`` if it is free now, else 0 (any free port)."""
+    import socket
+
+    try:
+        port = int(record.read_text())
+    except (OSError, ValueError):
+        return 0
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return 0
+    return port
+
+
+def answer_records(pairs: list[tuple[str, str]], spec: Any) -> list[dict[str, Any]]:
+    """Probe answers as token-id records (``prompt``, ``prompt_ids`` = [], ``completion_ids``:
+    the answer re-tokenised with the key's tokenizer), for the answer-count curve and the
+    audit's contexts."""
+    from distillmark.watermark.tokenizer import tokenizer_for
+
+    tok = tokenizer_for(spec.tokenizer)
+    enc = tok.encode_batch_fast([a for _, a in pairs], add_special_tokens=False)
+    return [{"prompt": p, "prompt_ids": [], "completion_ids": list(e.ids)}
+            for (p, _), e in zip(pairs, enc)]
+
+
+def probe_curve(pairs: list[tuple[str, str]], spec: Any, checkpoints: tuple[int, ...]
+                ) -> list[dict[str, Any]]:
+    """The probe's test on the first n answers (in the order asked), for each n."""
+    from distillmark.verify.probe import score_answers
+
+    return [dict(_closed_dict(score_answers(pairs[:n], spec)), queries=n)
+            for n in checkpoints if n <= len(pairs)]
+
+
 def closed_model_test(answers: list[dict[str, Any]], spec: Any, *,
                       checkpoints: tuple[int, ...] = ()) -> dict[str, Any]:
     """Black-box test of a suspect from its answers (``verify.aggregate``): every answer scored
@@ -427,8 +448,7 @@ def closed_model_test(answers: list[dict[str, Any]], spec: Any, *,
     excluded (answers are pooled without their prompt, so only answer tokens with ``h`` answer
     tokens before them are scored), one exact test.
 
-    The one place the closed-model step happens: it can be replaced by ``serve`` + ``probe``
-    on loopback without touching the rest of the experiment.
+    The in-process path (``--closed direct``); the default is :func:`closed_model_probe`.
     ``checkpoints``: also report the p-value after the first n answers, for each n.
     """
     from distillmark.verify.aggregate import AggregateAccumulator
@@ -499,6 +519,8 @@ ANCHORS = {  # Sander et al. 2024, unsupervised, as quoted in the issue
 
 
 def run(cfg: Config) -> dict[str, Any]:
+    from distillmark.verify.probe import score_answers
+
     t_start = time.perf_counter()
     answers = teacher_answers(cfg)
     t_teacher = time.perf_counter() - t_start
@@ -514,8 +536,16 @@ def run(cfg: Config) -> dict[str, Any]:
         for seed in range(cfg.null_seeds if f == 0.0 else 1):
             t0 = time.perf_counter()
             mdir, info = student(answers, f, cfg, seed=seed)
-            ans = student_answers(mdir, held, cfg, seed=seed)
-            closed = closed_model_test(ans, spec, checkpoints=(10, 25, 50, 100, 200, 400))
+            marks = (10, 25, 50, 100, 200, 400, 800, 1600)
+            pairs: list[tuple[str, str]] = []
+            if cfg.closed_via == "probe":
+                closed, pairs = closed_model_probe(mdir, held, spec, cfg)
+                closed["curve"] = probe_curve(pairs, spec, marks)
+                ans = answer_records(pairs, spec)
+            else:
+                asked = [p for p in held for _ in range(cfg.closed_samples)]
+                ans = student_answers(mdir, asked, cfg, seed=seed)
+                closed = closed_model_test(ans, spec, checkpoints=marks)
             # Contexts: the student's own answers and the teacher's unwatermarked answers,
             # neither of which depends on the key.
             ctx = [np.asarray(a["prompt_ids"] + a["completion_ids"], dtype=np.int64)
@@ -527,8 +557,11 @@ def run(cfg: Config) -> dict[str, Any]:
                 "contexts": len(ctx),
             }
             if f == 0.0:
-                row["null_closed_log10_p"] = [closed_model_test(ans, s)["log10_pvalue"]
-                                              for s in null_specs]
+                # the same answers re-scored with keys the student never saw: no new query
+                row["null_closed_log10_p"] = (
+                    [score_answers(pairs, s).log10_pvalue for s in null_specs]
+                    if cfg.closed_via == "probe" else
+                    [closed_model_test(ans, s)["log10_pvalue"] for s in null_specs])
                 row["null_open_log10_p"] = {m: [o[m].log10_pvalue for o in opens[1:]]
                                             for m in opens[0]}
             if f == 1.0:
@@ -571,11 +604,26 @@ def table(res: dict[str, Any]) -> str:
               (f"0% students against {len(nulls_c)} keys they never saw: smallest p closed "
               f"1e{min(nulls_c):.2f}, open 1e{min(nulls_o):.2f} ({len(nulls_o)} open tests); "
               f"below 1e-3: {sum(x < -3 for x in nulls_c + nulls_o)}."),
-              f"Closed-model queries for p < 1e-6 on the 100% student: {q}.",
+              f"Closed-model answers for p < 1e-6 on the 100% student: {q}.",
+              _closed_line(res),
               (f"Wall time {res['wall_seconds'] / 60:.1f} min (teacher "
               f"{res['teacher_seconds'] / 60:.1f} min), load average "
               f"{', '.join(f'{x:.1f}' for x in res['load_average'])}.")]
     return "\n".join(lines)
+
+
+def _closed_line(res: dict[str, Any]) -> str:
+    cfg = res["config"]
+    rows = res["rows"]
+    if cfg.get("closed_via", "direct") != "probe":
+        return "Closed-model answers generated in process (--closed direct)."
+    secs = [r["closed"]["seconds"] for r in rows]
+    reqs = sum(r["closed"]["requests"] for r in rows)
+    return (f"Closed-model step: each student served on loopback and probed with "
+            f"{cfg['closed_queries']} prompts x {cfg['closed_samples']} samples per request; "
+            f"{reqs} requests in all this run (0 when the probe's cache holds the answers), "
+            f"probe {min(secs):.0f}-{max(secs):.0f} s per student; null keys re-score the "
+            "cached answers without a request.")
 
 
 def main() -> None:
@@ -585,13 +633,16 @@ def main() -> None:
     ap.add_argument("--stage", choices=("teacher", "all"), default="all")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--student", choices=("bigram", "transformer"), default="bigram")
+    ap.add_argument("--closed", choices=("probe", "direct"), default="probe",
+                    help="closed-model step: serve + probe the student on loopback (default), "
+                         "or generate its answers in process")
     ap.add_argument("--engine", choices=("transformers", "llama.cpp", "auto"),
                     default="transformers",
                     help="the teacher's engine (llama.cpp: faster at batch 1 on CPU; answers "
                          "are cached per engine)")
     args = ap.parse_args()
     cfg = replace(QUICK if args.quick else Config(), threads=args.threads,
-                  student=args.student, engine=args.engine)
+                  student=args.student, engine=args.engine, closed_via=args.closed)
     if args.scale != 1.0:
         s = args.scale
         cfg = replace(cfg, n_train=int(cfg.n_train * s), closed_queries=int(cfg.closed_queries * s),

@@ -43,7 +43,9 @@ def render(result: ProbeResult, alpha: float) -> str:
              "expected without the key")
     head = (f"{result.model} at {result.endpoint}: {result.verdict(alpha)} "
             f"(p = {_fmt_p(a.pvalue, a.log10_pvalue)}; {green}; key {a.key_id})")
-    cost = (f"answers: {result.answers.n_answers} of {q.n_prompts} prompts "
+    asked = (f"{q.n_prompts} prompts" if q.n_samples == 1 else
+             f"{q.n_wanted} ({q.n_prompts} prompts x {q.n_samples} samples)")
+    cost = (f"answers: {result.answers.n_answers} of {asked} "
             f"({q.n_fetched} fetched, {q.n_cached} from the cache, {q.n_failed} unanswered, "
             f"{result.answers.n_empty} empty); {q.n_queries} requests sent, {q.n_retries} "
             "of them retries" + ("; the request budget ran out" if q.budget_exhausted else ""))
@@ -96,6 +98,8 @@ def probe_command(
                                         "'prompt' field (default: the built-in set)."),
     n_prompts: int = typer.Option(200, help="How many built-in prompts to ask (without "
                                   "--prompts)."),
+    samples: int = typer.Option(1, help="Answers per prompt, asked in one request (OpenAI's "
+                                "n; one request per answer where the endpoint returns fewer)."),
     max_tokens: int = typer.Option(256, help="max_tokens of each query."),
     temperature: float = typer.Option(1.0, help="Sampling temperature of each query."),
     top_p: float = typer.Option(1.0, help="top_p of each query."),
@@ -153,16 +157,18 @@ def probe_command(
                                       top_p=top_p, seed=seed)
         except ValueError as exc:
             raise InputError(str(exc).replace("`", "--", 1).replace("`", "", 1)) from None
+        if samples < 1:
+            raise InputError(f"--samples must be >= 1, got {samples}")
         show = not as_json and sys.stderr.isatty()
-        with _progress(show, len(asked)) as progress:
+        with _progress(show, len(asked) * samples) as progress:
             result = probe(endpoint, model, detector, asked, reference=ref,
                            min_scored=min_scored, api_key=api_key, sampling=sampling,
-                           allow_marked_reference=allow_marked_reference,
+                           allow_marked_reference=allow_marked_reference, samples=samples,
                            concurrency=concurrency, max_requests=max_requests,
                            cache=cache, retries=retries, timeout=timeout, backoff=backoff,
                            progress=progress)
     if result.queries.n_failed and not as_json:
-        _info(f"{result.queries.n_failed} prompts got no answer"
+        _info(f"{result.queries.n_failed} of {result.queries.n_wanted} answers were not obtained"
               + (" (the request budget ran out)" if result.queries.budget_exhausted else ""))
     if as_json:
         typer.echo(json.dumps(result.to_dict(alpha)))

@@ -726,12 +726,48 @@ def test_demo_with_a_local_model(tiny_model_dir: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr("distillmark.watermark.keys._secrets.token_bytes",
                         lambda n: bytes(range(200, 200 + n)))
     result = run("demo", "--model", tiny_model_dir, "--engine", "transformers", "--json",
-                 "--max-new-tokens", "40")
+                 "--max-new-tokens", "40", "--no-students")
     assert result.exit_code == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["kind"] for r in rows] == ["watermarked"] * 4 + ["control"] * 4
     assert [r["verdict"] for r in rows] == ["watermarked"] * 4 + ["not watermarked"] * 4
     assert "8/8 answers classified correctly" in " ".join(result.stderr.split())
+    assert "distilled" not in result.stderr
+
+
+def test_demo_tells_the_distillation_story(tiny_model_dir: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The students' stage: the student trained on the watermarked answers is found by the
+    probe and the audit, the control by neither; one JSON object per student."""
+    import functools
+
+    from distillmark.verify import students
+
+    monkeypatch.setattr("distillmark.watermark.keys._secrets.token_bytes",
+                        lambda n: bytes(range(200, 200 + n)))
+    # smaller students and audit than the demo's defaults: the same story, faster
+    monkeypatch.setattr(students, "distillation_story",
+                        functools.partial(students.distillation_story, d_model=32,
+                                          probe_max_tokens=32, audit_sequences=8,
+                                          audit_len=48))
+    result = run("demo", "--model", tiny_model_dir, "--engine", "transformers", "--json",
+                 "--max-new-tokens", "40", "--train-answers", "8", "--probe-prompts", "4",
+                 "--samples", "3")
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["kind"] for r in rows] == ["watermarked"] * 4 + ["control"] * 4 + ["student"] * 2
+    marked, control = rows[8:]
+    assert (marked["name"], marked["marked"], marked["n_train"]) == ("student-marked", True, 8)
+    assert marked["probe"]["verdict"] == marked["audit"]["verdict"] == "watermarked"
+    assert control["probe"]["verdict"] == control["audit"]["verdict"] == "not watermarked"
+    assert marked["probe"]["n_samples"] == 3 and marked["probe"]["n_answers"] == 12
+    assert marked["probe"]["key_id"] == rows[0]["key_id"]
+    assert "Was a model distilled from our answers?" in result.stderr
+    bad = run("demo", "--model", tiny_model_dir, "--engine", "transformers",
+              "--max-new-tokens", "4", "--samples", "0")
+    assert bad.exit_code == 2
+    assert bad.stderr.endswith(error_line("--train-answers, --probe-prompts and --samples must "
+                                          "be >= 1, got 4, 16, 0"))
 
 
 def test_keygen_scheme_and_params(tmp_path: Path) -> None:

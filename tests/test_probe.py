@@ -42,7 +42,7 @@ from distillmark.verify.probe import (
     score_answers,
 )
 from distillmark.verify.prompts import builtin_prompts
-from distillmark.watermark import InputError, WatermarkSpec, new_spec, save_spec
+from distillmark.watermark import InputError, ParameterError, WatermarkSpec, new_spec, save_spec
 from distillmark.watermark.keys import SECRET_BYTES
 from distillmark.watermark.serve import start_server
 from distillmark.watermark.tokenizer import TokenizerInfo
@@ -55,8 +55,8 @@ DETECT_KEYS = {"statistic", "pvalue", "log10_pvalue", "n_tokens", "n_scored", "n
                "score_mean", "null_mean", "z_score", "test", "min_scored", "scheme", "key_id",
                "alpha", "verdict"}
 PROBE_KEYS = {"endpoint", "model", "n_answers", "n_empty", "n_prompt_excluded", "n_prompts",
-              "n_queries", "n_fetched", "n_cached", "n_retries", "n_failed", "budget_exhausted",
-              "n_filtered", "n_reference", "detectable_fraction"}
+              "n_samples", "n_queries", "n_fetched", "n_cached", "n_retries", "n_failed",
+              "budget_exhausted", "n_filtered", "n_reference", "detectable_fraction"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -600,3 +600,108 @@ def test_core_imports_stay_free_of_the_serving_stack() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------------------------
+# Several samples per prompt
+
+
+def test_samples_come_in_one_request_per_prompt(marked_url: str, spec: WatermarkSpec,
+                                                tmp_path: Path) -> None:
+    prompts = builtin_prompts(4)
+    got = fetch_answers(marked_url, MODEL_NAME, prompts, sampling=SAMPLING, samples=3,
+                        cache=tmp_path / "c")
+    s = got.stats
+    assert (s.n_prompts, s.n_samples, s.n_wanted, s.n_queries) == (4, 3, 12, 4)
+    assert s.n_fetched == 12 and s.n_cached == s.n_failed == 0
+    assert [p for p, _ in got.pairs] == [p for p in prompts for _ in range(3)]
+    for i in range(4):  # three different draws of the same prompt
+        assert len({a for _, a in got.pairs[3 * i:3 * i + 3]}) == 3
+    assert len(list((tmp_path / "c").glob("*.json"))) == 12
+    # the cached answers come back in the same order, for free
+    again = fetch_answers(marked_url, MODEL_NAME, prompts, sampling=SAMPLING, samples=3,
+                          cache=tmp_path / "c")
+    assert again.pairs == got.pairs and again.stats.n_queries == 0
+    assert again.stats.n_cached == 12
+    # a one-sample probe of the same question reads sample 0 of each prompt from the cache
+    one = fetch_answers(marked_url, MODEL_NAME, prompts, sampling=SAMPLING,
+                        cache=tmp_path / "c")
+    assert one.stats.n_queries == 0 and one.pairs == got.pairs[::3]
+    r = probe(marked_url, MODEL_NAME, spec, prompts, sampling=SAMPLING, samples=3,
+              cache=tmp_path / "c")
+    assert r.answers.n_answers == 12 and r.is_watermarked(1e-6)
+
+
+def test_samples_fall_back_to_one_request_each(tmp_path: Path) -> None:
+    """An endpoint that ignores ``n`` (one choice per request) is asked each missing sample
+    alone, with its own seed; an interrupted probe asks only the samples it lacks."""
+    bodies: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    fake = FastAPI()
+
+    @fake.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        body = await request.json()
+        with lock:
+            bodies.append(body)
+            k = len(bodies)
+        return completion(f"answer {k} to {body['messages'][-1]['content']}")
+
+    prompts = builtin_prompts(3)
+    server = start_server(fake)
+    try:
+        got = fetch_answers(server.url, "m", prompts, samples=4, cache=tmp_path,
+                            sampling=SamplingParams(seed=100), concurrency=1, timeout=600)
+        assert got.stats.n_queries == 12 and got.stats.n_fetched == 12
+        assert len({a for _, a in got.pairs}) == 12
+        first = [b for b in bodies if b.get("n") == 4]
+        alone = [b for b in bodies if "n" not in b]
+        assert [b["seed"] for b in first] == [100, 101, 102]
+        # sample k of prompt i alone: seed + i + k * n_prompts
+        assert sorted(b["seed"] for b in alone) == sorted(100 + i + 3 * k for i in range(3)
+                                                          for k in range(1, 4))
+        # lose two cached samples: the rerun asks exactly those, one request each
+        files = sorted(tmp_path.glob("*.json"))
+        recs = [json.loads(f.read_text()) for f in files]
+        lost = [f for f, r in zip(files, recs) if r["params"].get("sample") in (2, 3)
+                and r["prompt"] == prompts[1]]
+        assert len(lost) == 2
+        for f in lost:
+            f.unlink()
+        bodies.clear()
+        again = fetch_answers(server.url, "m", prompts, samples=4, cache=tmp_path,
+                              sampling=SamplingParams(seed=100), timeout=600)
+        assert again.stats.n_cached == 10 and again.stats.n_queries == 2
+        assert sorted(b["seed"] for b in bodies) == [100 + 1 + 3 * 2, 100 + 1 + 3 * 3]
+        assert all("n" not in b for b in bodies)
+        assert [p for p, _ in again.pairs] == [p for p in prompts for _ in range(4)]
+    finally:
+        server.stop()
+
+
+def test_samples_count_against_the_request_budget(tmp_path: Path) -> None:
+    with scripted(lambda p, a: completion(f"answer {p}")) as (url, _):
+        got = fetch_answers(url, "m", builtin_prompts(5), samples=2, max_requests=4,
+                            concurrency=1, timeout=600)
+    # each prompt: one request for n = 2 (one choice back), one for the second sample
+    assert got.stats.n_queries == 4 and got.stats.budget_exhausted
+    assert len(got.pairs) == 4 and got.stats.n_failed == 6 and got.stats.n_wanted == 10
+    with pytest.raises(ParameterError, match="`samples` must be >= 1, got 0"):
+        fetch_answers(url, "m", ["x"], samples=0)
+
+
+def test_probe_command_samples(marked_url: str, spec: WatermarkSpec, tmp_path: Path) -> None:
+    key = save_spec(spec, tmp_path / "wm.json")
+    r = cli("probe", "--endpoint", marked_url, "--model", MODEL_NAME, "--key", key,
+            "--n-prompts", 3, "--samples", 2, "--max-tokens", 30, "--json")
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert (d["n_prompts"], d["n_samples"], d["n_queries"], d["n_answers"]) == (3, 2, 3, 6)
+    h = cli("probe", "--endpoint", marked_url, "--model", MODEL_NAME, "--key", key,
+            "--n-prompts", 3, "--samples", 2, "--max-tokens", 30)
+    assert h.stdout.splitlines()[1].startswith("answers: 6 of 6 (3 prompts x 2 samples) "
+                                               "(6 fetched, 0 from the cache")
+    bad = cli("probe", "--endpoint", marked_url, "--model", MODEL_NAME, "--key", key,
+              "--samples", 0)
+    assert bad.exit_code == 2
+    assert error_line(bad) == "distillmark: error: --samples must be >= 1, got 0"

@@ -389,6 +389,17 @@ def test_requests_are_batched_and_the_event_loop_stays_free(master: WatermarkSpe
     assert max(gen.calls[1:]) >= 2, gen.calls
 
 
+def test_the_n_choices_of_a_request_share_one_engine_call(master: WatermarkSpec) -> None:
+    """A probe asks for several samples of a prompt with ``n``: they are generated together,
+    one batch, with or without a seed, never one engine call per choice."""
+    gen = CountingGenerator(tiny_generator(), delay=0.0)
+    with serving(gen, spec=master, max_batch=8) as url:
+        first = answers_text(chat(url, n=4, max_tokens=12))
+        seeded = answers_text(chat(url, n=3, max_tokens=12, seed=5))
+    assert gen.calls == [4, 3]
+    assert len(first) == 4 and len(seeded) == 3
+
+
 # --------------------------------------------------------------------------------------------
 # The command
 

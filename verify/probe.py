@@ -18,7 +18,8 @@ Two parts, kept apart so that experiments can score answers they got by other me
   on its own watermarked answers, scored p = 2.5e-7). Such a reference is refused unless
   ``allow_marked_reference``; build it from the teacher's answers generated without the
   watermark instead.
-- :func:`fetch_answers` (HTTP, needs the ``serve`` extra for httpx): concurrent queries,
+- :func:`fetch_answers` (HTTP, needs the ``serve`` extra for httpx): concurrent queries
+  (``samples`` answers per prompt in one request, OpenAI's ``n``),
   retries with exponential backoff on 429, 5xx, timeouts and dropped connections, a request
   budget, and an on-disk cache of answers (:class:`ResponseCache`, one file per answer, written
   atomically) so that an interrupted probe resumes without paying for any query twice.
@@ -316,12 +317,15 @@ class QueryStats:
 
     Attributes:
         n_prompts: prompts to answer.
-        n_queries: HTTP requests sent (every retry counts: the budget is of requests).
+        n_samples: answers wanted per prompt (``n_prompts * n_samples`` in all).
+        n_queries: HTTP requests sent (every retry counts: the budget is of requests; one
+            request asks for all the samples of a prompt at once).
         n_fetched: answers received over HTTP in this run.
         n_cached: answers read from the cache (paid for by an earlier run).
         n_retries: requests repeated after a 429, a 5xx, a timeout or a dropped connection.
-        n_failed: prompts left without an answer (refused as bad requests, or the budget ran out).
-        budget_exhausted: the request budget stopped the probe before every prompt was answered.
+        n_failed: answers wanted but not obtained (refused as bad requests, or the budget ran
+            out).
+        budget_exhausted: the request budget stopped the probe before every answer was in.
     """
 
     n_prompts: int
@@ -331,6 +335,12 @@ class QueryStats:
     n_retries: int
     n_failed: int
     budget_exhausted: bool
+    n_samples: int = 1
+
+    @property
+    def n_wanted(self) -> int:
+        """Answers asked for: ``n_prompts * n_samples``."""
+        return self.n_prompts * self.n_samples
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -338,7 +348,8 @@ class QueryStats:
 
 @dataclass(frozen=True)
 class FetchResult:
-    """Answers of an endpoint: ``pairs[i] = (prompt, answer)`` for the prompts answered."""
+    """Answers of an endpoint: one ``(prompt, answer)`` pair per answer obtained, prompt by
+    prompt in the order asked, the samples of a prompt in order."""
 
     pairs: list[tuple[str, str]]
     stats: QueryStats
@@ -358,7 +369,8 @@ def chat_completions_url(endpoint: str) -> str:
 
 
 class ResponseCache:
-    """Answers on disk, one JSON file per (endpoint, model, prompt, sampling, API key).
+    """Answers on disk, one JSON file per (endpoint, model, prompt, sample index, sampling,
+    API key).
 
     Each file is written to a temporary name and renamed, so a probe killed at any moment
     leaves either a whole answer or none. The API key enters only the file name's hash (answers
@@ -450,7 +462,7 @@ def _retry_after(resp: Any) -> float | None:
 
 def fetch_answers(endpoint: str, model: str, prompts: Sequence[str], *,
                   api_key: str | None = None, sampling: SamplingParams | None = None,
-                  concurrency: int = 4, max_requests: int | None = None,
+                  samples: int = 1, concurrency: int = 4, max_requests: int | None = None,
                   cache: ResponseCache | str | Path | None = None, retries: int = 5,
                   timeout: float = 120.0, backoff: float = 0.5, max_backoff: float = 30.0,
                   progress: Callable[[int, int], None] | None = None) -> FetchResult:
@@ -461,6 +473,11 @@ def fetch_answers(endpoint: str, model: str, prompts: Sequence[str], *,
             ``…/v1/chat/completions`` URL.
         api_key: sent as ``Authorization: Bearer``.
         sampling: ``max_tokens``, ``temperature``, ``top_p``, ``seed`` (per prompt: seed + i).
+        samples: answers wanted per prompt. All of a prompt's samples are asked in one request
+            (OpenAI's ``n``); an endpoint that returns fewer choices is asked the missing ones
+            one request each (seeded ones then carry ``seed + i + k * len(prompts)`` for the
+            k-th sample, so that a seeded endpoint does not repeat itself). Each (prompt,
+            sample) is cached on its own.
         concurrency: requests in flight at once.
         max_requests: most HTTP requests to send in this run, retries included (None: no
             limit); cached answers cost none.
@@ -469,7 +486,7 @@ def fetch_answers(endpoint: str, model: str, prompts: Sequence[str], *,
         retries: further attempts after a 429, a 5xx, a timeout or a dropped connection, with
             exponential backoff (``backoff * 2**k`` seconds, jittered, at most
             ``max_backoff``; a 429's ``Retry-After`` is honoured up to ``max_backoff``).
-        progress: ``progress(done, total)`` after each prompt.
+        progress: ``progress(done, total)`` in answers (``total = len(prompts) * samples``).
 
     Raises:
         EndpointError: the endpoint refused the API key or the model, or stayed unreachable
@@ -484,6 +501,8 @@ def fetch_answers(endpoint: str, model: str, prompts: Sequence[str], *,
                                      "pip install 'distillmark[serve]'") from None
     if not prompts:
         raise InputError("no prompts to ask")
+    if samples < 1:
+        raise ParameterError(f"`samples` must be >= 1, got {samples}")
     if concurrency < 1:
         raise ParameterError(f"`concurrency` must be >= 1, got {concurrency}")
     if max_requests is not None and max_requests < 0:
@@ -497,27 +516,44 @@ def fetch_answers(endpoint: str, model: str, prompts: Sequence[str], *,
     sampling = sampling or SamplingParams()
     store = ResponseCache(cache) if isinstance(cache, (str, Path)) else cache
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    answers: list[str | None] = [None] * len(prompts)
-    state = {"queries": 0, "fetched": 0, "cached": 0, "retries": 0, "failed": 0, "done": 0}
+    n_prompts, total = len(prompts), len(prompts) * samples
+    answers: list[list[str | None]] = [[None] * samples for _ in prompts]
+    state = {"queries": 0, "fetched": 0, "cached": 0, "retries": 0, "rejected": 0, "done": 0}
     flags: dict[str, Any] = {"budget": False, "fatal": None, "first_error": ""}
-    keys = [ResponseCache.key(url, model, p, sampling.body(i), api_key)
+
+    def params(i: int, k: int) -> dict[str, Any]:
+        """Cache parameters of sample ``k`` of prompt ``i`` (sample 0: those of a one-answer
+        probe, so that its cache serves a probe with more samples)."""
+        d = sampling.body(i)
+        if k:
+            d["sample"] = k
+        return d
+
+    keys = [[ResponseCache.key(url, model, p, params(i, k), api_key) for k in range(samples)]
             for i, p in enumerate(prompts)]
     todo: list[int] = []
-    for i, k in enumerate(keys):
-        rec = store.get(k) if store is not None else None
-        if rec is not None:
-            answers[i] = rec["answer"]
-            state["cached"] += 1
-            state["done"] += 1
-        else:
+    for i in range(n_prompts):
+        for k in range(samples):
+            rec = store.get(keys[i][k]) if store is not None else None
+            if rec is not None:
+                answers[i][k] = rec["answer"]
+                state["cached"] += 1
+                state["done"] += 1
+        if any(a is None for a in answers[i]):
             todo.append(i)
     if progress is not None and state["done"]:
-        progress(state["done"], len(prompts))
+        progress(state["done"], total)
     rng = random.Random()
 
-    async def ask(client: httpx.AsyncClient, i: int) -> str:
-        body = {"model": model, "messages": [{"role": "user", "content": prompts[i]}],
-                **sampling.body(i)}
+    async def ask(client: httpx.AsyncClient, i: int, n: int, k: int | None) -> list[str]:
+        """One request for prompt ``i``: ``n`` choices, or (``k`` given) sample ``k`` alone."""
+        body: dict[str, Any] = {"model": model,
+                                "messages": [{"role": "user", "content": prompts[i]}],
+                                **sampling.body(i)}
+        if n > 1:
+            body["n"] = n
+        if k and sampling.seed is not None:
+            body["seed"] = sampling.seed + i + k * n_prompts
         attempt = 0
         while True:
             if max_requests is not None and state["queries"] >= max_requests:
@@ -536,14 +572,17 @@ def fetch_answers(endpoint: str, model: str, prompts: Sequence[str], *,
                 if status == 200:
                     try:
                         data = resp.json()
-                        content = data["choices"][0]["message"].get("content")
+                        choices = data["choices"]
+                        if not isinstance(choices, list) or not choices:
+                            raise TypeError
+                        contents = [c["message"].get("content") for c in choices[:n]]
                     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
                         raise _Retryable("the endpoint sent a malformed answer (not an OpenAI "
                                          "chat completion)") from None
-                    if content is not None and not isinstance(content, str):
+                    if any(c is not None and not isinstance(c, str) for c in contents):
                         raise _Retryable("the endpoint sent a malformed answer (content is "
                                          "not a string)")
-                    return content or ""
+                    return [c or "" for c in contents]
                 msg = _error_message(resp)
                 if status == 429 or status >= 500:
                     raise _Retryable(f"HTTP {status}: {msg}", _retry_after(resp))
@@ -562,33 +601,65 @@ def fetch_answers(endpoint: str, model: str, prompts: Sequence[str], *,
                 state["retries"] += 1
                 await asyncio.sleep(wait)
 
+    def got(i: int, k: int, text: str) -> None:
+        answers[i][k] = text
+        state["fetched"] += 1
+        state["done"] += 1
+        if store is not None:
+            store.put(keys[i][k], {"endpoint": url, "model": model, "prompt": prompts[i],
+                                   "params": params(i, k), "answer": text,
+                                   "fetched": datetime.now(timezone.utc).isoformat()})
+        if progress is not None:
+            progress(state["done"], total)
+
+    def failed(i: int, n: int, exc: _BadRequest) -> bool:
+        """Count ``n`` answers of prompt ``i`` as not obtained (one request refused); True:
+        stop the probe."""
+        state["rejected"] += 1
+        state["done"] += n
+        if not flags["first_error"] and not flags["budget"]:
+            flags["first_error"] = f"prompt {i + 1}: {exc}"
+        if progress is not None:
+            progress(state["done"], total)
+        if not flags["budget"] and state["fetched"] == 0 and state["rejected"] >= 5:
+            flags["fatal"] = (f"the endpoint rejected the first {state['rejected']} "
+                              f"requests ({flags['first_error']})")
+            return True
+        return False
+
+    async def answer(client: httpx.AsyncClient, i: int) -> None:
+        """Every missing sample of prompt ``i``: all in one request when none is cached, then
+        one request per sample the endpoint did not return."""
+        missing = [k for k in range(samples) if answers[i][k] is None]
+        if len(missing) == samples:
+            try:
+                texts = await ask(client, i, samples, None)
+            except _BadRequest as exc:
+                failed(i, samples, exc)
+                return
+            for k, text in zip(missing, texts):
+                got(i, k, text)
+            missing = missing[len(texts):]
+        for k in missing:
+            if flags["fatal"] is not None:
+                return
+            try:
+                text = (await ask(client, i, 1, k))[0]
+            except _BadRequest as exc:
+                if failed(i, 1, exc):
+                    return
+                continue
+            got(i, k, text)
+
     async def worker(client: httpx.AsyncClient, queue: asyncio.Queue[int]) -> None:
         while not queue.empty() and flags["fatal"] is None:
             i = queue.get_nowait()
             try:
-                text = await ask(client, i)
+                await answer(client, i)
             except _Fatal as exc:
                 if flags["fatal"] is None:
                     flags["fatal"] = str(exc)
                 return
-            except _BadRequest as exc:
-                state["failed"] += 1
-                if not flags["first_error"] and not flags["budget"]:
-                    flags["first_error"] = f"prompt {i + 1}: {exc}"
-                if not flags["budget"] and state["fetched"] == 0 and state["failed"] >= 5:
-                    flags["fatal"] = (f"the endpoint rejected the first {state['failed']} "
-                                      f"requests ({flags['first_error']})")
-                    return
-            else:
-                answers[i] = text
-                state["fetched"] += 1
-                if store is not None:
-                    store.put(keys[i], {"endpoint": url, "model": model, "prompt": prompts[i],
-                                        "params": sampling.body(i), "answer": text,
-                                        "fetched": datetime.now(timezone.utc).isoformat()})
-            state["done"] += 1
-            if progress is not None:
-                progress(state["done"], len(prompts))
 
     async def main() -> None:
         queue: asyncio.Queue[int] = asyncio.Queue()
@@ -601,18 +672,18 @@ def fetch_answers(endpoint: str, model: str, prompts: Sequence[str], *,
 
     if todo:
         asyncio.run(main())
+    n_have = sum(a is not None for row in answers for a in row)
     if flags["fatal"] is not None:
-        n_have = sum(a is not None for a in answers)
-        where = (f"; {n_have} of {len(prompts)} answers are cached in {store.directory}: run "
+        where = (f"; {n_have} of {total} answers are cached in {store.directory}: run "
                  "the same command again to resume" if store is not None
-                 else f"; {n_have} of {len(prompts)} answers were received (use --cache DIR "
+                 else f"; {n_have} of {total} answers were received (use --cache DIR "
                  "to keep them across runs)")
         raise EndpointError(f"{flags['fatal']}{where}")
-    stats = QueryStats(n_prompts=len(prompts), n_queries=state["queries"],
+    stats = QueryStats(n_prompts=n_prompts, n_samples=samples, n_queries=state["queries"],
                        n_fetched=state["fetched"], n_cached=state["cached"],
-                       n_retries=state["retries"],
-                       n_failed=sum(a is None for a in answers), budget_exhausted=flags["budget"])
-    pairs = [(p, a) for p, a in zip(prompts, answers) if a is not None]
+                       n_retries=state["retries"], n_failed=total - n_have,
+                       budget_exhausted=flags["budget"])
+    pairs = [(p, a) for p, row in zip(prompts, answers) for a in row if a is not None]
     return FetchResult(pairs=pairs, stats=stats, first_error=flags["first_error"])
 
 
