@@ -87,7 +87,7 @@ class Config:
     steps: int = 30               # bigram student: full-batch Adam steps
     lr: float = 3e-3              # transformer student (bigram: 10x)
     train_batch: int = 16
-    closed_queries: int = 100     # held-out prompts asked in the closed-model test ...
+    closed_queries: int = 400     # held-out prompts asked in the closed-model test ...
     closed_samples: int = 4       # ... answers per prompt (one request each: OpenAI's n)
     closed_max_new: int = 128
     closed_batch: int = 200       # answers the student's server generates together

@@ -417,3 +417,63 @@ def test_load_model_local_directory(tmp_path: Path, tiny_model: LlamaForCausalLM
     ids = torch.tensor([[1, 2, 3]])
     with torch.inference_mode():
         torch.testing.assert_close(lm.model(ids).logits, tiny_model(ids).logits)
+
+
+# --------------------------------------------------------------------------------------------
+# The sampler generate() uses
+
+
+def _sampler_frequencies(logits: torch.Tensor, n: int, **kw: Any) -> np.ndarray:
+    from distillmark.watermark.hf import InverseCDFSampler
+
+    sampler = InverseCDFSampler(**kw)
+    rows = logits.expand(500, -1).contiguous()
+    counts = np.zeros(logits.shape[1], dtype=np.int64)
+    for _ in range(n // 500):
+        out = sampler(None, rows.clone())  # type: ignore[arg-type]
+        assert bool((torch.isfinite(out).sum(dim=1) == 1).all())  # exactly one token left
+        counts += np.bincount(out.argmax(dim=1).numpy(), minlength=logits.shape[1])
+    return counts
+
+
+def _warped(logits: torch.Tensor, temperature: float, top_p: float) -> np.ndarray:
+    """transformers' own temperature and top-p warpers: the distribution to match."""
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    s = TemperatureLogitsWarper(temperature)(None, logits.clone())
+    if top_p < 1:
+        s = TopPLogitsWarper(top_p)(None, s)
+    return torch.softmax(s.double(), dim=-1)[0].numpy()
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 1.0), (1.3, 0.8)])
+def test_inverse_cdf_sampler_draws_the_warped_distribution(temperature: float,
+                                                           top_p: float) -> None:
+    from scipy import stats
+
+    torch.manual_seed(7)
+    logits = torch.randn(1, 40) * 2
+    p = _warped(logits, temperature, top_p)
+    counts = _sampler_frequencies(logits, 60_000, temperature=temperature, top_p=top_p)
+    assert counts[p == 0].sum() == 0  # nothing outside the nucleus
+    keep = p > 0
+    assert stats.chisquare(counts[keep], p[keep] * counts.sum()).pvalue > 1e-3
+
+
+def test_inverse_cdf_sampler_is_not_greedy() -> None:
+    """A broken sampler that returned the argmax would pass a one-token check: the least
+    likely of two near-equal tokens must come out about as often as the other."""
+    logits = torch.tensor([[0.0, 0.1] + [-50.0] * 30])
+    counts = _sampler_frequencies(logits, 10_000)
+    assert 4_000 < counts[0] < 5_500 and counts[0] + counts[1] == 10_000
+
+
+def test_generate_samples_differ_between_seeds(tiny_model: LlamaForCausalLM,
+                                              hf_tok: PreTrainedTokenizerFast) -> None:
+    lm = hf.LoadedModel(model=tiny_model, tokenizer=hf_tok, source="tiny")
+    a = hf.generate(lm, HF_PROMPTS, scheme=None, max_new_tokens=12, seed=5)
+    b = hf.generate(lm, HF_PROMPTS, scheme=None, max_new_tokens=12, seed=6)
+    assert [x.completion_ids for x in a] != [x.completion_ids for x in b]
