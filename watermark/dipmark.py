@@ -70,7 +70,7 @@ from . import prf
 from .context import COMBINES as _COMBINES
 from .context import ContextRows, RowScheme
 from .errors import ParameterError
-from .tournament import _sampling_distribution
+from .sampling import check_process_args, sampling_distribution
 
 __all__ = ["SCHEME_NAME", "DiPmark", "DiPmarkParams", "reweight_factors", "reweight_log_factors"]
 
@@ -367,28 +367,14 @@ class DiPmark(RowScheme):
             than ``h`` context tokens leave the step unwatermarked (``log p`` of the tempered,
             filtered distribution).
         """
-        logits = np.asarray(logits)
-        contexts = np.asarray(contexts)
-        if logits.ndim != 2 or contexts.ndim != 2 or contexts.shape[0] != logits.shape[0]:
-            raise ParameterError(f"`logits` must be (B, W) and `contexts` (B, L), got "
-                                 f"{logits.shape} and {contexts.shape}")
         V = self.vocab_size
-        if logits.shape[1] < V:
-            raise ParameterError(f"logits width {logits.shape[1]} is smaller than the spec's "
-                                 f"vocab_size {V} (wrong model or tokenizer?)")
+        logits, contexts = check_process_args(logits, contexts, V, prompt_width=prompt_width,
+                                              temperature=temperature, top_p=top_p)
         L = contexts.shape[1]
-        if isinstance(prompt_width, bool) or not 0 <= prompt_width <= L:
-            raise ParameterError(f"`prompt_width` must be in 0..{L} (the context's width), "
-                                 f"got {prompt_width!r}")
-        if not temperature >= 0.0 or not np.isfinite(temperature):
-            raise ParameterError(f"`temperature` must be >= 0, got {temperature}")
-        if not 0.0 < top_p <= 1.0:
-            raise ParameterError(f"`top_p` must be in (0, 1], got {top_p}")
-        contexts = contexts.astype(np.int64, copy=False)
         out = np.full(logits.shape, -np.inf, dtype=np.result_type(logits.dtype, np.float32))
         h = self.context_width
         for b in range(logits.shape[0]):
-            dist = _sampling_distribution(logits[b, :V], temperature, top_p)
+            dist = sampling_distribution(logits[b, :V], temperature, top_p)
             if dist is None:  # nothing finite to sample from: leave the row alone
                 out[b] = logits[b]
                 continue

@@ -62,6 +62,7 @@ from . import prf
 from .context import COMBINES as _COMBINES
 from .context import ContextRows, RowScheme
 from .errors import ParameterError
+from .sampling import check_process_args, sampling_distribution
 
 __all__ = ["SCHEME_NAME", "SCORES", "Tournament", "TournamentParams", "tournament_log_factors",
            "tournament_update"]
@@ -75,15 +76,11 @@ _MAX_WEIGHT = 1024
 # Running probabilities below this stop counting towards the layer sums s_l (their share is
 # below 1e-195; as subnormals they would only slow float64 down).
 _FLUSH = 1e-200
-# Logits this far below the top are probability 0 (e^-700 < 1e-304).
-_MAX_NATS = 700.0
 _ROW_CACHE = 32
 # A support below V / this reads its cells one AES block each instead of the whole row.
 _RANDOM_ACCESS_SHARE = 16
 # Supports up to this size run the plain layer-by-layer loop.
 _SMALL_SUPPORT = 256
-# Top-p sorts only this many top tokens when they hold the nucleus.
-_NUCLEUS_GUESS = 1024
 #: ``_BYTE_BITS[j, b]`` = bit ``j`` of byte value ``b``, as 0.0 / 1.0: ``(8, 256) float64``.
 _BYTE_BITS = ((np.arange(256)[None, :] >> np.arange(8)[:, None]) & 1).astype(np.float64)
 
@@ -363,28 +360,14 @@ class Tournament(RowScheme):
             than ``h`` context tokens, or a repeated context, leave the step unwatermarked
             (``log p`` of the tempered, filtered distribution).
         """
-        logits = np.asarray(logits)
-        contexts = np.asarray(contexts)
-        if logits.ndim != 2 or contexts.ndim != 2 or contexts.shape[0] != logits.shape[0]:
-            raise ParameterError(f"`logits` must be (B, W) and `contexts` (B, L), got "
-                                 f"{logits.shape} and {contexts.shape}")
         V = self.vocab_size
-        if logits.shape[1] < V:
-            raise ParameterError(f"logits width {logits.shape[1]} is smaller than the spec's "
-                                 f"vocab_size {V} (wrong model or tokenizer?)")
+        logits, contexts = check_process_args(logits, contexts, V, prompt_width=prompt_width,
+                                              temperature=temperature, top_p=top_p)
         L = contexts.shape[1]
-        if isinstance(prompt_width, bool) or not 0 <= prompt_width <= L:
-            raise ParameterError(f"`prompt_width` must be in 0..{L} (the context's width), "
-                                 f"got {prompt_width!r}")
-        if not temperature >= 0.0 or not np.isfinite(temperature):
-            raise ParameterError(f"`temperature` must be >= 0, got {temperature}")
-        if not 0.0 < top_p <= 1.0:
-            raise ParameterError(f"`top_p` must be in (0, 1], got {top_p}")
-        contexts = contexts.astype(np.int64, copy=False)
         out = np.full(logits.shape, -np.inf, dtype=np.result_type(logits.dtype, np.float32))
         h = self.context_width
         for b in range(logits.shape[0]):
-            dist = _sampling_distribution(logits[b, :V], temperature, top_p)
+            dist = sampling_distribution(logits[b, :V], temperature, top_p)
             if dist is None:  # nothing finite to sample from: leave the row alone
                 out[b] = logits[b]
                 continue
@@ -404,44 +387,3 @@ class Tournament(RowScheme):
             else:
                 out[b, support] = log_p
         return out
-
-
-def _sampling_distribution(logits: np.ndarray, temperature: float, top_p: float
-                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """``softmax(logits / temperature)`` restricted to its top-``p`` nucleus.
-
-    Returns ``(support, p, log_p)``: the token ids of positive probability ``(k,) int64``, their
-    probabilities and log-probabilities ``(k,) float64`` (``log_p`` computed as ``z - logsumexp``,
-    not as ``log(p)``). Tokens more than 700 nats below the top (``p < 1e-304``) count as 0.
-    ``None`` when no logit is finite. Temperature 0: the first largest logit, probability 1.
-    """
-    x = np.asarray(logits, dtype=np.float64)
-    top = float(np.max(x))
-    if not math.isfinite(top):
-        return None
-    if temperature == 0.0:
-        return np.array([int(np.argmax(x))]), np.ones(1), np.zeros(1)
-    z = (x - top) / temperature
-    keep = z > -_MAX_NATS
-    if keep.all():
-        support = np.arange(x.size)
-    else:  # masked (-inf) or hopeless logits: exp() of them is slow and 0
-        support = np.flatnonzero(keep)
-        z = z[support]
-    p = np.exp(z)
-    if top_p < 1.0:
-        # The nucleus: tokens whose higher-ranked mass is below top_p. It usually lies within
-        # the top few hundred tokens: sort those alone when their mass reaches top_p.
-        total = p.sum()
-        order = None
-        if p.size > 2 * _NUCLEUS_GUESS:
-            head = np.sort(np.argpartition(-p, _NUCLEUS_GUESS)[:_NUCLEUS_GUESS])
-            if p[head].sum() >= top_p * total:
-                order = head[np.argsort(-p[head], kind="stable")]
-        if order is None:
-            order = np.argsort(-p, kind="stable")
-        before = np.cumsum(p[order]) - p[order]  # mass of the tokens ranked above
-        nucleus = np.sort(order[before < top_p * total])
-        support, z, p = support[nucleus], z[nucleus], p[nucleus]
-    total = p.sum()
-    return support, p / total, z - math.log(total)
