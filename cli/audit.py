@@ -65,8 +65,12 @@ def audit(
     reading_k: int = typer.Option(1, help="reading: tokens per context scored (1 = argmax)."),
     min_prob: float = typer.Option(0.0, help="reading: score only those of the --reading-k "
                                    "tokens with at least this probability."),
-    weighting: str = typer.Option("window", help="distribution: window (each distinct window "
-                                  "of the key weighs one) or context (each distinct context)."),
+    weighting: str = typer.Option("auto", help="distribution: coverage (a cell weighs the "
+                                  "chance that one sampled token per context draws it: the "
+                                  "black-box test's statistic without its sampling noise), "
+                                  "window (each distinct window of the key weighs one), context "
+                                  "(each distinct context weighs one), or auto: coverage, "
+                                  "window for a key with h = 0."),
     batch_size: int = typer.Option(8, help="Sequences per forward pass."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     seed: int = typer.Option(0, help="Random seed of --generate."),
@@ -91,9 +95,9 @@ def audit(
             raise InputError("give --text FILE or --generate N, not both")
         if mode not in au.AUDIT_MODES:
             raise InputError(f"--mode must be one of {', '.join(au.AUDIT_MODES)}, got {mode!r}")
-        if weighting not in au.WEIGHTINGS:
-            raise InputError(f"--weighting must be one of {', '.join(au.WEIGHTINGS)}, got "
-                             f"{weighting!r}")
+        if weighting != "auto" and weighting not in au.WEIGHTINGS:
+            raise InputError(f"--weighting must be one of auto, {', '.join(au.WEIGHTINGS)}, "
+                             f"got {weighting!r}")
         specs = [load_spec(k) for k in key]
         texts = _texts(text, max_bytes) if text is not None else None
         if texts is not None:
@@ -119,8 +123,10 @@ def audit(
         typer.echo(json.dumps({"source": model, **result.to_dict(alpha)}))
     else:
         p = f"{result.pvalue:.3g}" if result.pvalue > 0 else f"1e{result.log10_pvalue:.1f}"
-        what = ("green share of the probability mass" if result.mode == "distribution"
-                else "green share of the predicted cells")
+        what = {"reading": "green share of the predicted cells",
+                "coverage": "green share of the cells one sampled pass draws"}.get(
+                    result.mode if result.mode == "reading" else result.weighting,
+                    "green share of the probability mass")
         keys = (f"best of {result.n_keys} keys: {result.key_id}, p corrected"
                 if result.n_keys > 1 else f"key {result.key_id}")
         typer.echo(f"{model}: {result.verdict(alpha)} (p = {p}; {result.mode} test; {what} "

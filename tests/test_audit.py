@@ -173,20 +173,48 @@ def test_reading_the_learned_cells(world: dict[str, Any]) -> None:
 
 
 def test_null_is_calibrated_over_keys(world: dict[str, Any]) -> None:
-    """Keys the students never saw: no p-value below 1e-3 (either student, either test), and
-    the exact reading-mode p-values are not smaller than uniform ones (one-sided KS)."""
-    ps: dict[str, list[float]] = {"distribution": [], "reading": []}
+    """Keys the students never saw: no p-value below 1e-3 (either student, every test and
+    weighting), and the p-values are not smaller than uniform ones (one-sided KS)."""
+    variants = {w: {"mode": "distribution", "weighting": w} for w in au.WEIGHTINGS}
+    variants["reading"] = {"mode": "reading"}
+    ps: dict[str, list[float]] = {v: [] for v in variants}
     for i in range(40):
         scheme = scheme_for(make_spec(secret=bytes([i]) * 32))
         for name in ("wm", "clean"):
-            for mode, pvalues in ps.items():
-                r = au.audit_readings(world[name], scheme, mode=mode)
-                assert r.pvalue > 1e-3, (i, name, mode, r.pvalue)
+            for v, kw in variants.items():
+                r = au.audit_readings(world[name], scheme, **kw)
+                assert r.pvalue > 1e-3, (i, name, v, r.pvalue)
                 if name == "clean":
-                    pvalues.append(r.pvalue)
+                    ps[v].append(r.pvalue)
     # P(p <= x) <= x under the null: the empirical cdf must not lie above the uniform one.
-    for mode, pv in ps.items():
-        assert stats.kstest(pv, "uniform", alternative="greater").pvalue > 1e-3, mode
+    for v, pv in ps.items():
+        assert stats.kstest(pv, "uniform", alternative="greater").pvalue > 1e-3, v
+
+
+def test_coverage_statistic_is_the_expected_count_of_distinct_green_cells(
+        world: dict[str, Any]) -> None:
+    """Coverage weights: sample one token at every distinct context (from the probabilities
+    read; nothing when the draw falls outside the ``top_k`` tokens), count the distinct cells
+    drawn and the green ones among them. Over many such passes the averages are the test's
+    ``total_weight`` and ``statistic``."""
+    readings, scheme, k = world["wm"], world["scheme"], 8
+    res = au.audit_readings(readings, scheme, weighting="coverage", top_k=k)
+    assert res.weighting == "coverage" and res.test == "chernoff-weighted-bernoulli"
+    keys, ok, _ = au._cell_keys(readings, scheme, k)
+    cum = np.cumsum(readings.top_probs[ok, :k].astype(np.float64), axis=1)
+    rng = np.random.default_rng(0)
+    totals, greens = [], []
+    for _ in range(400):
+        u = rng.random(cum.shape[0])
+        j = (u[:, None] >= cum).sum(axis=1)  # index of the drawn token; k: outside the top k
+        drawn = np.unique(keys[j < k, j[j < k]])
+        totals.append(drawn.size)
+        greens.append(int(scheme.key_scores(drawn).sum()))
+    for sims, exact in ((totals, res.total_weight), (greens, res.statistic)):
+        se = np.std(sims) / math.sqrt(len(sims))
+        assert abs(np.mean(sims) - exact) < 4 * se + 1e-9, (np.mean(sims), exact, se)
+    # Every weight is a probability: the total is at most the number of cells scored.
+    assert 0 < res.total_weight <= res.n_scored
 
 
 def test_the_teacher_key_against_a_clean_student_over_resampled_contexts(

@@ -20,11 +20,20 @@ into one weight, never counted as two draws, which is what keeps the test exact.
 
 Two tests (``mode``):
 
-``"distribution"`` (default): ``w_c`` = the model's probability of token ``t`` summed over the
-    distinct contexts that score ``t`` in row ``r`` (the ``top_k`` most likely tokens of each
-    context). Statistic ``S = sum_c w_c green_c``; its p-value is the Chernoff–Cramér bound of
-    :func:`~distillmark.verify.nulls.weighted_bernoulli_logsf_bound`, an upper bound of the
-    exact tail (valid, slightly conservative: about one decade at p = 1e-10).
+``"distribution"`` (default): statistic ``S = sum_c w_c green_c`` over the cells of the
+    ``top_k`` most likely tokens of each distinct context; its p-value is the Chernoff–Cramér
+    bound of :func:`~distillmark.verify.nulls.weighted_bernoulli_logsf_bound`, an upper bound of
+    the exact tail (valid, slightly conservative: about one decade at p = 1e-10). With
+    ``weighting="window"`` or ``"context"``, ``w_c`` is the model's probability of token ``t``
+    summed over the distinct contexts (or windows) that score ``t`` in row ``r``. With
+    ``weighting="coverage"`` (the default for keys with ``h >= 1``) a cell weighs ``1 - prod (1 - p)`` over the distinct contexts that
+    score it: the chance that sampling one token at each context draws it at least once. The
+    statistic is then the expected number of distinct green cells in one sampled pass, given
+    the readings: the black-box test's statistic (:mod:`~distillmark.verify.probe` counts
+    distinct green tuples in sampled answers) with the sampling noise averaged out. It scores
+    a rarely chosen continuation almost as much as a common one, as the black-box test does,
+    where probability weights let the few continuations a model is sure of dominate; a mark
+    learned from a small share of the training data lives in the rare ones.
 ``"reading"``: the "reading mode" of Sander et al. (2024): the model's ``reading_k`` most likely
     tokens at each distinct context (its argmax for 1); each distinct cell counts once; the
     number of green ones is exactly Binomial(``n_scored``, ``gamma``) under H0.
@@ -61,8 +70,9 @@ __all__ = ["AUDIT_MODES", "AuditResult", "ModelReadings", "audit_readings", "aud
 
 AUDIT_MODES = ("distribution", "reading")
 DEFAULT_MODE = "distribution"
-WEIGHTINGS = ("window", "context")
-DEFAULT_WEIGHTING = "window"
+WEIGHTINGS = ("window", "context", "coverage")
+#: ``weighting="auto"``: coverage, or window for a key with a single green list (h = 0).
+DEFAULT_WEIGHTING = "auto"
 DEFAULT_TOP_K = 64
 DEFAULT_CONTEXT_LEN = 256
 #: Text whose own detection p-value falls below this is refused as audit contexts.
@@ -223,7 +233,8 @@ class AuditResult(Decision):
         z_score: ``(statistic - gamma W) / sqrt(gamma (1 - gamma) sum w^2)``, for reading only.
         test: ``chernoff-weighted-bernoulli`` (an upper bound of the exact tail) or ``binomial``.
         mode: ``distribution`` or ``reading``.
-        weighting: ``window`` or ``context`` (distribution test; see :func:`audit_readings`).
+        weighting: ``coverage``, ``window`` or ``context`` (distribution test; see
+            :func:`audit_readings`; ``"auto"`` is recorded as the weighting it chose).
         top_k: tokens per context the test used (``reading``: ``reading_k``).
         min_prob: reading test: least probability of a scored token (0: no threshold).
         min_scored: fewer scored cells than this is "insufficient evidence".
@@ -330,7 +341,13 @@ def audit_readings(readings: ModelReadings, scheme: Any, *, mode: str = DEFAULT_
         weighting: distribution test: ``"window"`` gives every distinct window (the last
             ``h`` tokens of a context) a total weight of one, its contexts' distributions
             averaged; ``"context"`` gives every distinct context a weight of one (a window seen
-            in many contexts then weighs that many times more). Both are valid.
+            in many contexts then weighs that many times more); ``"coverage"`` weighs a cell by
+            the chance that it is drawn at least once if the model sampled one token at each
+            distinct context, ``1 - prod (1 - p)`` over the contexts that score it. All three
+            are valid (weights in [0, 1], computed from the readings alone). ``"auto"``
+            (default): coverage, except for a key with ``h = 0``, whose single green list
+            makes every token the model finds plausible a cell that one pass almost surely
+            draws: coverage weights would all be near one and carry nothing, so window.
         min_scored: fewer scored cells than this is "insufficient evidence".
     """
     scheme = _check_scheme(scheme)
@@ -345,8 +362,10 @@ def audit_readings(readings: ModelReadings, scheme: Any, *, mode: str = DEFAULT_
         raise ParameterError(f"tokens per context must be in 1..{readings.top_k} (what was "
                              f"read), got {k}")
     V, g = scheme.vocab_size, scheme.gamma_effective
+    if weighting == "auto":
+        weighting = "coverage" if scheme.context_width else "window"
     if weighting not in WEIGHTINGS:
-        raise ParameterError(f"`weighting` must be one of {', '.join(WEIGHTINGS)}, "
+        raise ParameterError(f"`weighting` must be one of auto, {', '.join(WEIGHTINGS)}, "
                              f"got {weighting!r}")
     keys, ok, window_of = _cell_keys(readings, scheme, k)
     n_windows = int(window_of.max()) + 1 if window_of.size else 0
@@ -375,7 +394,12 @@ def audit_readings(readings: ModelReadings, scheme: Any, *, mode: str = DEFAULT_
     if weighting == "window" and window_of.size:
         probs /= np.bincount(window_of)[window_of][:, None]
     cells, inv = np.unique(keys[in_vocab], return_inverse=True)
-    w = np.bincount(inv.ravel(), weights=probs[in_vocab], minlength=cells.size)
+    if weighting == "coverage":
+        # P(cell drawn at least once) = 1 - prod over its contexts of (1 - p): summed in logs.
+        miss = np.log1p(-np.minimum(probs[in_vocab], 1.0 - 1e-12))
+        w = -np.expm1(np.bincount(inv.ravel(), weights=miss, minlength=cells.size))
+    else:
+        w = np.bincount(inv.ravel(), weights=probs[in_vocab], minlength=cells.size)
     green = scheme.key_scores(cells)
     s = float(w[green].sum())
     total = float(w.sum())
