@@ -32,10 +32,11 @@ Tests, per student:
   The probe's answer cache lives in the student's directory, so a rerun asks nothing again.
   ``--closed direct`` generates the answers in process instead and pools their token ids
   (:func:`closed_model_test`), the earlier path.
-* open model: ``distillmark.verify.audit`` on the saved weights, over the student's own
-  answers to held-out prompts and the teacher's unwatermarked answers (neither depends on the
-  key), four variants (distribution test with window or context weights, reading mode with the
-  argmax or the top 4).
+* open model: ``distillmark.verify.audit`` on the saved weights, read over the student's own
+  probe answers (under H0 they do not depend on the key), 256 tokens per context, six
+  variants: the audit's default (distribution test, coverage weights), the distribution test
+  with window or context weights, and reading mode with the argmax, the top 4, or every token
+  of probability at least 0.03.
 
 Calibration: the 0% student is tested, in every setting, against 20 fresh keys that it never
 saw (and against the teacher's key, which it never saw either): no p-value may fall below 1e-3.
@@ -72,11 +73,11 @@ def null_secret(i: int) -> bytes:
 
 @dataclass(frozen=True)
 class Config:
-    n_train: int = 384            # training prompts (each answered with and without the mark)
+    n_train: int = 768            # training prompts (each answered with and without the mark)
     n_heldout: int = 400          # held-out prompts for the closed-model test
     max_new_tokens: int = 128     # teacher answer length
     teacher_temperature: float = 1.0
-    teacher_batch: int = 32
+    teacher_batch: int = 128
     fractions: tuple[float, ...] = (0.0, 0.01, 0.05, 0.10, 1.0)
     student: str = "bigram"       # "bigram" (0-layer Llama) or "transformer"
     d_model: int = 128
@@ -92,11 +93,12 @@ class Config:
     closed_max_new: int = 128
     closed_batch: int = 200       # answers the student's server generates together
     closed_via: str = "probe"     # "probe" (serve + probe on loopback) or "direct"
-    audit_contexts: int = 128     # student answers read by the audit (plus clean teacher ones)
+    audit_contexts: int = 1600    # the student's own probe answers read by the audit
+    audit_top_k: int = 256        # tokens per context the audit reads
     audit_len: int = 128
     null_keys: int = 20
     null_seeds: int = 1           # 0% students trained with different seeds
-    threads: int = 1
+    threads: int = 2
     engine: str = "transformers"  # the teacher's engine: transformers, llama.cpp or auto
 
     def teacher_tag(self) -> str:
@@ -145,7 +147,17 @@ def teacher_answers(cfg: Config) -> dict[str, list[dict[str, Any]]]:
     spec = teacher_spec()
     batches = [(kind, i) for i in range(0, len(prompts), cfg.teacher_batch)
                for kind in ("wm", "clean")]
-    todo = [(k, i) for k, i in batches if not (cache / f"{k}-{i:05d}.json").is_file()]
+
+    def cached(kind: str, i: int) -> bool:
+        """A batch file that answers exactly this batch's prompts (a smaller run may have
+        left a shorter last batch at the same start)."""
+        f = cache / f"{kind}-{i:05d}.json"
+        if not f.is_file():
+            return False
+        got = [r["prompt"] for r in json.loads(f.read_text())]
+        return got == prompts[i:i + cfg.teacher_batch]
+
+    todo = [(k, i) for k, i in batches if not cached(k, i)]
     if todo:
         import torch
 
@@ -488,7 +500,8 @@ def queries_to_reach(answers: list[dict[str, Any]], spec: Any, log10_target: flo
 
 #: Audit variants recorded per student: (name, audit_readings keyword arguments).
 AUDIT_VARIANTS = (
-    ("distribution", {"mode": "distribution"}),
+    ("coverage", {"mode": "distribution", "weighting": "coverage"}),
+    ("distribution", {"mode": "distribution", "weighting": "window"}),
     ("distribution-context", {"mode": "distribution", "weighting": "context"}),
     ("reading", {"mode": "reading", "reading_k": 1}),
     ("reading-top4", {"mode": "reading", "reading_k": 4}),
@@ -507,7 +520,7 @@ def open_model_test(model_dir: Path, contexts: list[np.ndarray], specs: list[Any
 
     torch.set_num_threads(cfg.threads)
     lm = au.load_suspect(str(model_dir), specs[:1])
-    readings = au.read_model(lm, contexts, top_k=64, batch_size=8)
+    readings = au.read_model(lm, contexts, top_k=cfg.audit_top_k, batch_size=16)
     return [{name: au.audit_readings(readings, scheme_for(s), **kw)
              for name, kw in AUDIT_VARIANTS} for s in specs]
 
@@ -546,10 +559,11 @@ def run(cfg: Config) -> dict[str, Any]:
                 asked = [p for p in held for _ in range(cfg.closed_samples)]
                 ans = student_answers(mdir, asked, cfg, seed=seed)
                 closed = closed_model_test(ans, spec, checkpoints=marks)
-            # Contexts: the student's own answers and the teacher's unwatermarked answers,
-            # neither of which depends on the key.
+            # Contexts: the student's own answers (under H0 they do not depend on the key),
+            # read where its sampling went, as the black-box test sees it.
             ctx = [np.asarray(a["prompt_ids"] + a["completion_ids"], dtype=np.int64)
-                   for a in ans[:cfg.audit_contexts] + answers["clean"]]
+                   for a in ans[:cfg.audit_contexts]]
+            ctx = [c for c in ctx if c.size]
             opens = open_model_test(mdir, ctx, [spec] + (null_specs if f == 0.0 else []), cfg)
             row: dict[str, Any] = {
                 "fraction": f, "seed": seed, "student": info, "closed": closed,
@@ -570,7 +584,7 @@ def run(cfg: Config) -> dict[str, Any]:
             rows.append(row)
             log(f"f={f:g} seed={seed}: closed log10 p {closed['log10_pvalue']:.1f} "
                 f"({closed['n_scored']} tuples from {closed['queries']} answers), open "
-                f"distribution {opens[0]['distribution'].log10_pvalue:.1f}, reading "
+                f"coverage {opens[0]['coverage'].log10_pvalue:.1f}, reading "
                 f"{opens[0]['reading'].log10_pvalue:.1f} ({row['seconds']:.0f} s)")
     return {"config": asdict(cfg), "teacher_seconds": t_teacher,
             "wall_seconds": time.perf_counter() - t_start,
@@ -580,9 +594,10 @@ def run(cfg: Config) -> dict[str, Any]:
 
 def table(res: dict[str, Any]) -> str:
     lines = [("| watermarked fraction | wm answers (tokens) | closed: log10 p (tuples, answers) "
+             "| open: audit (coverage weights) "
              "| open, distribution (window / context weights) "
              "| open, reading (argmax / top-4 / p >= 0.03) | Sander et al. open / closed |"),
-             "|---:|---:|---:|---:|---:|---|"]
+             "|---:|---:|---:|---:|---:|---:|---|"]
     for r in res["rows"]:
         f = r["fraction"]
         a = ANCHORS.get(f, ("", ""))
@@ -591,6 +606,7 @@ def table(res: dict[str, Any]) -> str:
         lines.append(
             f"| {f:.0%}{seed} | {r['student']['n_wm_answers']} ({r['student']['wm_tokens']:,}) "
             f"| {c['log10_pvalue']:.1f} ({c['n_scored']:,}, {c['queries']}) "
+            f"| {o['coverage']['log10_pvalue']:.1f} "
             f"| {o['distribution']['log10_pvalue']:.1f} / "
             f"{o['distribution-context']['log10_pvalue']:.1f} "
             f"| {o['reading']['log10_pvalue']:.1f} / {o['reading-top4']['log10_pvalue']:.1f} / "
@@ -631,7 +647,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a few-minute smoke run")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply data and student size")
     ap.add_argument("--stage", choices=("teacher", "all"), default="all")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--threads", type=int, default=Config.threads, help="torch threads")
     ap.add_argument("--student", choices=("bigram", "transformer"), default="bigram")
     ap.add_argument("--closed", choices=("probe", "direct"), default="probe",
                     help="closed-model step: serve + probe the student on loopback (default), "
