@@ -148,16 +148,12 @@ def teacher_answers(cfg: Config) -> dict[str, list[dict[str, Any]]]:
     batches = [(kind, i) for i in range(0, len(prompts), cfg.teacher_batch)
                for kind in ("wm", "clean")]
 
-    def cached(kind: str, i: int) -> bool:
-        """A batch file that answers exactly this batch's prompts (a smaller run may have
-        left a shorter last batch at the same start)."""
-        f = cache / f"{kind}-{i:05d}.json"
-        if not f.is_file():
-            return False
-        got = [r["prompt"] for r in json.loads(f.read_text())]
-        return got == prompts[i:i + cfg.teacher_batch]
+    def batch_file(kind: str, i: int) -> Path:
+        # named by its first prompt and its size: a smaller run's shorter last batch at the
+        # same start is another file
+        return cache / f"{kind}-{i:05d}x{len(prompts[i:i + cfg.teacher_batch])}.json"
 
-    todo = [(k, i) for k, i in batches if not cached(k, i)]
+    todo = [(k, i) for k, i in batches if not batch_file(k, i).is_file()]
     if todo:
         import torch
 
@@ -177,14 +173,14 @@ def teacher_answers(cfg: Config) -> dict[str, list[dict[str, Any]]]:
                                seed=1000 * i + (kind == "wm"))
             recs = [{"prompt": o.prompt, "prompt_ids": list(o.prompt_ids),
                      "completion_ids": list(o.completion_ids)} for o in outs]
-            _write_atomic(cache / f"{kind}-{i:05d}.json", json.dumps(recs))
+            _write_atomic(batch_file(kind, i), json.dumps(recs))
             n_tok += sum(len(r["completion_ids"]) for r in recs)
             dt = time.perf_counter() - t0
             log(f"teacher: batch {j + 1}/{len(todo)} ({kind}), {n_tok} tokens, "
                 f"{n_tok / dt:.0f} tok/s")
     out: dict[str, list[dict[str, Any]]] = {"wm": [], "clean": []}
     for kind, i in batches:
-        out[kind].extend(json.loads((cache / f"{kind}-{i:05d}.json").read_text()))
+        out[kind].extend(json.loads(batch_file(kind, i).read_text()))
     return out
 
 
@@ -665,12 +661,16 @@ def main() -> None:
                       n_heldout=int(cfg.n_heldout * s), d_model=int(cfg.d_model * math.sqrt(s)),
                       audit_contexts=int(cfg.audit_contexts * s))
     log(f"config: {asdict(cfg)}")
+    t0 = time.perf_counter()
     answers = teacher_answers(cfg)
+    t_teacher = time.perf_counter() - t0
     log(f"teacher: {sum(len(r['completion_ids']) for r in answers['wm'])} watermarked, "
         f"{sum(len(r['completion_ids']) for r in answers['clean'])} clean tokens")
     if args.stage == "teacher":
         return
-    res = run(cfg)
+    res = run(cfg)  # finds the answers cached: the teacher's time is this stage's
+    res["teacher_seconds"] = t_teacher
+    res["wall_seconds"] += t_teacher
     name = "quick" if args.quick else f"scale{args.scale:g}"
     _write_atomic(OUT / f"results-{name}.json", json.dumps(res, indent=1, default=str))
     print(table(res))
