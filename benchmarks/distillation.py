@@ -559,7 +559,6 @@ def run(cfg: Config) -> dict[str, Any]:
             # read where its sampling went, as the black-box test sees it.
             ctx = [np.asarray(a["prompt_ids"] + a["completion_ids"], dtype=np.int64)
                    for a in ans[:cfg.audit_contexts]]
-            ctx = [c for c in ctx if c.size]
             opens = open_model_test(mdir, ctx, [spec] + (null_specs if f == 0.0 else []), cfg)
             row: dict[str, Any] = {
                 "fraction": f, "seed": seed, "student": info, "closed": closed,

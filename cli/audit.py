@@ -123,10 +123,12 @@ def audit(
         typer.echo(json.dumps({"source": model, **result.to_dict(alpha)}))
     else:
         p = f"{result.pvalue:.3g}" if result.pvalue > 0 else f"1e{result.log10_pvalue:.1f}"
-        what = {"reading": "green share of the predicted cells",
-                "coverage": "green share of the cells one sampled pass draws"}.get(
-                    result.mode if result.mode == "reading" else result.weighting,
-                    "green share of the probability mass")
+        if result.mode == "reading":
+            what = "green share of the predicted cells"
+        elif result.weighting == "coverage":
+            what = "green share of the cells one sampled pass draws"
+        else:
+            what = "green share of the probability mass"
         keys = (f"best of {result.n_keys} keys: {result.key_id}, p corrected"
                 if result.n_keys > 1 else f"key {result.key_id}")
         typer.echo(f"{model}: {result.verdict(alpha)} (p = {p}; {result.mode} test; {what} "
