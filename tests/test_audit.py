@@ -217,6 +217,57 @@ def test_coverage_statistic_is_the_expected_count_of_distinct_green_cells(
     assert 0 < res.total_weight <= res.n_scored
 
 
+def _direct_audit(readings: au.ModelReadings, scheme: GreenList, k: int, weighting: str,
+                  reading_k: int, min_prob: float) -> tuple[float, float, int]:
+    """The audit's statistic, total weight and cell count computed entry by entry from
+    ``_cell_keys`` (every context's cells keyed, then deduplicated), the definition that the
+    audit's key-independent (window, token) folding must reproduce."""
+    if weighting == "reading":
+        keys, ok, _ = au._cell_keys(readings, scheme, reading_k)
+        sel = (readings.top_ids[ok, :reading_k] < scheme.vocab_size) & (
+            readings.top_probs[ok, :reading_k] >= min_prob)
+        cells = np.unique(keys[sel])
+        return float(scheme.key_scores(cells).sum()), float(cells.size), int(cells.size)
+    keys, ok, window_of = au._cell_keys(readings, scheme, k)
+    sel = readings.top_ids[ok, :k] < scheme.vocab_size
+    p = readings.top_probs[ok, :k].astype(np.float64)
+    if weighting == "window":
+        p = p / np.bincount(window_of)[window_of][:, None]
+    cells, inv = np.unique(keys[sel], return_inverse=True)
+    if weighting == "coverage":
+        w = -np.expm1(np.bincount(inv.ravel(), weights=np.log1p(-np.minimum(p[sel], 1 - 1e-12))))
+    else:
+        w = np.bincount(inv.ravel(), weights=p[sel])
+    return float(w[scheme.key_scores(cells)].sum()), float(w.sum()), int(cells.size)
+
+
+@pytest.mark.parametrize("params", [
+    {"context_width": 0}, {"context_width": 1}, {"context_width": 2, "n_lists": 8},
+    {"context_width": 2, "seeding": "selfhash", "combine": "min"},
+], ids=["h0", "h1", "h2-8lists", "selfhash2"])
+def test_folded_cells_equal_the_direct_computation(world: dict[str, Any],
+                                                   params: dict[str, Any]) -> None:
+    """Every weighting and the reading test give what keying each context's cells one by one
+    gives, including when few lists make many windows share a row (cells merge across
+    windows), and several keys tested on one set of readings do not disturb each other."""
+    readings = au.read_model(loaded(world["wm_model"], "wm"), world["contexts"], top_k=16,
+                             batch_size=4)
+    for secret in (SECRET, bytes(32), bytes(range(32))):
+        scheme = scheme_for(make_spec(secret, **params))
+        cases = [("window", 0, 0.0), ("context", 0, 0.0), ("coverage", 0, 0.0),
+                 ("reading", 1, 0.0), ("reading", 8, 0.05)]
+        for weighting, rk, mp in cases:
+            if weighting == "reading":
+                r = au.audit_readings(readings, scheme, mode="reading", reading_k=rk,
+                                      min_prob=mp)
+            else:
+                r = au.audit_readings(readings, scheme, weighting=weighting, top_k=12)
+            s, total, n = _direct_audit(readings, scheme, 12, weighting, rk, mp)
+            assert r.n_scored == n, (weighting, rk)
+            assert r.statistic == pytest.approx(s, rel=1e-9, abs=1e-9), (weighting, rk)
+            assert r.total_weight == pytest.approx(total, rel=1e-9), (weighting, rk)
+
+
 def test_the_teacher_key_against_a_clean_student_over_resampled_contexts(
         world: dict[str, Any]) -> None:
     """The same key, a clean student, 10 independent context sets: no p below 1e-3."""

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -109,6 +109,10 @@ class ModelReadings:
     top_ids: np.ndarray
     top_probs: np.ndarray
     n_tokens: int
+    #: Key-independent (window, token) tables, built once per (h, V, k, min_prob) and shared by
+    #: every key tested on these readings (:func:`_pair_table`).
+    _pairs: dict[tuple[int, int, int, float], _PairTable] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def n_contexts(self) -> int:
@@ -323,6 +327,93 @@ def _cell_keys(readings: ModelReadings, scheme: GreenList, k: int
     return keys, ok, window_of
 
 
+@dataclass(frozen=True)
+class _PairTable:
+    """The readings folded onto their distinct (window, token) pairs, for one ``h``, ``V``,
+    ``k`` and ``min_prob``: everything the tests need that does not depend on the key.
+
+    A cell is ``(row(window), token)`` (with selfhash seeding, ``row(window + token)``): a
+    function of the pair, so entries sharing a pair always share a cell, whatever the key. The
+    per-entry weights are additive over a cell (probabilities, or ``log(1 - p)`` for coverage),
+    so they are summed per pair here, once, and per key only the far fewer pairs are mapped to
+    cells and summed again where two windows select the same row.
+
+    Attributes:
+        windows: the distinct windows (last ``h`` tokens) of the contexts with a full window,
+            ``(n_w, h) int64``.
+        window: each pair's window, an index into ``windows``: ``(n_p,) int64``.
+        token: each pair's token (``< V``): ``(n_p,) int64``.
+        w_context: summed probability over the pair's contexts, ``(n_p,) float64``.
+        w_window: the same with each context's probabilities divided by the number of contexts
+            sharing its window.
+        log_miss: summed ``log(1 - p)`` over the pair's contexts.
+    """
+
+    windows: np.ndarray
+    window: np.ndarray
+    token: np.ndarray
+    w_context: np.ndarray
+    w_window: np.ndarray
+    log_miss: np.ndarray
+
+
+def _pair_table(readings: ModelReadings, h: int, V: int, k: int, min_prob: float
+                ) -> _PairTable:
+    """:class:`_PairTable` of the entries among each context's ``k`` top tokens with an id
+    below ``V`` and a probability of at least ``min_prob`` (cached on ``readings``)."""
+    cache_key = (h, V, k, float(min_prob))
+    hit = readings._pairs.get(cache_key)
+    if hit is not None:
+        return hit
+    ok = readings.pos + 1 >= h
+    seq, pos = readings.seq[ok], readings.pos[ok]
+    win = np.zeros((seq.size, h), dtype=np.int64)
+    for j in np.unique(seq).tolist():
+        sel = seq == j
+        s = readings.sequences[j]
+        p = pos[sel]
+        for c in range(h):
+            win[sel, c] = s[p - h + 1 + c]
+    if h and seq.size:
+        windows, window_of = np.unique(win, axis=0, return_inverse=True)
+        window_of = window_of.ravel()
+    else:
+        windows = np.zeros((1 if seq.size else 0, h), dtype=np.int64)
+        window_of = np.zeros(seq.size, dtype=np.int64)
+    ids = readings.top_ids[ok, :k]
+    probs = readings.top_probs[ok, :k].astype(np.float64)
+    sel = ids < V
+    if min_prob > 0:
+        sel &= probs >= min_prob
+    per_window = np.bincount(window_of, minlength=windows.shape[0])[window_of]
+    pair = (np.broadcast_to(window_of[:, None], ids.shape)[sel] * V + ids[sel])
+    uniq, inv = np.unique(pair, return_inverse=True)
+    inv = inv.ravel()
+    p = probs[sel]
+    table = _PairTable(
+        windows=windows, window=uniq // V, token=uniq % V,
+        w_context=np.bincount(inv, weights=p, minlength=uniq.size),
+        w_window=np.bincount(inv, weights=(probs / np.maximum(per_window, 1)[:, None])[sel],
+                             minlength=uniq.size),
+        log_miss=np.bincount(inv, weights=np.log1p(-np.minimum(p, 1.0 - 1e-12)),
+                             minlength=uniq.size))
+    readings._pairs[cache_key] = table
+    return table
+
+
+def _pair_cells(table: _PairTable, scheme: GreenList) -> tuple[np.ndarray, np.ndarray]:
+    """The key's distinct cells (``row * V + token``, sorted) and each pair's cell index."""
+    V = scheme.vocab_size
+    if scheme.params.seeding == "selfhash":
+        rows = scheme.rows(np.concatenate([table.windows[table.window],
+                                           table.token[:, None]], axis=1))
+    else:
+        rows = scheme.rows(table.windows)[table.window]
+    keys = rows.astype(np.uint64) * np.uint64(V) + table.token.astype(np.uint64)
+    cells, inv = np.unique(keys, return_inverse=True)
+    return cells, inv.ravel()
+
+
 def audit_readings(readings: ModelReadings, scheme: Any, *, mode: str = DEFAULT_MODE,
                    top_k: int | None = None, reading_k: int = 1, min_prob: float = 0.0,
                    weighting: str = DEFAULT_WEIGHTING,
@@ -367,9 +458,11 @@ def audit_readings(readings: ModelReadings, scheme: Any, *, mode: str = DEFAULT_
     if weighting not in WEIGHTINGS:
         raise ParameterError(f"`weighting` must be one of auto, {', '.join(WEIGHTINGS)}, "
                              f"got {weighting!r}")
-    keys, ok, window_of = _cell_keys(readings, scheme, k)
-    n_windows = int(window_of.max()) + 1 if window_of.size else 0
-    in_vocab = readings.top_ids[ok, :k] < V
+    if mode == "reading" and not 0.0 <= min_prob < 1.0:
+        raise ParameterError(f"`min_prob` must be in [0, 1), got {min_prob}")
+    h = scheme.context_width
+    table = _pair_table(readings, h, V, k, min_prob if mode == "reading" else 0.0)
+    n_windows = int(table.windows.shape[0])
     common: dict[str, Any] = {
         "n_tokens": readings.n_tokens, "n_contexts": readings.n_contexts,
         "n_windows": n_windows, "n_repeated": readings.n_tokens - readings.n_contexts,
@@ -377,12 +470,9 @@ def audit_readings(readings: ModelReadings, scheme: Any, *, mode: str = DEFAULT_
         "min_prob": min_prob if mode == "reading" else 0.0, "min_scored": min_scored,
         "dedup": True, "scheme": scheme.name, "key_id": scheme.key_id,
         "model": readings.source, "n_keys": 1}
+    cells, inv = _pair_cells(table, scheme)
+    green = scheme.key_scores(cells)
     if mode == "reading":
-        if not 0.0 <= min_prob < 1.0:
-            raise ParameterError(f"`min_prob` must be in [0, 1), got {min_prob}")
-        sel = in_vocab & (readings.top_probs[ok, :k] >= min_prob)
-        cells = np.unique(keys[sel])
-        green = scheme.key_scores(cells)
         n, c = int(cells.size), int(np.count_nonzero(green))
         tail = binomial_tail(c, n, g)
         z = (c - g * n) / math.sqrt(n * g * (1 - g)) if n else 0.0
@@ -390,17 +480,12 @@ def audit_readings(readings: ModelReadings, scheme: Any, *, mode: str = DEFAULT_
                            n_scored=n, total_weight=float(n),
                            score_mean=c / n if n else 0.0, z_score=z, test="binomial",
                            uncorrected_log10_pvalue=tail.log10_pvalue, **common)
-    probs = readings.top_probs[ok, :k].astype(np.float64)
-    if weighting == "window" and window_of.size:
-        probs /= np.bincount(window_of)[window_of][:, None]
-    cells, inv = np.unique(keys[in_vocab], return_inverse=True)
     if weighting == "coverage":
         # P(cell drawn at least once) = 1 - prod over its contexts of (1 - p): summed in logs.
-        miss = np.log1p(-np.minimum(probs[in_vocab], 1.0 - 1e-12))
-        w = -np.expm1(np.bincount(inv.ravel(), weights=miss, minlength=cells.size))
+        w = -np.expm1(np.bincount(inv, weights=table.log_miss, minlength=cells.size))
     else:
-        w = np.bincount(inv.ravel(), weights=probs[in_vocab], minlength=cells.size)
-    green = scheme.key_scores(cells)
+        w = np.bincount(inv, weights=table.w_window if weighting == "window"
+                        else table.w_context, minlength=cells.size)
     s = float(w[green].sum())
     total = float(w.sum())
     log_p, _ = weighted_bernoulli_logsf_bound(w, s, p=g)
