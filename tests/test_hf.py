@@ -463,6 +463,29 @@ def test_inverse_cdf_sampler_draws_the_warped_distribution(temperature: float,
     assert stats.chisquare(counts[keep], p[keep] * counts.sum()).pvalue > 1e-3
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_inverse_cdf_sampler_across_blocks(temperature: float) -> None:
+    """A row wider than one block of the two-level search, not a multiple of it, with a whole
+    block and scattered columns at -inf: the draws follow the warped distribution, and no
+    -inf column (nor a padding column past the row's end) is ever drawn."""
+    from scipy import stats
+
+    torch.manual_seed(11)
+    logits = torch.randn(1, 1000) * 1.5
+    logits[0, 256:512] = -torch.inf
+    logits[0, ::7] = -torch.inf
+    logits[0, 999] = 4.0  # the last column, in the part-filled block, is likely
+    p = _warped(logits, temperature, 1.0)
+    counts = _sampler_frequencies(logits, 100_000, temperature=temperature)
+    assert counts[p == 0].sum() == 0
+    assert counts[999] > 0
+    # chi-square over the columns expected often enough, the rest pooled
+    big = p * counts.sum() >= 5
+    obs = np.append(counts[big], counts[~big].sum())
+    exp = np.append(p[big], p[~big].sum()) * counts.sum()
+    assert stats.chisquare(obs, exp).pvalue > 1e-3
+
+
 def test_inverse_cdf_sampler_is_not_greedy() -> None:
     """A broken sampler that returned the argmax would pass a one-token check: the least
     likely of two near-equal tokens must come out about as often as the other."""
