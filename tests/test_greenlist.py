@@ -201,6 +201,56 @@ def test_many_keys_take_the_table_path_with_same_answer() -> None:
     np.testing.assert_array_equal(from_big, from_lazy)
 
 
+@pytest.mark.parametrize("params", [
+    {"context_width": 1, "n_lists": 65536}, {"context_width": 2, "n_lists": 4096},
+    {"context_width": 2, "n_lists": 65536, "seeding": "selfhash"},
+], ids=["h1-65536", "h2-4096", "selfhash-65536"])
+def test_many_lists_without_the_whole_table(params: dict[str, Any]) -> None:
+    """Over 2**26 cells the table is not held: rows computed one at a time (by the stream) give
+    the same green bits as detection's one cell per key (by random access), generation adds
+    delta exactly to what detection calls green, and no whole table is ever built."""
+    scheme = make(**params)
+    assert not scheme.dense
+    rng = np.random.default_rng(21)
+    for row in (0, 1, scheme.n_rows - 1, int(rng.integers(scheme.n_rows))):
+        keys = np.uint64(row * V) + np.arange(V, dtype=np.uint64)
+        np.testing.assert_array_equal(scheme.green_row(row), scheme.key_scores(keys))
+        assert 0.24 < scheme.green_row(row).mean() < 0.26
+    h = scheme.context_width
+    contexts = rng.integers(0, V, size=(3, h + 2))
+    logits = rng.normal(size=(3, V)).astype(np.float32)
+    out = scheme.bias(logits, contexts)
+    det = make(**params)
+    if params.get("seeding") == "selfhash":
+        top = np.argsort(-logits, axis=1)[:, :scheme.params.top_k]
+        for b in range(3):
+            green = _green_after(det, contexts[b], top[b])
+            expected = logits[b].copy()
+            expected[top[b][green]] += np.float32(scheme.params.delta)
+            np.testing.assert_array_equal(out[b], expected)
+    else:
+        for b in range(3):
+            green = _green_after(det, contexts[b], np.arange(V))
+            expected = logits[b].copy()
+            expected[green] += np.float32(scheme.params.delta)
+            np.testing.assert_array_equal(out[b], expected)
+        in_place = logits.copy()
+        scheme.bias_(in_place, [c[len(c) - h:] for c in contexts.tolist()])
+        np.testing.assert_array_equal(in_place, out)
+    assert "table" not in scheme.__dict__ and "table" not in det.__dict__
+
+
+def test_row_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import distillmark.watermark.greenlist as gl
+
+    monkeypatch.setattr(gl, "_ROW_CACHE", 3)
+    scheme = make(n_lists=65536)
+    first = [scheme.green_row(r).copy() for r in range(6)]
+    assert len(scheme.__dict__["_row_cache"]) == 3
+    for r in range(6):  # rows dropped from the cache are computed again, the same
+        np.testing.assert_array_equal(scheme.green_row(r), first[r])
+
+
 # -- (c) generation and detection agree -------------------------------------------------------------
 
 def _green_after(det: GreenList, ctx: np.ndarray, tokens: np.ndarray) -> np.ndarray:

@@ -132,6 +132,25 @@ def test_processor_keeps_half_precision_dtype(params: dict[str, Any], dtype: tor
     np.testing.assert_allclose(got.float().numpy(), expected, rtol=0, atol=0.05)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("params", [{"context_width": 1, "n_lists": 65536},
+                                    {"context_width": 2, "n_lists": 8192}], ids=["h1", "h2"])
+def test_processor_with_many_lists(params: dict[str, Any], dtype: torch.dtype) -> None:
+    """A table too large to hold (65,536 lists x 49,152 tokens): both the numpy (float32 CPU)
+    and the torch path add the rows they meet, the same bias as the numpy reference, and no
+    whole table is built."""
+    scheme = make_scheme(**params)
+    assert not scheme.dense
+    gen = torch.Generator().manual_seed(9)
+    ids = torch.randint(0, VOCAB, (3, 5), generator=gen)
+    scores = torch.randn(3, VOCAB, generator=gen).to(dtype)
+    got = hf.WatermarkLogitsProcessor(scheme)(ids, scores.clone())
+    expected = scheme.bias(scores.float().numpy(), ids.numpy())
+    np.testing.assert_allclose(got.float().numpy(), expected, rtol=0,
+                               atol=0 if dtype == torch.float32 else 0.05)
+    assert "table" not in scheme.__dict__ and "delta_table" not in scheme.__dict__
+
+
 def test_processor_with_fewer_than_h_tokens_is_a_no_op() -> None:
     scheme = make_scheme(context_width=4)
     ids = torch.tensor([[5, 6, 7]])

@@ -21,7 +21,9 @@ Here the split is a keyed table of ``n_lists`` green lists, and a context select
 
 Why a table of rows: a green list for a fresh context would cost one PRF call per vocabulary
 entry per generated token (49,152 here), too slow for serving; a row of the precomputed table is
-one memory read. Why it keeps the test exact: the green bit depends on the context only through
+one memory read. A table of more than 2**26 cells (more than 1,024 lists at V = 49,152) is not
+held whole: generation computes each row it meets (one AES-CTR run of ``V`` values, about
+0.1 ms) and keeps the last 4,096, detection computes one cell per distinct tuple key. Why it keeps the test exact: the green bit depends on the context only through
 ``(row, token)``, the *tuple key* (:meth:`GreenList.tuple_keys`). Detection counts each distinct
 tuple key once; distinct keys are distinct table cells, independent Bernoulli(gamma) under the
 null hypothesis that the text was written without the key, so the count of green keys is exactly
@@ -59,6 +61,11 @@ _MAX_WIDTH = 8
 # Unique tuple keys above which detection builds the whole table instead of one AES block each.
 _TABLE_THRESHOLD = 262_144
 _TABLE_CHUNK_CELLS = 1 << 24
+#: Tables of at most this many cells are held whole (256 lists x 49,152 tokens: 12.6M cells,
+#: 50 MB as float32 deltas); larger ones (many lists) are computed a row at a time.
+_DENSE_MAX_CELLS = 1 << 26
+#: Rows kept by a scheme whose table is not held whole (4,096 x 49,152 bools: 200 MB).
+_ROW_CACHE = 4096
 
 
 @dataclass(frozen=True)
@@ -183,9 +190,32 @@ class GreenList(RowScheme):
         """
         return self.context.rows(windows)
 
+    @property
+    def dense(self) -> bool:
+        """Whether the whole table is held in memory (at most ``2**26`` cells); with more
+        lists, generation computes the rows it meets (:meth:`green_row`, cached) and detection
+        one cell per tuple key."""
+        return self.n_rows * self.vocab_size <= _DENSE_MAX_CELLS
+
+    def green_row(self, row: int) -> np.ndarray:
+        """Green list ``row``: ``(V,) bool``, a row of :attr:`table` (computed alone, and the
+        last :data:`_ROW_CACHE` kept, when the table is not held whole)."""
+        if self.dense:
+            return self.table[row]
+        cache = self.__dict__.setdefault("_row_cache", {})
+        out = cache.get(row)
+        if out is None:
+            V = self.vocab_size
+            out = prf.u32_stream(self._table_key, V, start=row * V) < self.threshold
+            if len(cache) >= _ROW_CACHE:
+                del cache[next(iter(cache))]
+            cache[row] = out
+        return out  # type: ignore[no-any-return]
+
     @cached_property
     def table(self) -> np.ndarray:
-        """The green table: ``(n_rows, V) bool``, ``table[r, t]`` = token t green in list r."""
+        """The green table: ``(n_rows, V) bool``, ``table[r, t]`` = token t green in list r
+        (``n_rows * V`` bytes: with many lists, use :meth:`green_row` and :meth:`key_scores`)."""
         n_cells = self.n_rows * self.vocab_size
         out = np.empty(n_cells, dtype=bool)
         for start in range(0, n_cells, _TABLE_CHUNK_CELLS):
@@ -215,9 +245,13 @@ class GreenList(RowScheme):
     def key_scores(self, keys: np.ndarray) -> np.ndarray:
         """Green bit of each tuple key: ``(n,) uint64 -> (n,) bool``."""
         keys = np.asarray(keys, dtype=np.uint64)
-        if "table" in self.__dict__ or keys.size > _TABLE_THRESHOLD:
+        if "table" in self.__dict__ or (keys.size > _TABLE_THRESHOLD and self.dense):
             return self.table.reshape(-1)[keys.astype(np.intp)]
-        return prf.u32_at(self._table_key, keys) < self.threshold
+        out = np.empty(keys.size, dtype=bool)
+        for i in range(0, keys.size, _TABLE_CHUNK_CELLS):
+            np.less(prf.u32_at(self._table_key, keys[i:i + _TABLE_CHUNK_CELLS]),
+                    self.threshold, out=out[i:i + _TABLE_CHUNK_CELLS])
+        return out
 
     def green_indicators(self, ids: np.ndarray) -> np.ndarray:
         """Per-token green indicator of every scorable token: ``(n,) -> (max(n - h, 0),) bool``.
@@ -249,7 +283,13 @@ class GreenList(RowScheme):
             return out
         ctx = contexts[:, contexts.shape[1] - h:]
         if self.params.seeding == "lefthash":
-            out[:, :V] += self.delta_table[self.rows(ctx)]
+            rows = self.rows(ctx)
+            if self.dense:
+                out[:, :V] += self.delta_table[rows]
+            else:
+                d = out.dtype.type(self.params.delta)
+                for b, r in enumerate(rows.tolist()):
+                    np.add(out[b, :V], d, out=out[b, :V], where=self.green_row(r))
             return out
         cand, green = self.selfhash_candidates(out[:, :V], ctx)
         np.add.at(out, (np.arange(out.shape[0])[:, None], cand),
@@ -268,14 +308,18 @@ class GreenList(RowScheme):
         if self.params.delta == 0.0:
             return
         V = self.vocab_size
-        table = self.delta_table
+        table = self.delta_table if self.dense else None
+        d = logits.dtype.type(self.params.delta)
         row_of = self.context.row_of
         for b, win in enumerate(windows):
             if win and not 0 <= min(win) <= max(win) < V:
                 bad = min(win) if min(win) < 0 else max(win)
                 raise ParameterError(f"token id {bad} is outside the spec's vocabulary "
                                      f"0..{V - 1} (wrong tokenizer?)")
-            np.add(logits[b, :V], table[row_of(win)], out=logits[b, :V])
+            if table is not None:
+                np.add(logits[b, :V], table[row_of(win)], out=logits[b, :V])
+            else:
+                np.add(logits[b, :V], d, out=logits[b, :V], where=self.green_row(row_of(win)))
 
     def process(self, logits: np.ndarray, contexts: np.ndarray, *, prompt_width: int = 0,
                 temperature: float = 1.0, top_p: float = 1.0) -> np.ndarray:
@@ -302,4 +346,7 @@ class GreenList(RowScheme):
         win = np.concatenate([np.broadcast_to(ctx[:, None, :], (B, k, ctx.shape[1])),
                               cand[:, :, None]], axis=2)
         rows = self.rows(win)
-        return self.table[rows, cand]
+        if self.dense:
+            return self.table[rows, cand]
+        keys = rows.astype(np.uint64) * np.uint64(self.vocab_size) + cand.astype(np.uint64)
+        return self.key_scores(keys.ravel()).reshape(B, k)

@@ -134,6 +134,12 @@ class WatermarkLogitsProcessor(LogitsProcessor):
             return scores
         if dev.type == "cpu" and scores.dtype == torch.float32 and not input_ids.is_cuda:
             return self._add_rows_numpy(input_ids, scores)
+        if not s.dense:  # many lists: the rows met, from the scheme's row cache
+            ids = input_ids[:, input_ids.shape[1] - h:].cpu().numpy()
+            rows_np = s.rows(ids)
+            green = torch.from_numpy(np.stack([s.green_row(int(r)) for r in rows_np]))
+            scores[:, :V] += green.to(device=dev, dtype=scores.dtype) * s.params.delta
+            return scores
         if h == 0:
             rows = torch.zeros(input_ids.shape[0], dtype=torch.long, device=dev)
         elif h == 1:
