@@ -1,13 +1,17 @@
 """The distillation experiment: does a student trained on watermarked answers carry the mark?
 
-    python benchmarks/distillation.py            # default run (about an hour on 2 busy cores)
-    python benchmarks/distillation.py --quick    # smoke run, a few minutes
-    python benchmarks/distillation.py --scale 4  # 4x the data and a wider student (big machine)
+    python benchmarks/distillation.py              # default run (under an hour on 2 idle cores)
+    python benchmarks/distillation.py --quick      # smoke run, a few minutes
+    python benchmarks/distillation.py --lists 256  # the teacher key with keygen's default 256 lists
+    python benchmarks/distillation.py --scale 4    # 4x the data and a wider student (big machine)
 
 Teacher: the embedded SmolLM2-135M-Instruct (transformers engine, batched) answers the training
-prompts twice, once watermarked with the default green-list key (gamma 0.25, delta 2, h = 1)
-and once without a watermark. Answers are cached on disk (``benchmarks/out/distill/``), so a
-rerun generates nothing.
+prompts twice, once watermarked with a green-list key (gamma 0.25, delta 2, h = 1: the keygen
+defaults, but 65,536 lists) and once without a watermark. Many lists matter for radioactivity:
+with keygen's 256, the 12,600 distinct previous tokens of the training answers share each list
+about 49 to one, so a continuation they have in common is one cell of the tests, counted once;
+with 65,536 almost every previous token has a list of its own. Answers are cached on disk
+(``benchmarks/out/distill/``), so a rerun generates nothing.
 
 Students: for each fraction f in 0%, 1%, 5%, 10%, 100%, a fraction f of the training prompts
 contribute their watermarked answer and the rest their unwatermarked one (the same prompts in
@@ -100,6 +104,7 @@ class Config:
     null_seeds: int = 1           # 0% students trained with different seeds
     threads: int = 2
     engine: str = "transformers"  # the teacher's engine: transformers, llama.cpp or auto
+    lists: int = 65536            # green lists of the teacher's key (n_lists)
 
     def teacher_tag(self) -> str:
         """Cache directory of the teacher's answers: batches are cached one by one, so a
@@ -108,6 +113,8 @@ class Config:
              "batch": self.teacher_batch, "prompts": "v2"}
         if self.engine != "transformers":  # other engines answer differently: their own cache
             d["engine"] = self.engine
+        if self.lists != 256:  # another key, other answers
+            d["lists"] = self.lists
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -119,11 +126,13 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def teacher_spec(secret: bytes = TEACHER_SECRET) -> Any:
+def teacher_spec(cfg: Config, secret: bytes = TEACHER_SECRET) -> Any:
+    """The teacher's key (``secret`` = TEACHER_SECRET) or a null key: the default green-list
+    parameters with ``cfg.lists`` lists."""
     from distillmark.watermark import BUILTIN_SMOLLM2, load_tokenizer, new_spec
 
     _, info = load_tokenizer(BUILTIN_SMOLLM2)
-    return new_spec("greenlist", {}, info, secret=secret)
+    return new_spec("greenlist", {"n_lists": cfg.lists}, info, secret=secret)
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,7 +153,7 @@ def teacher_answers(cfg: Config) -> dict[str, list[dict[str, Any]]]:
     prompts = prompt_set()[:cfg.n_train]
     cache = OUT / "teacher" / cfg.teacher_tag()
     cache.mkdir(parents=True, exist_ok=True)
-    spec = teacher_spec()
+    spec = teacher_spec(cfg)
     batches = [(kind, i) for i in range(0, len(prompts), cfg.teacher_batch)
                for kind in ("wm", "clean")]
 
@@ -533,13 +542,13 @@ def run(cfg: Config) -> dict[str, Any]:
     t_start = time.perf_counter()
     answers = teacher_answers(cfg)
     t_teacher = time.perf_counter() - t_start
-    spec = teacher_spec()
+    spec = teacher_spec(cfg)
     teacher_check = {k: closed_model_test(answers[k], spec) for k in ("wm", "clean")}
     log(f"teacher answers: watermarked green share {teacher_check['wm']['score_mean']:.3f} "
         f"(log10 p {teacher_check['wm']['log10_pvalue']:.0f}), clean "
         f"{teacher_check['clean']['score_mean']:.3f}")
     held = prompt_set()[cfg.n_train:cfg.n_train + cfg.n_heldout][:cfg.closed_queries]
-    null_specs = [teacher_spec(null_secret(i)) for i in range(cfg.null_keys)]
+    null_specs = [teacher_spec(cfg, null_secret(i)) for i in range(cfg.null_keys)]
     rows: list[dict[str, Any]] = []
     for f in cfg.fractions:
         for seed in range(cfg.null_seeds if f == 0.0 else 1):
@@ -643,6 +652,8 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply data and student size")
     ap.add_argument("--stage", choices=("teacher", "all"), default="all")
     ap.add_argument("--threads", type=int, default=Config.threads, help="torch threads")
+    ap.add_argument("--lists", type=int, default=Config.lists,
+                    help="green lists of the teacher's key (256: the keygen default)")
     ap.add_argument("--student", choices=("bigram", "transformer"), default="bigram")
     ap.add_argument("--closed", choices=("probe", "direct"), default="probe",
                     help="closed-model step: serve + probe the student on loopback (default), "
@@ -653,7 +664,8 @@ def main() -> None:
                          "are cached per engine)")
     args = ap.parse_args()
     cfg = replace(QUICK if args.quick else Config(), threads=args.threads,
-                  student=args.student, engine=args.engine, closed_via=args.closed)
+                  student=args.student, engine=args.engine, closed_via=args.closed,
+                  lists=args.lists)
     if args.scale != 1.0:
         s = args.scale
         cfg = replace(cfg, n_train=int(cfg.n_train * s), closed_queries=int(cfg.closed_queries * s),
@@ -670,7 +682,8 @@ def main() -> None:
     res = run(cfg)  # finds the answers cached: the teacher's time is this stage's
     res["teacher_seconds"] = t_teacher
     res["wall_seconds"] += t_teacher
-    name = "quick" if args.quick else f"scale{args.scale:g}"
+    name = ("quick" if args.quick else f"scale{args.scale:g}") + (
+        f"-lists{cfg.lists}" if cfg.lists != Config.lists else "")
     _write_atomic(OUT / f"results-{name}.json", json.dumps(res, indent=1, default=str))
     print(table(res))
 
