@@ -293,15 +293,11 @@ def _check_scheme(scheme: Any) -> GreenList:
     return scheme
 
 
-def _cell_keys(readings: ModelReadings, scheme: GreenList, k: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cell key ``row * V + token`` of each context's ``k`` top tokens: ``(m', k) uint64``,
-    the contexts kept (those with a full window: ``(m,) bool``), and the index of each kept
-    context's window (its last ``h`` tokens) among the distinct windows: ``(m',) int64``."""
-    h, V = scheme.context_width, scheme.vocab_size
+def _windows(readings: ModelReadings, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """The contexts with a full window (``(m,) bool``) and their windows, the last ``h``
+    tokens of each: ``(m', h) int64``."""
     ok = readings.pos + 1 >= h
     seq, pos = readings.seq[ok], readings.pos[ok]
-    toks = readings.top_ids[ok, :k]
     win = np.zeros((seq.size, h), dtype=np.int64)
     for j in np.unique(seq).tolist():
         sel = seq == j
@@ -309,11 +305,22 @@ def _cell_keys(readings: ModelReadings, scheme: GreenList, k: int
         p = pos[sel]
         for c in range(h):
             win[sel, c] = s[p - h + 1 + c]
+    return ok, win
+
+
+def _cell_keys(readings: ModelReadings, scheme: GreenList, k: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cell key ``row * V + token`` of each context's ``k`` top tokens: ``(m', k) uint64``,
+    the contexts kept (those with a full window: ``(m,) bool``), and the index of each kept
+    context's window (its last ``h`` tokens) among the distinct windows: ``(m',) int64``."""
+    h, V = scheme.context_width, scheme.vocab_size
+    ok, win = _windows(readings, h)
+    toks = readings.top_ids[ok, :k]
     if h:
         _, window_of = np.unique(win, axis=0, return_inverse=True)
         window_of = window_of.ravel()
     else:
-        window_of = np.zeros(seq.size, dtype=np.int64)
+        window_of = np.zeros(win.shape[0], dtype=np.int64)
     # Logit columns beyond the spec's vocabulary (padding of a model's head) are ids no text
     # holds: their cells are computed on a stand-in id and left out by the caller.
     t_clip = np.minimum(toks, V - 1)
@@ -365,21 +372,13 @@ def _pair_table(readings: ModelReadings, h: int, V: int, k: int, min_prob: float
     hit = readings._pairs.get(cache_key)
     if hit is not None:
         return hit
-    ok = readings.pos + 1 >= h
-    seq, pos = readings.seq[ok], readings.pos[ok]
-    win = np.zeros((seq.size, h), dtype=np.int64)
-    for j in np.unique(seq).tolist():
-        sel = seq == j
-        s = readings.sequences[j]
-        p = pos[sel]
-        for c in range(h):
-            win[sel, c] = s[p - h + 1 + c]
-    if h and seq.size:
+    ok, win = _windows(readings, h)
+    if h and win.shape[0]:
         windows, window_of = np.unique(win, axis=0, return_inverse=True)
         window_of = window_of.ravel()
     else:
-        windows = np.zeros((1 if seq.size else 0, h), dtype=np.int64)
-        window_of = np.zeros(seq.size, dtype=np.int64)
+        windows = np.zeros((1 if win.shape[0] else 0, h), dtype=np.int64)
+        window_of = np.zeros(win.shape[0], dtype=np.int64)
     ids = readings.top_ids[ok, :k]
     probs = readings.top_probs[ok, :k].astype(np.float64)
     sel = ids < V

@@ -137,8 +137,8 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         if not s.dense:  # many lists: the rows met, from the scheme's row cache
             ids = input_ids[:, input_ids.shape[1] - h:].cpu().numpy()
             rows_np = s.rows(ids)
-            green = torch.from_numpy(np.stack([s.green_row(int(r)) for r in rows_np]))
-            scores[:, :V] += green.to(device=dev, dtype=scores.dtype) * s.params.delta
+            met = torch.from_numpy(np.stack([s.green_row(int(r)) for r in rows_np]))
+            scores[:, :V] += met.to(device=dev, dtype=scores.dtype) * s.params.delta
             return scores
         if h == 0:
             rows = torch.zeros(input_ids.shape[0], dtype=torch.long, device=dev)
@@ -234,9 +234,9 @@ class InverseCDFSampler(LogitsProcessor):
             pick = self._full(scores)
         # In place: the scores are this step's own tensor, and filling them costs what a new
         # one would, without the allocation.
-        out = scores.fill_(-torch.inf)
-        out.scatter_(1, pick, 0.0)
-        return out
+        scores.fill_(-torch.inf)
+        scores.scatter_(1, pick, 0.0)
+        return scores
 
     def _full(self, scores: torch.Tensor) -> torch.Tensor:
         """Inverse CDF over the whole row in two levels, so no pass over all ``W`` columns is
