@@ -211,9 +211,10 @@ class InverseCDFSampler(LogitsProcessor):
     draws the token itself: softmax of ``scores / temperature``, optionally cut to the nucleus
     ``top_p``, one uniform per row, a binary search over cumulative sums (in two levels, blocks
     then columns, when the whole row is kept); it returns the scores set to ``-inf`` except at
-    the drawn token, so ``generate(do_sample=False)`` emits it. Same distribution as transformers' temperature and top-p warpers followed by
-    multinomial sampling (not the same random stream); the global torch generator drives it,
-    so a seed set with ``torch.manual_seed`` reproduces a run.
+    the drawn token, so ``generate(do_sample=False)`` emits it. Same distribution as
+    transformers' temperature and top-p warpers followed by multinomial sampling (not the same
+    random stream); the global torch generator drives it, so a seed set with
+    ``torch.manual_seed`` reproduces a run.
     """
 
     def __init__(self, *, temperature: float = 1.0, top_p: float = 1.0) -> None:
