@@ -23,7 +23,7 @@ Why a table of rows: a green list for a fresh context would cost one PRF call pe
 entry per generated token (49,152 here), too slow for serving; a row of the precomputed table is
 one memory read. A table of more than 2**26 cells (more than 1,024 lists at V = 49,152) is not
 held whole: generation computes each row it meets (one AES-CTR run of ``V`` values, about
-0.1 ms) and keeps the last 4,096, detection computes one cell per distinct tuple key.
+0.4 ms) and keeps the last 4,096, detection computes one cell per distinct tuple key.
 
 Why it keeps the test exact: the green bit depends on the context only through
 ``(row, token)``, the *tuple key* (:meth:`GreenList.tuple_keys`). Detection counts each distinct
