@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
-__all__ = ["BinomialTail", "binomial_tail", "binomial_tails", "bonferroni", "min_scored_for", "unique_keys"]
+__all__ = ["BinomialTail", "binomial_tail", "binomial_tails", "bonferroni", "format_pvalue",
+           "min_scored_for", "unique_keys"]
 
 _TAIL_TERMS = 200_000
 
@@ -91,3 +92,9 @@ def bonferroni(pvalue: float, n_tests: int) -> float:
 def min_scored_for(alpha: float, p: float) -> int:
     """Fewest scored tokens at which an all-green text could reach ``pvalue < alpha``."""
     return max(1, math.floor(math.log(alpha) / math.log(p)) + 1)
+
+
+def format_pvalue(pvalue: float, log10_pvalue: float) -> str:
+    """A p-value for people: three significant digits, or ``1e-412.3`` where the float
+    underflows (the log10 still holds it)."""
+    return f"{pvalue:.3g}" if pvalue > 0 else f"1e{log10_pvalue:.1f}"

@@ -187,6 +187,9 @@ class RowScheme:
     context: ContextRows
     vocab_size: int
     key_id: str
+    n_rows: int
+    #: Params that are key material (none: table schemes are keyed by the spec's secret).
+    secret_params: frozenset[str] = frozenset()
 
     @classmethod
     def from_spec(cls, spec: WatermarkSpec) -> Self:
@@ -201,6 +204,11 @@ class RowScheme:
     def context_width(self) -> int:
         """Tokens before a scored token that its score depends on (``h``)."""
         return int(self.params.context_width)
+
+    @property
+    def n_cells(self) -> int:
+        """Size of the tuple-key space: keys lie in ``0 .. n_rows * V - 1``."""
+        return self.n_rows * self.vocab_size
 
     @property
     def window(self) -> int:

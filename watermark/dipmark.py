@@ -225,6 +225,9 @@ class DiPmark(RowScheme):
 
     params_class = DiPmarkParams
     name = SCHEME_NAME
+    #: Standardised per-unit effect of fully marked text (power statements only; measured
+    #: on SmolLM2 answers at temperature 0.7, docs/statistics.md).
+    default_effect = 0.27
     #: The scheme reweights the distribution itself: engines sample its output at temperature 1.
     samples = True
     #: Detection's test (see ``distillmark.verify.nulls``); its null parameter in test_params.

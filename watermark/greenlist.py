@@ -155,6 +155,9 @@ class GreenList(RowScheme):
 
     params_class = GreenListParams
     name = SCHEME_NAME
+    #: Standardised per-unit effect of fully marked text (power statements only; measured
+    #: on SmolLM2 answers at temperature 0.7, docs/statistics.md).
+    default_effect = 0.65
     #: Logit bias only: the engine samples (see ``process``).
     samples = False
     #: Detection's test (see ``distillmark.verify.nulls``) and its null parameters.

@@ -165,6 +165,9 @@ class Gumbel(RowScheme):
 
     params_class = GumbelParams
     name = SCHEME_NAME
+    #: Standardised per-unit effect of fully marked text (power statements only; measured
+    #: on SmolLM2 answers at temperature 0.7, docs/statistics.md).
+    default_effect = 0.8
     #: ``process`` returns the chosen token (0 there, -inf elsewhere): the engine must sample
     #: that distribution as it is (temperature 1, no other warper).
     samples = True

@@ -33,6 +33,14 @@ class Scheme(Protocol):
     test_params: dict[str, Any]
     key_id: str
     vocab_size: int
+    #: Whether the scheme chooses the token itself (sampling) rather than biasing logits.
+    samples: bool
+    #: Standardised per-unit effect of fully marked text, for power statements.
+    default_effect: float
+    #: Size of the tuple-key space (keys lie below it), or None when keys span 64 bits.
+    n_cells: int | None
+    #: Params that are key material, never to be shown.
+    secret_params: frozenset[str]
 
     @property
     def context_width(self) -> int: ...
@@ -87,4 +95,4 @@ def secret_params(scheme: str) -> frozenset[str]:
     schemes keyed by their params, e.g. transformers' ``hashing_key``): the scheme class's
     ``secret_params``, empty for schemes keyed by the spec's secret alone."""
     entry = SCHEMES.get(scheme)
-    return frozenset(getattr(entry[1], "secret_params", ())) if entry else frozenset()
+    return frozenset(entry[1].secret_params) if entry else frozenset()

@@ -235,6 +235,9 @@ class Tournament(RowScheme):
 
     params_class = TournamentParams
     name = SCHEME_NAME
+    #: Standardised per-unit effect of fully marked text (power statements only; measured
+    #: on SmolLM2 answers at temperature 0.7, docs/statistics.md).
+    default_effect = 0.6
     #: The scheme reweights the distribution itself: engines sample its output at temperature 1.
     samples = True
 

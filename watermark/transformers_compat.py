@@ -240,6 +240,10 @@ class TransformersKGW:
     """
 
     name = KGW_SCHEME_NAME
+    #: Standardised per-unit effect of fully marked text (power statements only).
+    default_effect = 0.65
+    #: Tuple keys span all 64 bits (seed and token): no bounded key space.
+    n_cells: int | None = None
     samples = False
     test = "binomial"
     #: Params that are key material: never printed (see ``WatermarkSpec.public_dict``).
@@ -646,6 +650,8 @@ class TransformersSynthID:
     """
 
     name = SYNTHID_SCHEME_NAME
+    #: Standardised per-unit effect of fully marked text (power statements only).
+    default_effect = 0.60
     samples = False
     secret_params = frozenset({"keys"})
 
@@ -658,6 +664,8 @@ class TransformersSynthID:
         self._keys_u64 = np.array([k & _MASK64 for k in params.keys], dtype=np.uint64)
         size = params.sampling_table_size
         self._pow2 = size & (size - 1) == 0
+        #: Size of the tuple-key space: the table when keys are reduced modulo it, else none.
+        self.n_cells: int | None = size if self._pow2 else None
         #: Detection's test: the tournament tests of ``distillmark.verify.nulls`` with ``p``.
         self.test = f"tournament-{params.score}"
 

@@ -1,0 +1,124 @@
+"""Files in and out: bounded reads, JSON with one-line errors, atomic writes.
+
+Every layer reads keys, accounts, prompts, caches and records, and writes keys, results,
+caches and checkpoints; these helpers are the one place where that is done, so that every
+input gets the same limits and every problem the same kind of message (the file, what is
+wrong, where), and no interrupted write leaves half a file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import DistillmarkError, InputError
+
+__all__ = ["atomic_path", "atomic_write", "decode_json", "read_bounded", "read_json"]
+
+_READ_BLOCK = 1 << 20
+
+
+def _fail(error: type[DistillmarkError], message: str) -> DistillmarkError:
+    return error(message)
+
+
+def read_bounded(path: str | Path, max_bytes: int, *, what: str = "",
+                 error: type[DistillmarkError] = InputError) -> bytes:
+    """The bytes of ``path``, refused with one line once more than ``max_bytes`` arrive.
+
+    The limit is enforced on what is read, not on the size the file system reports, so a pipe,
+    a FIFO or a device (``/dev/zero``) is cut off at ``max_bytes`` like a regular file.
+    ``what`` names the file in messages (default: its path).
+    """
+    p = Path(path)
+    label = what or str(p)
+    try:
+        if p.is_dir():
+            raise _fail(error, f"{label} is a directory, not a file")
+        with open(p, "rb") as fh:
+            chunks, n = [], 0
+            while True:
+                block = fh.read(min(_READ_BLOCK, max_bytes + 1 - n))
+                if not block:
+                    break
+                chunks.append(block)
+                n += len(block)
+                if n > max_bytes:
+                    raise _fail(error, f"{label} is larger than {max_bytes} bytes")
+    except FileNotFoundError:
+        raise _fail(error, f"{label} does not exist") from None
+    except PermissionError:
+        raise _fail(error, f"{label} cannot be read: permission denied") from None
+    except OSError as exc:
+        raise _fail(error, f"{label} cannot be read: {exc.strerror or exc}") from None
+    return b"".join(chunks)
+
+
+def decode_json(raw: bytes | str, *, what: str, error: type[DistillmarkError] = InputError,
+                object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None
+                ) -> Any:
+    """Parse JSON text; a bad encoding, bad syntax or nesting too deep for the parser is one
+    ``error`` line that names ``what`` and the place."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as exc:
+        raise _fail(error, f"{what} is not UTF-8 (byte offset {exc.start})") from None
+    try:
+        return json.loads(text, object_pairs_hook=object_pairs_hook)
+    except json.JSONDecodeError as exc:
+        raise _fail(error, f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} "
+                    f"column {exc.colno}") from None
+    except RecursionError:
+        raise _fail(error, f"{what} nests JSON arrays or objects too deeply") from None
+
+
+def read_json(path: str | Path, *, what: str = "", max_bytes: int = 64 << 20,
+              error: type[DistillmarkError] = InputError,
+              object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None) -> Any:
+    """:func:`read_bounded` then :func:`decode_json`: a JSON file, or one line saying why not."""
+    label = what or str(path)
+    raw = read_bounded(path, max_bytes, what=label, error=error)
+    return decode_json(raw, what=label, error=error, object_pairs_hook=object_pairs_hook)
+
+
+def atomic_path(path: Path, *, mode: int | None = None) -> Path:
+    """A new empty temporary file beside ``path``, to be renamed onto it with ``os.replace``.
+
+    Its mode is ``mode``, or what a new file gets under the process's umask.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        if mode is None:
+            mask = os.umask(0)
+            os.umask(mask)
+            mode = 0o666 & ~mask
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    return Path(tmp)
+
+
+@contextmanager
+def atomic_write(path: str | Path, *, mode: int | None = None, text: bool = True
+                 ) -> Iterator[IO[Any]]:
+    """Write ``path`` all at once or not at all: a temporary file beside it, flushed, synced
+    and renamed onto it when the block ends; removed if the block raises.
+
+    ``mode``: the file's permissions (``0o600`` for keys); default as a new file.
+    """
+    target = Path(path)
+    tmp = atomic_path(target, mode=mode)
+    try:
+        with open(tmp, "w" if text else "wb", encoding="utf-8" if text else None) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
