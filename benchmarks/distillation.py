@@ -301,10 +301,10 @@ def train_student(pairs: list[tuple[list[int], list[int]]], cfg: Config, *, seed
 
 def train_bigram(pairs: list[tuple[list[int], list[int]]], cfg: Config, *, seed: int,
                  out_dir: Path, eos_id: int = 2) -> dict[str, Any]:
-    """Train a neural bigram student (:func:`distillmark.verify.students.train_bigram_student`,
+    """Train a neural bigram student (:func:`distillmark.verify.lab.train_bigram_student`,
     rank ``d_model``, ``steps`` full-batch Adam steps at 10x the transformer's learning rate)
     and save it as a Hugging Face model in ``out_dir``."""
-    from distillmark.verify.students import train_bigram_student
+    from distillmark.verify.lab import train_bigram_student
 
     return train_bigram_student(pairs, out_dir, d_model=cfg.d_model, steps=cfg.steps,
                                 lr=10 * cfg.lr, seed=seed, tokenizer_dir=teacher_model_dir(),
@@ -313,7 +313,7 @@ def train_bigram(pairs: list[tuple[list[int], list[int]]], cfg: Config, *, seed:
 
 def teacher_model_dir() -> Path:
     """The transformers copy of the embedded model (converted once, cached)."""
-    from distillmark.verify.students import default_tokenizer_dir
+    from distillmark.verify.lab import default_tokenizer_dir
 
     return default_tokenizer_dir()
 

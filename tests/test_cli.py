@@ -741,7 +741,7 @@ def test_demo_tells_the_distillation_story(tiny_model_dir: Path,
     probe and the audit, the control by neither; one JSON object per student."""
     import functools
 
-    from distillmark.verify import students
+    from distillmark.verify.lab import story as students
 
     monkeypatch.setattr("distillmark.watermark.keys._secrets.token_bytes",
                         lambda n: bytes(range(200, 200 + n)))

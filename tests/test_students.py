@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from distillmark.verify.students import train_bigram_student
+from distillmark.verify.lab import train_bigram_student
 from distillmark.watermark import InputError, ParameterError, hf
 from distillmark.watermark.tokenizer import builtin_tokenizer_path
 
@@ -107,8 +107,8 @@ def test_story_finds_the_marked_student_and_clears_the_control(tmp_path: Path,
     neither (served on loopback, as the demo does)."""
     from serving_helpers import tiny_generator
 
+    from distillmark.verify.lab import distillation_story
     from distillmark.verify.prompts import builtin_prompts
-    from distillmark.verify.students import distillation_story
     from distillmark.watermark import BUILTIN_SMOLLM2, load_tokenizer, new_spec
 
     spec = new_spec("greenlist", {}, load_tokenizer(BUILTIN_SMOLLM2)[1],
