@@ -23,16 +23,18 @@ from distillmark.verify import Detector
 from distillmark.watermark import (
     InputError,
     WatermarkSpec,
-    derive_account_spec,
     new_spec,
     save_spec,
 )
+from distillmark.watermark.accounts import AccountLayer, AccountLayerParams
 from distillmark.watermark.keys import SECRET_BYTES
 from distillmark.watermark.serve import Accounts, ServeConfig, load_accounts
+from distillmark.watermark.serve.accounts import Account
 from distillmark.watermark.tokenizer import TokenizerInfo
 
 SERVE_SECRET = bytes(range(100, 100 + SECRET_BYTES))
 KEYS = {"sk-alice-0123456789": "alice", "sk-bob-9876543210": "bob"}
+FORMS = '{"API_KEY": "ACCOUNT_ID", ...} or {"API_KEY": {"account": "ID", "number": N}, ...}'
 RUNNER = CliRunner()
 
 
@@ -46,7 +48,8 @@ def _two_threads() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def master(tokenizer_info: TokenizerInfo) -> WatermarkSpec:
-    return new_spec("greenlist", {}, tokenizer_info, secret=SERVE_SECRET)
+    return new_spec("greenlist", {}, tokenizer_info, secret=SERVE_SECRET,
+                    accounts=AccountLayerParams())
 
 
 @pytest.fixture(scope="module")
@@ -214,41 +217,59 @@ def test_unknown_or_missing_api_key_gets_401(accounts_url: str) -> None:
     assert health.status_code == 200 and health.json()["status"] == "ok"
 
 
-def test_each_account_answers_carry_its_own_derived_key(accounts_url: str,
-                                                        master: WatermarkSpec) -> None:
-    alice, bob = derive_account_spec(master, "alice"), derive_account_spec(master, "bob")
-    texts = answers_text(chat(accounts_url, api_key="sk-alice-0123456789", n=4,
-                              max_tokens=40))
-    text = "\n".join(texts)
-    own = Detector(alice).detect(text)
-    assert own.pvalue < 1e-10, own
-    for other in (bob, master):
-        r = Detector(other).detect(text)
-        assert not r.is_watermarked(1e-3), (other.account_id, r)
-    bob_text = "\n".join(answers_text(chat(accounts_url, api_key="sk-bob-9876543210", n=4,
-                                           max_tokens=40)))
-    assert Detector(bob).detect(bob_text).pvalue < 1e-10
-    assert not Detector(alice).detect(bob_text).is_watermarked(1e-3)
+def _account_counts(master: WatermarkSpec, text: str) -> tuple[int, np.ndarray]:
+    """Distinct cells of ``text`` and the green cells of account numbers 0..7."""
+    detector = Detector(master)
+    cells = np.unique(detector.scheme.tuple_keys(detector.encode(text)))
+    layer = AccountLayer(master.secret, master.vocab_size, master.accounts)
+    return cells.size, layer.counts(cells, np.zeros(cells.size, dtype=np.int64), 1, bits=3)[0]
+
+
+def test_each_accounts_answers_carry_the_provider_mark_and_name_their_account(
+        accounts_url: str, master: WatermarkSpec) -> None:
+    from scipy import stats
+
+    for api_key, number in (("sk-alice-0123456789", 1), ("sk-bob-9876543210", 2)):
+        text = "\n".join(answers_text(chat(accounts_url, api_key=api_key, n=4, max_tokens=40)))
+        provider = Detector(master).detect(text)
+        assert provider.pvalue < 1e-10, provider  # the mark every account shares
+        n, counts = _account_counts(master, text)
+        own = stats.binom.sf(counts[number] - 1, n, 0.25)
+        assert own < 1e-10, (number, counts)
+        for other in (set(range(1, 8)) - {number}):  # exact Binomial(n, 1/4) for the others
+            assert stats.binom.sf(counts[other] - 1, n, 0.25) > 1e-4, (other, counts)
 
 
 def test_accounts_hold_only_digests() -> None:
     accts = Accounts.from_mapping(KEYS)
-    assert accts.account_for("sk-alice-0123456789") == "alice"
+    assert accts.account_for("sk-alice-0123456789") == Account("alice", 1)
     assert accts.account_for("sk-alice") is None
     assert "sk-alice" not in repr(accts) and "sk-alice" not in str(accts.by_digest)
     assert accts.account_ids == ["alice", "bob"] and len(accts) == 2
+    assert [a.number for a in accts.accounts] == [1, 2]
 
 
 @pytest.mark.parametrize(("content", "message"), [
     (b"{nope", ("is not valid JSON: Expecting property name enclosed in double quotes at line 1 "
                "column 2")),
-    (b"[]", 'must hold one JSON object {"API_KEY": "ACCOUNT_ID", ...}, got list'),
-    (b"{}", 'no accounts (expected {"API_KEY": "ACCOUNT_ID", ...})'),
+    (b"[]", f"must hold one JSON object {FORMS}, got list"),
+    (b"{}", f"no accounts (expected {FORMS})"),
     (b'{"k1": "a", "k1": "b"}', ("an API key appears twice (the same key cannot belong to two "
                                "accounts)")),
     (b'{"k1": 5}', ("entry 1: the account id must be a non-empty string of at most 256 "
                    "characters, got 5")),
-    (b'{"": "a"}', "entry 1: the API key must be a non-empty string of at most 512 characters"),
+    (b'{"": "a"}', ("entry 1: the API key must be a non-empty string of at most 512 characters "
+                   "without surrounding spaces")),
+    (b'{" k": "a"}', ("entry 1: the API key must be a non-empty string of at most 512 characters "
+                     "without surrounding spaces")),
+    (b'{"k1": "a", "k2": {"account": "b", "number": 3}}', (
+        "entry 2: give every account a number, or none (then an account's number is its "
+        "position in the file)")),
+    (b'{"k1": {"account": "a", "number": 3}, "k2": {"account": "b", "number": 3}}',
+     "entry 2: number 3 belongs to both 'a' and 'b'"),
+    (b'{"k1": {"account": "a", "number": 0}}', (
+        'entry 1: expected {"account": "ID", "number": N} with N in 1..4294967295, got '
+        "{'account': 'a', 'number': 0}")),
     (b"\xff\xfe", "is not UTF-8 (byte offset 0)"),
 ])
 def test_bad_accounts_file(tmp_path: Path, content: bytes, message: str) -> None:
@@ -260,10 +281,23 @@ def test_bad_accounts_file(tmp_path: Path, content: bytes, message: str) -> None
     assert str(exc.value) == f"accounts file {path}{sep}{message}"
 
 
-def test_accounts_need_a_key_keyed_by_its_secret(tokenizer_info: TokenizerInfo) -> None:
-    interop = new_spec("transformers-kgw", {"hashing_key": 15485863}, tokenizer_info)
-    with pytest.raises(ValueError, match="keyed by its params"):
-        ServeConfig(model_name="m", spec=interop, accounts=Accounts.from_mapping(KEYS))
+def test_accounts_need_a_key_with_an_account_layer(tokenizer_info: TokenizerInfo) -> None:
+    plain = new_spec("greenlist", {}, tokenizer_info)
+    with pytest.raises(ValueError, match="has no account layer"):
+        ServeConfig(model_name="m", spec=plain, accounts=Accounts.from_mapping(KEYS))
+    with pytest.raises(ValueError, match="rides on a green-list key with lefthash seeding"):
+        new_spec("transformers-kgw", {"hashing_key": 15485863}, tokenizer_info,
+                 accounts=AccountLayerParams())
+
+
+def test_numbered_accounts_file(tmp_path: Path) -> None:
+    path = tmp_path / "accounts.json"
+    path.write_text(json.dumps({"sk-1": {"account": "acme", "number": 70000},
+                                "sk-2": {"account": "acme", "number": 70000},
+                                "sk-3": {"account": "zeta", "number": 5}}))
+    accts = load_accounts(path)
+    assert accts.account_for("sk-2") == Account("acme", 70000)
+    assert [(a.id, a.number) for a in accts.accounts] == [("zeta", 5), ("acme", 70000)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,7 +344,9 @@ def test_bad_request_gets_an_openai_error(marked_url: str, change: dict[str, Any
 
 
 @pytest.mark.parametrize(("method", "path", "content", "status", "message"), [
-    ("POST", "/v1/chat/completions", b"{nope", 400, "the request body is not valid JSON"),
+    ("POST", "/v1/chat/completions", b"{nope", 400, (
+        "the request body is not valid JSON: Expecting property name enclosed in double "
+        "quotes at line 1 column 2")),
     ("POST", "/v1/chat/completions", b"[1, 2]", 400, "the request body must be a JSON object"),
     ("POST", "/v1/chat/completions", b"", 400, ("the request body is missing (send a JSON "
                                               "object)")),
@@ -429,7 +465,7 @@ def test_serve_command_errors_are_one_line(tmp_path: Path, master: WatermarkSpec
         (("--key", key, "--no-watermark"), ("give --key KEY to watermark the answers, or "
                                            "--no-watermark to serve without one")),
         (("--no-watermark", "--accounts", bad),
-         f'accounts file {bad}: no accounts (expected {{"API_KEY": "ACCOUNT_ID", ...}})'),
+         f"accounts file {bad}: no accounts (expected {FORMS})"),
         (("--no-watermark", "--model", not_model, "--port", _free_port()),
          f"model {not_model} is a file but not a .gguf model"),
         (("--no-watermark", "--port", 70000), "--port must be in 0..65535, got 70000"),
@@ -532,3 +568,72 @@ def test_a_client_that_leaves_stops_its_generation(master: WatermarkSpec) -> Non
         health = httpx.get(url.removesuffix("/v1") + "/health").json()
     assert len(gen.tokens) == 2 and 0 < gen.tokens[0] < 500, gen.tokens
     assert health["requests_served"] == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile requests: refused before any work, within limits
+
+
+def test_a_stranger_is_refused_before_the_body_is_read(accounts_url: str) -> None:
+    big = b'{"model": "x", "messages": [' + b'{"role": "user", "content": "a"},' * 400_000
+    t0 = time.monotonic()
+    resp = httpx.post(accounts_url + "/chat/completions", content=big + b"{}]}",
+                      headers={"content-type": "application/json"}, timeout=60)
+    assert resp.status_code == 401 and time.monotonic() - t0 < 5
+    bad = httpx.post(accounts_url + "/chat/completions", content=b"{nope",
+                     headers={"content-type": "application/json"})
+    assert bad.status_code == 401  # no schema details for a request without a key
+
+
+def test_oversized_deep_or_crowded_bodies_get_one_clear_error(master: WatermarkSpec) -> None:
+    with serving(tiny_generator(), spec=master, max_body_bytes=4096, max_messages=3) as url:
+        def post(content: bytes) -> httpx.Response:
+            return httpx.post(url + "/chat/completions", content=content,
+                              headers={"content-type": "application/json"}, timeout=60)
+
+        resp = post(b'{"model": "m", "messages": []' + b" " * 5000 + b"}")
+        assert resp.status_code == 413
+        assert resp.json()["error"]["message"] == "the request body is larger than 4096 bytes"
+        deep = post(b"[" * 2000 + b"]" * 2000)
+        assert deep.status_code == 400
+        assert deep.json()["error"]["message"] == (
+            "the request body nests JSON arrays or objects too deeply")
+        msgs = [{"role": "user", "content": "hi"}] * 4
+        crowded = post(json.dumps({"model": MODEL_NAME, "messages": msgs}).encode())
+        assert crowded.status_code == 400
+        assert crowded.json()["error"]["message"] == (
+            "messages: at most 3 messages per request, got 4")
+        for seed in (-1, 2**32):
+            r = chat(url, seed=seed)
+            assert r.status_code == 400 and r.json()["error"]["param"] == "seed", r.text
+        assert httpx.get(url.removesuffix("/v1") + "/health").status_code == 200
+
+
+def test_the_request_log_records_what_each_account_was_served(tmp_path: Path,
+                                                               master: WatermarkSpec) -> None:
+    from distillmark.watermark.serve.log import RequestLog, read_log, text_digest
+
+    log = RequestLog(tmp_path / "requests.jsonl", max_bytes=1024, keep=8)
+    with serving(tiny_generator(), spec=master, accounts=KEYS, log=log) as url:
+        answers = [answers_text(chat(url, api_key="sk-alice-0123456789", max_tokens=20))[0]
+                   for _ in range(6)]
+        answers_text(chat(url, api_key="sk-bob-9876543210", max_tokens=20))
+    log.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files[0] == "requests.jsonl" and files[1] == "requests.jsonl.1"  # rotated at 1 kB
+    assert all((tmp_path / f).stat().st_size <= 1024 for f in files)
+    alice = list(read_log(tmp_path / "requests.jsonl", account="alice"))
+    assert [r.number for r in alice] == [1] * len(alice)
+    assert {d for r in alice for d in r.answer_digests} == {text_digest(a) for a in answers}
+    assert all(r.messages == ({"role": "user", "content": "Tell me a story."},) for r in alice)
+    assert "sk-alice" not in "".join(p.read_text() for p in tmp_path.iterdir())
+
+    hashed = RequestLog(tmp_path / "hashed.jsonl", hashes_only=True)
+    hashed.record(request_id="r", account="bob", number=2, key_id=master.key_id, model="m",
+                  messages=[{"role": "user", "content": "secret question"}],
+                  answers=["an answer"], usage={})
+    hashed.close()
+    text = (tmp_path / "hashed.jsonl").read_text()
+    assert "secret question" not in text and "an answer" not in text
+    (rec,) = read_log(tmp_path / "hashed.jsonl")
+    assert rec.messages is None and rec.answer_digests == (text_digest("an answer"),)

@@ -308,3 +308,47 @@ def _best(counts: np.ndarray, n: np.ndarray) -> BestNumbers:
         second = np.zeros_like(best)
     return BestNumbers(index=index.astype(np.int64), count=best.astype(np.int64),
                        second=second.astype(np.int64), n=n.astype(np.int64))
+
+
+class AccountMarked:
+    """What one account's answers are generated with: the provider's scheme (a lefthash
+    green-list), then the account layer for ``number``. Detection never uses it: the provider
+    layer is tested with the provider's scheme, the account layer by attribution.
+
+    Args:
+        provider: the key's own scheme (``scheme_for(spec)``).
+        layer: the key's account layer.
+        number: the serving account's number.
+    """
+
+    samples = False
+
+    def __init__(self, provider: Any, layer: AccountLayer, number: int) -> None:
+        if getattr(provider, "name", "") != "greenlist" or \
+                provider.params.seeding != "lefthash":
+            raise ParameterError("the account layer rides on a lefthash green-list key; "
+                                 f"key {provider.key_id} is {provider.name!r}")
+        if layer.vocab_size != provider.vocab_size:
+            raise ParameterError("the account layer and the key cover different vocabularies")
+        check_numbers([number])
+        self.provider = provider
+        self.layer = layer
+        self.number = int(number)
+        self.key_id = provider.key_id
+        self.vocab_size = provider.vocab_size
+        self.context_width = provider.context_width
+
+    def __repr__(self) -> str:
+        return f"AccountMarked({self.provider!r}, {self.layer!r}, number={self.number})"
+
+    def process(self, logits: np.ndarray, contexts: np.ndarray, *, prompt_width: int = 0,
+                temperature: float = 1.0, top_p: float = 1.0) -> np.ndarray:
+        """The provider's bias, then the account's: ``logits (B, W)``, ``contexts (B, c)``
+        right-aligned (only the last ``h`` are read); fewer than ``h`` tokens: unmarked."""
+        out = self.provider.process(logits, contexts)
+        h = self.context_width
+        if contexts.shape[1] < h:
+            return out
+        rows = self.provider.rows(np.asarray(contexts)[:, contexts.shape[1] - h:])
+        self.layer.bias_(out, rows.tolist(), [self.number] * out.shape[0])
+        return out

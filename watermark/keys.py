@@ -28,7 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import SpecError
+from .accounts import AccountLayerParams
+from .errors import ParameterError, SpecError
 from .prf import derive_subkey
 from .tokenizer import TokenizerInfo
 
@@ -66,6 +67,8 @@ class WatermarkSpec:
         account_id: set for a per-account spec derived from a master spec.
         parent_key_id: the master's key id, for a per-account spec.
         created: ISO-8601 UTC time of creation.
+        accounts: the account layer answers served for accounts carry on top of the scheme's
+            own mark (docs/schemes/accounts.md); None: the key names no account.
     """
 
     secret: bytes = field(repr=False)
@@ -76,6 +79,7 @@ class WatermarkSpec:
     account_id: str | None = None
     parent_key_id: str | None = None
     created: str = ""
+    accounts: AccountLayerParams | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.secret, bytes) or len(self.secret) != SECRET_BYTES:
@@ -91,6 +95,11 @@ class WatermarkSpec:
         from .registry import validate_params
 
         object.__setattr__(self, "params", validate_params(self.scheme, self.params))
+        if self.accounts is not None and (self.scheme != "greenlist"
+                                          or self.params.get("seeding") != "lefthash"):
+            raise SpecError("an account layer rides on a green-list key with lefthash seeding "
+                            f"(docs/schemes/accounts.md); this key is {self.scheme!r} "
+                            f"{self.params.get('seeding', '')}".rstrip())
 
     def __repr__(self) -> str:
         # The dataclass repr would print params, which hold the key of interop schemes.
@@ -123,6 +132,8 @@ class WatermarkSpec:
         if self.account_id is not None:
             d["account_id"] = self.account_id
             d["parent_key_id"] = self.parent_key_id
+        if self.accounts is not None:
+            d["accounts"] = self.accounts.to_dict()
         return d
 
     def to_json(self) -> str:
@@ -133,6 +144,8 @@ class WatermarkSpec:
                              "tokenizer": self.tokenizer.to_dict(), "created": self.created}
         if self.account_id is not None:
             d["account"] = {"id": self.account_id, "parent_key_id": self.parent_key_id}
+        if self.accounts is not None:
+            d["accounts"] = self.accounts.to_dict()
         return json.dumps(d, indent=2) + "\n"
 
 
@@ -141,11 +154,14 @@ def _now() -> str:
 
 
 def new_spec(scheme: str, params: Mapping[str, Any], tokenizer: TokenizerInfo, *,
-             secret: bytes | None = None) -> WatermarkSpec:
-    """A spec with a fresh 32-byte secret from the OS's CSPRNG (or the ``secret`` given)."""
+             secret: bytes | None = None, accounts: AccountLayerParams | None = None
+             ) -> WatermarkSpec:
+    """A spec with a fresh 32-byte secret from the OS's CSPRNG (or the ``secret`` given);
+    ``accounts``: its account layer, if any."""
     if secret is None:
         secret = _secrets.token_bytes(SECRET_BYTES)
-    return WatermarkSpec(secret=secret, scheme=scheme, params=params, tokenizer=tokenizer)
+    return WatermarkSpec(secret=secret, scheme=scheme, params=params, tokenizer=tokenizer,
+                         accounts=accounts)
 
 
 def derive_account_spec(master: WatermarkSpec, account_id: str) -> WatermarkSpec:
@@ -254,6 +270,12 @@ def load_spec(path: str | Path) -> WatermarkSpec:
                               sha256=_require(tokd, "sha256", str, where + " tokenizer"),
                               vocab_size=_require(tokd, "vocab_size", int, where + " tokenizer"))
     key_id = _require(d, "key_id", str, where)
+    layer = None
+    if "accounts" in d:
+        try:
+            layer = AccountLayerParams.from_mapping(d["accounts"])
+        except (ParameterError, TypeError) as exc:
+            raise SpecError(f"{where}: field 'accounts': {exc}") from None
     account = d.get("account")
     account_id = parent = None
     if account is not None:
@@ -264,6 +286,6 @@ def load_spec(path: str | Path) -> WatermarkSpec:
     try:
         return WatermarkSpec(secret=secret, scheme=scheme, params=params, tokenizer=tokenizer,
                              key_id=key_id, account_id=account_id, parent_key_id=parent,
-                             created=str(d.get("created", "")))
+                             created=str(d.get("created", "")), accounts=layer)
     except SpecError as exc:
         raise SpecError(f"{where}: {exc}") from None

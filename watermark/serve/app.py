@@ -18,24 +18,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from ..accounts import AccountLayer, AccountMarked
 from ..engines import Completion, Generator, Prompt
 from ..errors import DistillmarkError
-from ..keys import derive_account_spec
 from ..registry import Scheme, scheme_for
+from .accounts import Account
 from .batching import GenerationQueue, Job
 from .config import ServeConfig
+from .intake import read_chat_request, validation_error
 from .limits import context_limit as engine_context_limit
 from .limits import prompt_counter
 from .protocol import PENALTIES, UNSUPPORTED, APIError, missing_extra, stop_strings, truncate
-from .request import ChatRequest, message_text
+from .request import message_text
 
 try:
     from fastapi import FastAPI, Request
@@ -56,27 +56,6 @@ def _reply(error: APIError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
-def _validation_error(err: dict[str, Any]) -> APIError:
-    """pydantic's first complaint about a request body, as OpenAI would word it."""
-    loc = [str(x) for x in err.get("loc", ()) if x != "body"]
-    if err.get("type") == "json_invalid":
-        return APIError(400, "the request body is not valid JSON")
-    # pydantic reports a union's branches as loc parts (str, list[...]): keep field names
-    loc = [x for x in loc if not any(c in x for c in "[]") and x not in ("str", "list")]
-    param = ".".join(loc) or None
-    msg = str(err.get("msg", "invalid value"))
-    if err.get("type") == "missing" and param is not None:
-        return APIError(400, f"missing required parameter: {param}", param=param)
-    if "input" in err and err.get("type") != "model_attributes_type":
-        shown = json.dumps(err["input"])[:80]
-        msg = f"{msg}, got {shown}"
-    if param is None:
-        msg = ("the request body is missing (send a JSON object)"
-               if err.get("type") == "missing" else "the request body must be a JSON object")
-        return APIError(400, msg)
-    return APIError(400, f"{param}: {msg}" if param else msg, param=param)
-
-
 def _answer_errors_as_openai_does(app: FastAPI) -> None:
     """Every error ``app`` answers, the framework's own included, in OpenAI's shape."""
 
@@ -87,7 +66,7 @@ def _answer_errors_as_openai_does(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
-        return _reply(_validation_error(errors[0] if errors else
+        return _reply(validation_error(errors[0] if errors else
                                         {"loc": (), "msg": "invalid request"}))
 
     @app.exception_handler(StarletteHTTPException)
@@ -138,8 +117,10 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
     (``generator.check_tokenizer(spec)``); the CLI does it.
     """
     queue_box: dict[str, GenerationQueue] = {}
-    schemes: OrderedDict[str, Scheme] = OrderedDict()
-    schemes_lock = threading.Lock()
+    spec = config.spec
+    provider = scheme_for(spec) if spec is not None else None
+    layer = (AccountLayer(spec.secret, spec.vocab_size, spec.accounts)
+             if spec is not None and spec.accounts is not None else None)
     stats = {"requests": 0, "completion_tokens": 0}
     context_limit = engine_context_limit(generator)
     count_prompt = prompt_counter(generator) if context_limit is not None else None
@@ -162,7 +143,7 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
 
     # ---- authentication and the key of a request
 
-    def _account(request: Request) -> str | None:
+    def _account(request: Request) -> Account | None:
         if config.accounts is None:
             return None
         auth = request.headers.get("authorization", "")
@@ -175,21 +156,12 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
             raise APIError(401, "incorrect API key provided", code="invalid_api_key")
         return account
 
-    def _scheme(account: str | None) -> Scheme | None:
-        spec = config.spec
-        if spec is None:
-            return None
-        name = account or ""
-        with schemes_lock:
-            if name in schemes:
-                schemes.move_to_end(name)
-                return schemes[name]
-        sch = scheme_for(spec if account is None else derive_account_spec(spec, account))
-        with schemes_lock:
-            schemes[name] = sch
-            while len(schemes) > config.cached_schemes:
-                schemes.popitem(last=False)
-        return sch
+    def _scheme(account: Account | None) -> Scheme | AccountMarked | None:
+        """The provider's scheme; for an account, with the account layer on top (nothing is
+        built per account but this small object)."""
+        if provider is None or account is None or layer is None:
+            return provider
+        return AccountMarked(provider, layer, account.number)
 
     # ---- endpoints
 
@@ -206,8 +178,10 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
                                             "created": 0, "owned_by": "distillmark"}]}
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat(request: Request, body: ChatRequest) -> Any:
-        account = _account(request)
+    async def chat(request: Request) -> Any:
+        account = _account(request)  # before the body is read: no work for a stranger
+        body = await read_chat_request(request, max_bytes=config.max_body_bytes,
+                                       max_messages=config.max_messages)
         if body.model != config.model_name:
             raise APIError(404, f"the model {body.model!r} does not exist; this server serves "
                            f"{config.model_name!r}", param="model", code="model_not_found")
@@ -246,15 +220,28 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
                                param="messages", code="context_length_exceeded")
         temperature = 1.0 if body.temperature is None else body.temperature
         top_p = 1.0 if body.top_p is None else body.top_p
-        scheme = await asyncio.get_running_loop().run_in_executor(None, _scheme, account)
+        scheme = _scheme(account)
         key = scheme.key_id if scheme is not None else ""
-        group = None if body.seed is not None else (key, max_tokens, temperature, top_p)
+        number = account.number if account is not None else 0
+        group = None if body.seed is not None else (key, number, max_tokens, temperature,
+                                                    top_p)
         loop = asyncio.get_running_loop()
         job = Job(prompts=[prompt] * n, scheme=scheme, group=group, max_tokens=max_tokens,
                    temperature=temperature, top_p=top_p, seed=body.seed,
                    future=loop.create_future())
         rid = "chatcmpl-" + uuid.uuid4().hex[:24]
         created = int(time.time())
+
+        def served(outs: list[Completion]) -> None:
+            """Log what this request was answered (the texts the client received)."""
+            if config.log is not None:
+                choices, usage = _choices(outs, max_tokens, stops)
+                config.log.record(request_id=rid, account=account.id if account else None,
+                                  number=account.number if account else None, key_id=key,
+                                  model=config.model_name, messages=messages,
+                                  answers=[text for text, _ in choices], usage=usage)
+
+        job.on_done = served
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
             return StreamingResponse(
@@ -283,6 +270,8 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
             raise APIError(400, f"the request cannot be answered: {first}") from None
         stats["requests"] += 1
         stats["completion_tokens"] += sum(len(o.completion_ids) for o in outs)
+        if job.on_done is not None:
+            job.on_done(outs)
         return outs
 
     async def _stream(job: Job, *, rid: str, created: int, stops: list[str],

@@ -39,6 +39,7 @@ class Job:
     seed: int | None
     future: asyncio.Future[list[Completion]]
     on_text: Callable[[int, str], None] | None = None
+    on_done: Callable[[list[Completion]], None] | None = None  # called with the answers
     streamed: bool = False  # text of this job has been handed out already
     abandoned: bool = False  # the client went away: stop generating if nobody else waits
 
