@@ -22,7 +22,7 @@ Two tests (``mode``):
 
 ``"distribution"`` (default): statistic ``S = sum_c w_c green_c`` over the cells of the
     ``top_k`` most likely tokens of each distinct context; its p-value is the Chernoff–Cramér
-    bound of :func:`~distillmark.verify.nulls.weighted_bernoulli_logsf_bound`, an upper bound of
+    bound of :func:`~distillmark.verify.stats.weighted_bernoulli_logsf_bound`, an upper bound of
     the exact tail (valid, slightly conservative: about one decade at p = 1e-10). With
     ``weighting="window"`` or ``"context"``, ``w_c`` is the model's probability of token ``t``
     summed over the distinct contexts (or windows) that score ``t`` in row ``r``. With
@@ -59,8 +59,7 @@ from distillmark.watermark.keys import WatermarkSpec
 from distillmark.watermark.registry import scheme_for
 
 from .detect import DEFAULT_MIN_SCORED, Decision, detect_ids
-from .nulls import weighted_bernoulli_logsf_bound
-from .stats import binomial_tail
+from .stats import binomial_tail, weighted_bernoulli_logsf_bound
 
 if TYPE_CHECKING:
     from distillmark.watermark.hf import LoadedModel

@@ -48,7 +48,7 @@ from distillmark.watermark.tokenizer import tokenizer_for
 from .aggregate import AggregateAccumulator, AggregateResult
 from .detect import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, Decision, _check_alpha, text_chunks
 from .fraction import FractionEstimate, PairCounts, binomial_mixture, pvalue_mixture, theta_floor
-from .nulls import log_gammaincc, run_test
+from .nulls import run_test
 from .sources import (
     DEFAULT_MAX_RECORD_BYTES,
     BadRecord,
@@ -58,7 +58,7 @@ from .sources import (
     iter_shard,
     plan_shards,
 )
-from .stats import binomial_tails, unique_keys
+from .stats import benjamini_hochberg, binomial_tails, log_gammaincc, unique_keys
 
 __all__ = [
     "DEFAULT_FDR",
@@ -66,7 +66,6 @@ __all__ = [
     "ScanConfig",
     "ScanResult",
     "ScanState",
-    "benjamini_hochberg",
     "process_shard",
     "scan",
     "score_tokens",
@@ -607,24 +606,6 @@ def process_shard(shard: Shard, config: ScanConfig) -> ShardOutput:
 
 # --------------------------------------------------------------------------------------------
 # Results
-
-
-def benjamini_hochberg(log10_pvalues: np.ndarray, q: float) -> tuple[np.ndarray, float]:
-    """Benjamini-Hochberg step-up at FDR ``q`` on ``(m,)`` log10 p-values: the flags ``(m,)
-    bool`` and the log10 threshold (``-inf`` when nothing is flagged)."""
-    if not 0.0 < q < 1.0:
-        raise ParameterError(f"`fdr` must be in (0, 1), got {q}")
-    lg = np.asarray(log10_pvalues, dtype=np.float64)
-    m = lg.size
-    if m == 0:
-        return np.zeros(0, dtype=bool), -math.inf
-    s = np.sort(lg)
-    crit = np.log10(q * np.arange(1, m + 1) / m)
-    ok = np.flatnonzero(s <= crit)
-    if ok.size == 0:
-        return np.zeros(m, dtype=bool), -math.inf
-    t = float(s[ok[-1]])
-    return lg <= t, t
 
 
 @dataclass(frozen=True)
