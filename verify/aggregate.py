@@ -30,44 +30,24 @@ import numpy as np
 from scipy import special
 
 from distillmark.watermark.errors import ParameterError
-from distillmark.watermark.registry import Scheme
+from distillmark.watermark.registry import SCHEMES, Scheme
 
-from .detect import (
-    DEFAULT_ALPHA,
-    DEFAULT_MIN_SCORED,
-    Decision,
-    _check_alpha,
-    batch_tuple_keys,
-)
+from .detect import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, Decision, _check_alpha
+from .grouping import batch_tuple_keys
 from .nulls import run_test
 from .stats import unique_keys
 
 __all__ = ["DEFAULT_EFFECT", "AggregateAccumulator", "AggregateResult", "TupleSet", "pool"]
 
-#: Standardised per-tuple effect ``(mean - null mean) / null sd`` of fully watermarked text, by
-#: scheme, at the default parameters: measured on answers of the embedded SmolLM2 at
-#: temperature 0.7 (see docs/statistics.md). Used only for power statements.
-DEFAULT_EFFECT: dict[str, float] = {
-    "greenlist": 0.65,
-    "gumbel": 0.80,
-    "tournament": 0.60,
-    "dipmark": 0.27,
-    "transformers-kgw": 0.65,
-    "transformers-synthid": 0.60,
-}
+#: Each scheme's standardised per-tuple effect of fully watermarked text (its
+#: ``default_effect``: see docs/statistics.md), by name. Used only for power statements.
+DEFAULT_EFFECT: dict[str, float] = {name: float(cls.default_effect)
+                                    for name, (_, cls) in SCHEMES.items()}
 
 #: Largest key space kept as a bitmap (bits; 2**32 bits = 512 MiB).
 _MAX_BITMAP_CELLS = 1 << 32
 #: Pending keys of a sorted-array set are merged in once they exceed this many.
 _COMPACT_EVERY = 1 << 22
-
-
-def _n_cells(scheme: Scheme) -> int | None:
-    """Size of ``scheme``'s tuple-key space when it is bounded (table schemes), else None."""
-    n_rows = getattr(scheme, "n_rows", None)
-    if n_rows is None:
-        return None
-    return int(n_rows) * int(scheme.vocab_size)
 
 
 class TupleSet:
@@ -90,7 +70,7 @@ class TupleSet:
 
     @classmethod
     def for_scheme(cls, scheme: Scheme) -> TupleSet:
-        return cls(_n_cells(scheme))
+        return cls(scheme.n_cells)
 
     @property
     def is_bitmap(self) -> bool:
@@ -191,7 +171,7 @@ class AggregateResult(Decision):
         n_reference: size of the reference set the tuples were filtered on (0: no filter).
         min_scored: fewer scored tuples than this is "insufficient evidence".
         effect: standardised per-tuple effect assumed for fully watermarked text in
-            :meth:`detectable_fraction` (:data:`DEFAULT_EFFECT` unless given).
+            :meth:`detectable_fraction` (the scheme's ``default_effect`` unless given).
         scheme, key_id: what was tested.
     """
 
@@ -305,7 +285,7 @@ class AggregateAccumulator:
                 answers generated without the watermark (``probe`` refuses a marked one).
             min_scored: threshold of "insufficient evidence".
             effect: standardised effect of watermarked tuples for the power statement
-                (default :data:`DEFAULT_EFFECT` of the scheme).
+                (default: the scheme's ``default_effect``).
         """
         if min_scored < 1:
             raise ParameterError(f"`min_scored` must be >= 1, got {min_scored}")
@@ -317,7 +297,7 @@ class AggregateAccumulator:
             n_filtered = n_distinct - int(keys.size)
         sch = self.scheme
         outcome = run_test(sch.test, sch.key_scores(keys), sch.test_params)
-        eff = DEFAULT_EFFECT.get(sch.name, 0.6) if effect is None else float(effect)
+        eff = float(sch.default_effect) if effect is None else float(effect)
         return AggregateResult(
             statistic=outcome.statistic, pvalue=outcome.pvalue,
             log10_pvalue=outcome.log10_pvalue, n_texts=self.n_texts, n_tokens=self.n_tokens,

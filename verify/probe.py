@@ -50,7 +50,8 @@ from distillmark.watermark.keys import WatermarkSpec
 from distillmark.watermark.registry import Scheme
 
 from .aggregate import AggregateAccumulator, AggregateResult, TupleSet
-from .detect import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, Detector, batch_tuple_keys
+from .detect import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, Detector
+from .grouping import batch_tuple_keys
 from .nulls import run_test
 
 __all__ = [

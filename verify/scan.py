@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy import special
 
 from distillmark.watermark.errors import DistillmarkError, InputError, ParameterError
 from distillmark.watermark.keys import WatermarkSpec
@@ -48,7 +47,8 @@ from distillmark.watermark.tokenizer import tokenizer_for
 from .aggregate import AggregateAccumulator, AggregateResult
 from .detect import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, Decision, _check_alpha, text_chunks
 from .fraction import FractionEstimate, PairCounts, binomial_mixture, pvalue_mixture, theta_floor
-from .nulls import run_test
+from .grouping import group_distinct, sequence_tuple_keys
+from .nulls import BINOMIAL_TESTS, run_grouped
 from .sources import (
     DEFAULT_MAX_RECORD_BYTES,
     BadRecord,
@@ -58,7 +58,7 @@ from .sources import (
     iter_shard,
     plan_shards,
 )
-from .stats import benjamini_hochberg, binomial_tails, log_gammaincc, unique_keys
+from .stats import benjamini_hochberg
 
 __all__ = [
     "DEFAULT_FDR",
@@ -76,9 +76,6 @@ DEFAULT_FDR = 0.05
 #: enough that a batch's arrays stay a few MB.
 DEFAULT_BATCH_CHARS = 2 << 20
 _CHUNK_CHARS = 1 << 16
-_OWNER_BITS = np.uint64(24)
-_OWNER_MASK = np.uint64((1 << 24) - 1)
-_BINOMIAL_TESTS = ("binomial", "tournament-mean")
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,23 +98,6 @@ class RecordScores:
     score_mean: np.ndarray
     n_units: np.ndarray
     n_ones: np.ndarray
-
-
-def _flat_tuple_keys(ids: np.ndarray, lens: np.ndarray, prompt_lens: np.ndarray,
-                     scheme: Scheme) -> tuple[np.ndarray, np.ndarray]:
-    """Tuple keys of the scorable tokens of sequences laid end to end in ``ids (N,)``, and the
-    sequence each belongs to: ``(keys (k,) uint64, seq (k,) int64)``. A sequence's first ``h``
-    tokens and its prompt are context only."""
-    h = scheme.context_width
-    n = int(ids.size)
-    if n <= h:
-        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
-    keys = scheme.tuple_keys(ids)  # entry i belongs to token h + i
-    starts = np.cumsum(lens) - lens
-    seq = np.repeat(np.arange(lens.size, dtype=np.int64), lens)[h:]
-    local = np.arange(h, n, dtype=np.int64) - starts[seq]
-    valid = local >= np.maximum(h, prompt_lens)[seq]
-    return keys[valid], seq[valid]
 
 
 @dataclass(frozen=True)
@@ -155,59 +135,18 @@ def score_tokens(ids: np.ndarray, lens: np.ndarray, prompt_lens: np.ndarray,
         the per-record scores (each record's distinct tuples tested exactly, as
         :func:`~.detect.detect_ids` would) and the records' tuples for pooling.
     """
-    keys, seq = _flat_tuple_keys(ids, lens, prompt_lens, scheme)
-    owner = seq_record[seq]
-    n_scorable = int(keys.size)
-    if scheme.vocab_size * getattr(scheme, "n_rows", 1 << 40) >= 1 << 40 or n_records >= 1 << 24:
-        raise ParameterError("tuple key space too large for the batched scan")
+    keys, seq = sequence_tuple_keys(ids, lens, prompt_lens, scheme)
     # one sort gives both deduplications: (key, record) pairs, and each key's first record
-    combined = unique_keys((keys << _OWNER_BITS) | owner.astype(np.uint64))
-    u_keys = combined >> _OWNER_BITS
-    u_owner = (combined & _OWNER_MASK).astype(np.int64)
-    first = np.empty(u_keys.size, dtype=bool)
-    if u_keys.size:
-        first[0] = True
-        np.not_equal(u_keys[1:], u_keys[:-1], out=first[1:])
+    distinct = group_distinct(keys, seq_record[seq], n_records, scheme.n_cells)
+    scores = scheme.key_scores(distinct.keys)
+    grouped = run_grouped(scheme.test, scores, distinct.groups, n_records, scheme.test_params)
+    depth = scores.shape[1] if scheme.test in BINOMIAL_TESTS and scores.ndim == 2 else 1
     n_tok = np.bincount(seq_record, weights=lens - prompt_lens, minlength=n_records)
-    n = np.bincount(u_owner, minlength=n_records)
-    scores = scheme.key_scores(u_keys)
-    test, params = scheme.test, scheme.test_params
-    zeros = np.zeros(n_records, dtype=np.int64)
-    units, ones = zeros, zeros
-    depth = 1
-    if test in _BINOMIAL_TESTS:
-        per = scores if scores.ndim == 1 else scores.sum(axis=1)
-        depth = 1 if scores.ndim == 1 else scores.shape[1]
-        ones = np.bincount(u_owner, weights=per, minlength=n_records).astype(np.int64)
-        units = n * depth
-        p = float(params.get("p", 0.5))
-        pv, lg = binomial_tails(ones, units, p)
-        stat: np.ndarray = ones.astype(np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            mean = np.where(units > 0, ones / np.maximum(units, 1), 0.0)
-    elif test == "gamma":
-        r = np.asarray(scores, dtype=np.float64)
-        stat = np.bincount(u_owner, weights=-np.log1p(-r), minlength=n_records)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            pv = np.where(n > 0, special.gammaincc(np.maximum(n, 1), stat), 1.0)
-            lg = np.log10(pv)
-            mean = np.where(n > 0, stat / np.maximum(n, 1), 0.0)
-        for i in np.flatnonzero(pv < 1e-300):
-            lg[i] = log_gammaincc(int(n[i]), float(stat[i])) / math.log(10.0)
-            pv[i] = 10.0 ** lg[i]
-    else:  # any other test: record by record on its distinct tuples
-        order = np.argsort(u_owner, kind="stable")
-        by_rec = scores[order]
-        bounds = np.searchsorted(u_owner[order], np.arange(n_records + 1))
-        stat, pv, lg, mean = (np.zeros(n_records) for _ in range(4))
-        for i in range(n_records):  # type: ignore[assignment]
-            o = run_test(test, by_rec[bounds[i]:bounds[i + 1]], params)
-            stat[i], pv[i], lg[i], mean[i] = o.statistic, o.pvalue, o.log10_pvalue, o.score_mean
-    rs = RecordScores(n_tokens=n_tok.astype(np.int64), n_scored=n, statistic=stat,
-                      pvalue=np.asarray(pv, dtype=np.float64),
-                      log10_pvalue=np.asarray(lg, dtype=np.float64),
-                      score_mean=np.asarray(mean, dtype=np.float64), n_units=units, n_ones=ones)
-    return rs, Pooled(u_keys, u_owner, first, depth, n_scorable)
+    rs = RecordScores(n_tokens=n_tok.astype(np.int64), n_scored=grouped.n_scored,
+                      statistic=grouped.statistic, pvalue=grouped.pvalue,
+                      log10_pvalue=grouped.log10_pvalue, score_mean=grouped.score_mean,
+                      n_units=grouped.n_units, n_ones=grouped.n_ones)
+    return rs, Pooled(distinct.keys, distinct.groups, distinct.first, depth, int(keys.size))
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,7 +171,7 @@ class KeyState:
     def add(self, rs: RecordScores, pooled: Pooled) -> None:
         """Add a batch of records (after those already added)."""
         n_rec = int(rs.n_tokens.size)
-        if self.scheme.test in _BINOMIAL_TESTS:
+        if self.scheme.test in BINOMIAL_TESTS:
             # Each record's *fresh* tuples (in no earlier record) for the fraction estimate:
             # disjoint across records, so the records' counts are independent under the null
             # even when records repeat each other (near-duplicates are common in corpora).
@@ -260,7 +199,7 @@ class KeyState:
     def merge(self, other: KeyState) -> None:
         """Append ``other``'s records after this state's (order matters for the arrays and
         for which record a repeated tuple is fresh in)."""
-        if other.defer_pairs and self.scheme.test in _BINOMIAL_TESTS:
+        if other.defer_pairs and self.scheme.test in BINOMIAL_TESTS:
             self._depth = other._depth
             if other._fresh:
                 cells, rec, ones = (np.concatenate(x) for x in zip(*other._fresh))
@@ -678,7 +617,7 @@ def _fraction(ks: KeyState, agg: AggregateResult, confidence: float) -> Fraction
     """Among the records with at least ``min_scored`` fresh tuples (binomial family) or scored
     tuples (others): a record with less says too little to be classified, and which records
     say little is not independent of what they are (near-duplicates of other records)."""
-    if ks.scheme.test in _BINOMIAL_TESTS:
+    if ks.scheme.test in BINOMIAL_TESTS:
         n, k, c = ks.pairs.arrays()
         return binomial_mixture(n, k, c, p0=agg.null_mean, confidence=confidence,
                                 theta_min=theta_floor(agg.null_mean, agg.effect),

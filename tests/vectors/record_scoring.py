@@ -108,11 +108,10 @@ def record_case(label: str, name: str, params: dict[str, Any], tok: Any, info: A
     data = tmp / f"{label}.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
     rows = tmp / f"{label}.out.jsonl"
-    if not name.startswith("transformers-"):  # the batched scan refuses their key spaces
-        res = scan([data], [spec], field="text", out=rows)
-        out["scan"] = res.to_dict()
-        out["scan_rows"] = [_relative(json.loads(line), tmp)
-                            for line in rows.read_text().splitlines()]
+    res = scan([data], [spec], field="text", out=rows)
+    out["scan"] = res.to_dict()
+    out["scan_rows"] = [_relative(json.loads(line), tmp)
+                        for line in rows.read_text().splitlines()]
     pairs = [(f"question {i}", t) for i, t in enumerate(texts)]
     out["probe"] = score_answers(pairs, spec).to_dict()
     if name == "greenlist":
