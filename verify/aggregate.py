@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar, cast
 
 import numpy as np
 from scipy import special
@@ -32,16 +32,16 @@ from scipy import special
 from distillmark.watermark.errors import ParameterError
 from distillmark.watermark.registry import SCHEMES, Scheme
 
-from .detect import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, Decision, _check_alpha
+from .decision import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, Decision, check_alpha, check_min_scored
 from .grouping import batch_tuple_keys
 from .nulls import run_test
 from .stats import unique_keys
 
 __all__ = ["DEFAULT_EFFECT", "AggregateAccumulator", "AggregateResult", "TupleSet", "pool"]
 
-#: Each scheme's standardised per-tuple effect of fully watermarked text (its
-#: ``default_effect``: see docs/statistics.md), by name. Used only for power statements.
-DEFAULT_EFFECT: dict[str, float] = {name: float(cls.default_effect)
+#: Each scheme's standardised per-tuple effect of fully watermarked text, by name: a table of
+#: the schemes' ``default_effect`` (see docs/statistics.md), which the power statements use.
+DEFAULT_EFFECT: dict[str, float] = {name: float(cast("Scheme", cls).default_effect)
                                     for name, (_, cls) in SCHEMES.items()}
 
 #: Largest key space kept as a bitmap (bits; 2**32 bits = 512 MiB).
@@ -193,6 +193,8 @@ class AggregateResult(Decision):
     scheme: str
     key_id: str
 
+    power_statement: ClassVar[bool] = True
+
     def detectable_fraction(self, alpha: float = DEFAULT_ALPHA, *, power: float = 0.5) -> float:
         """Smallest share of watermarked tuples among the ``n_scored`` that the test would
         find at level ``alpha`` with probability ``power``; ``inf`` if even 100% would not be.
@@ -202,7 +204,7 @@ class AggregateResult(Decision):
         ``f * effect * sqrt(n)``; normal approximation of both tails. A planning figure that
         qualifies "not found", not part of the test.
         """
-        _check_alpha(alpha)
+        check_alpha(alpha)
         if not 0.0 < power < 1.0:
             raise ParameterError(f"`power` must be in (0, 1), got {power}")
         if self.n_scored == 0 or self.effect <= 0:
@@ -210,16 +212,6 @@ class AggregateResult(Decision):
         need = float(special.ndtri(1.0 - alpha) + special.ndtri(power))
         f = need / (self.effect * math.sqrt(self.n_scored))
         return f if f <= 1.0 else math.inf
-
-    def to_dict(self, alpha: float | None = None) -> dict[str, Any]:
-        """JSON-ready dict; with ``alpha``, the decision and power statement at that level."""
-        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        if alpha is not None:
-            d["alpha"] = alpha
-            d["verdict"] = self.verdict(alpha)
-            frac = self.detectable_fraction(alpha)
-            d["detectable_fraction"] = frac if math.isfinite(frac) else None
-        return d
 
 
 class AggregateAccumulator:
@@ -287,8 +279,7 @@ class AggregateAccumulator:
             effect: standardised effect of watermarked tuples for the power statement
                 (default: the scheme's ``default_effect``).
         """
-        if min_scored < 1:
-            raise ParameterError(f"`min_scored` must be >= 1, got {min_scored}")
+        check_min_scored(min_scored)
         keys = self.tuples.keys()
         n_distinct = int(keys.size)
         n_filtered = 0

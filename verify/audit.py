@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -58,7 +58,8 @@ from distillmark.watermark.greenlist import GreenList
 from distillmark.watermark.keys import WatermarkSpec
 from distillmark.watermark.registry import scheme_for
 
-from .detect import DEFAULT_MIN_SCORED, Decision, detect_ids
+from .decision import DEFAULT_MIN_SCORED, Decision
+from .detect import detect_ids
 from .stats import binomial_tail, weighted_bernoulli_logsf_bound
 
 if TYPE_CHECKING:
@@ -273,13 +274,6 @@ class AuditResult(Decision):
     model: str
     n_keys: int
     uncorrected_log10_pvalue: float
-
-    def to_dict(self, alpha: float | None = None) -> dict[str, Any]:
-        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        if alpha is not None:
-            d["alpha"] = alpha
-            d["verdict"] = self.verdict(alpha)
-        return d
 
 
 def _check_scheme(scheme: Any) -> GreenList:
@@ -518,14 +512,8 @@ def audit_specs(readings: ModelReadings, specs: Sequence[WatermarkSpec], *,
     if n == 1:
         return best, per_key
     l10 = min(0.0, best.log10_pvalue + math.log10(n))
-    corrected = _replace(best, pvalue=min(1.0, best.pvalue * n), log10_pvalue=l10, n_keys=n)
+    corrected = replace(best, pvalue=min(1.0, best.pvalue * n), log10_pvalue=l10, n_keys=n)
     return corrected, per_key
-
-
-def _replace(r: AuditResult, **changes: Any) -> AuditResult:
-    d = {f.name: getattr(r, f.name) for f in fields(r)}
-    d.update(changes)
-    return AuditResult(**d)
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,11 +7,9 @@ p-value under the null hypothesis that the text was written without the key.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -20,25 +18,18 @@ from distillmark.watermark.keys import WatermarkSpec
 from distillmark.watermark.registry import Scheme, scheme_for
 from distillmark.watermark.tokenizer import tokenizer_for
 
+from .decision import DEFAULT_MIN_SCORED, Decision, check_min_scored
 from .grouping import batch_tuple_keys, group_distinct
 from .nulls import Outcome, run_grouped, run_test
 from .stats import unique_keys
 
 __all__ = [
-    "DEFAULT_MIN_SCORED",
-    "Decision",
     "DetectionResult",
     "Detector",
-    "Verdict",
     "detect_ids",
     "detect_ids_batch",
+    "text_chunks",
 ]
-
-#: Default number of scored (distinct) tuples below which the answer is "insufficient evidence".
-DEFAULT_MIN_SCORED = 25
-#: Default significance level of the decision.
-DEFAULT_ALPHA = 1e-3
-
 
 _CHUNK_CHARS = 1 << 16
 
@@ -54,37 +45,6 @@ def text_chunks(text: str) -> list[str]:
         out.append(text[start:end])
         start = end
     return out
-
-
-class Verdict:
-    WATERMARKED = "watermarked"
-    NOT_WATERMARKED = "not watermarked"
-    INSUFFICIENT = "insufficient evidence"
-
-
-class Decision:
-    """The three-outcome decision every result makes the same way, from its ``log10_pvalue``
-    and :meth:`is_sufficient` (by default: ``n_scored >= min_scored``)."""
-
-    log10_pvalue: float
-    n_scored: int
-    min_scored: int
-
-    def is_sufficient(self) -> bool:
-        return self.n_scored >= self.min_scored
-
-    def is_watermarked(self, alpha: float = DEFAULT_ALPHA) -> bool:
-        """True when the evidence suffices and ``pvalue < alpha``."""
-        _check_alpha(alpha)
-        return self.is_sufficient() and self.log10_pvalue < math.log10(alpha)
-
-    def verdict(self, alpha: float = DEFAULT_ALPHA) -> str:
-        """One of "watermarked", "not watermarked", "insufficient evidence"."""
-        if self.is_watermarked(alpha):
-            return Verdict.WATERMARKED
-        if not self.is_sufficient():
-            return Verdict.INSUFFICIENT
-        return Verdict.NOT_WATERMARKED
 
 
 @dataclass(frozen=True)
@@ -124,19 +84,6 @@ class DetectionResult(Decision):
     scheme: str
     key_id: str
 
-    def to_dict(self, alpha: float | None = None) -> dict[str, Any]:
-        """JSON-ready dict; with ``alpha``, the decision at that level is included."""
-        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        if alpha is not None:
-            d["alpha"] = alpha
-            d["verdict"] = self.verdict(alpha)
-        return d
-
-
-def _check_alpha(alpha: float) -> None:
-    if not 0.0 < alpha < 1.0:
-        raise ParameterError(f"`alpha` must be in (0, 1), got {alpha}")
-
 
 def _result(outcome: Outcome, scheme: Scheme, *, n_tokens: int, n_scored: int,
             n_scorable: int, min_scored: int, dedup: bool) -> DetectionResult:
@@ -146,11 +93,6 @@ def _result(outcome: Outcome, scheme: Scheme, *, n_tokens: int, n_scored: int,
                            score_mean=outcome.score_mean, null_mean=outcome.null_mean,
                            z_score=outcome.z_score, test=scheme.test, min_scored=min_scored,
                            dedup=dedup, scheme=scheme.name, key_id=scheme.key_id)
-
-
-def _check_min_scored(min_scored: int) -> None:
-    if min_scored < 1:
-        raise ParameterError(f"`min_scored` must be >= 1, got {min_scored}")
 
 
 def detect_ids(ids: np.ndarray, scheme: Scheme, *, prompt_len: int = 0, dedup: bool = True,
@@ -167,7 +109,7 @@ def detect_ids(ids: np.ndarray, scheme: Scheme, *, prompt_len: int = 0, dedup: b
     ids = np.asarray(ids)
     if prompt_len < 0 or prompt_len > ids.size:
         raise ParameterError(f"`prompt_len` must be in 0..{ids.size}, got {prompt_len}")
-    _check_min_scored(min_scored)
+    check_min_scored(min_scored)
     h = scheme.context_width
     keys = scheme.tuple_keys(ids)
     keys = keys[max(0, prompt_len - h):]
@@ -192,7 +134,7 @@ def detect_ids_batch(seqs: Sequence[np.ndarray], scheme: Scheme, *,
     plens = list(prompt_lens) if prompt_lens is not None else [0] * len(seqs)
     if len(plens) != len(seqs):
         raise ParameterError(f"`prompt_lens` has {len(plens)} entries for {len(seqs)} sequences")
-    _check_min_scored(min_scored)
+    check_min_scored(min_scored)
     if not seqs:
         return []
     keys, owner = batch_tuple_keys(seqs, scheme, prompt_lens=plens)

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -50,7 +50,8 @@ from distillmark.watermark.keys import WatermarkSpec
 from distillmark.watermark.registry import Scheme
 
 from .aggregate import AggregateAccumulator, AggregateResult, TupleSet
-from .detect import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, Detector
+from .decision import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, WrappedDecision
+from .detect import Detector
 from .grouping import batch_tuple_keys
 from .nulls import run_test
 
@@ -83,7 +84,7 @@ class EndpointError(DistillmarkError, ConnectionError):
 
 
 @dataclass(frozen=True)
-class AnswersResult:
+class AnswersResult(WrappedDecision):
     """The pooled exact test over a suspect's answers.
 
     Attributes:
@@ -104,30 +105,7 @@ class AnswersResult:
     n_prompt_excluded: int
     reference_log10_pvalue: float = 0.0
 
-    @property
-    def pvalue(self) -> float:
-        return self.aggregate.pvalue
-
-    @property
-    def log10_pvalue(self) -> float:
-        return self.aggregate.log10_pvalue
-
-    @property
-    def n_scored(self) -> int:
-        return self.aggregate.n_scored
-
-    def is_watermarked(self, alpha: float = DEFAULT_ALPHA) -> bool:
-        return self.aggregate.is_watermarked(alpha)
-
-    def verdict(self, alpha: float = DEFAULT_ALPHA) -> str:
-        return self.aggregate.verdict(alpha)
-
-    def to_dict(self, alpha: float | None = None) -> dict[str, Any]:
-        d = self.aggregate.to_dict(alpha)
-        d.update(n_answers=self.n_answers, n_empty=self.n_empty,
-                 n_prompt_excluded=self.n_prompt_excluded,
-                 reference_log10_pvalue=self.reference_log10_pvalue)
-        return d
+    nested_field: ClassVar[str] = "aggregate"
 
 
 def _encode_all(detector: Detector, texts: Sequence[str]) -> list[np.ndarray]:
@@ -693,42 +671,24 @@ def fetch_answers(endpoint: str, model: str, prompts: Sequence[str], *,
 
 
 @dataclass(frozen=True)
-class ProbeResult:
-    """A probe of an endpoint: the pooled test on its answers and what the queries cost."""
+class ProbeResult(WrappedDecision):
+    """A probe of an endpoint: the pooled test on its answers and what the queries cost.
+
+    Its JSON holds the endpoint and model, then the test's keys (as ``detect``:
+    ``statistic``, ``pvalue``, ``n_scored``, ...) and the answers' counts, then the queries'
+    (``n_queries``, ``n_cached``, ...), in one object.
+    """
 
     answers: AnswersResult
     queries: QueryStats
     endpoint: str
     model: str
 
-    @property
-    def pvalue(self) -> float:
-        return self.answers.pvalue
-
-    @property
-    def log10_pvalue(self) -> float:
-        return self.answers.log10_pvalue
-
-    @property
-    def n_scored(self) -> int:
-        return self.answers.n_scored
-
-    def is_watermarked(self, alpha: float = DEFAULT_ALPHA) -> bool:
-        return self.answers.is_watermarked(alpha)
-
-    def verdict(self, alpha: float = DEFAULT_ALPHA) -> str:
-        return self.answers.verdict(alpha)
+    nested_field: ClassVar[str] = "answers"
+    leading_fields: ClassVar[tuple[str, ...]] = ("endpoint", "model")
 
     def detectable_fraction(self, alpha: float = DEFAULT_ALPHA) -> float:
         return self.answers.aggregate.detectable_fraction(alpha)
-
-    def to_dict(self, alpha: float | None = None) -> dict[str, Any]:
-        """The test's keys (as ``detect``: ``statistic``, ``pvalue``, ``n_scored``, …), the
-        answers' counts and the queries' (``n_queries``, ``n_cached``, …) in one object."""
-        d = {"endpoint": self.endpoint, "model": self.model}
-        d.update(self.answers.to_dict(alpha))
-        d.update(self.queries.to_dict())
-        return d
 
 
 def probe(endpoint: str, model: str, spec: WatermarkSpec | Detector, prompts: Sequence[str],

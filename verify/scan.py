@@ -45,7 +45,8 @@ from distillmark.watermark.registry import Scheme, scheme_for
 from distillmark.watermark.tokenizer import tokenizer_for
 
 from .aggregate import AggregateAccumulator, AggregateResult
-from .detect import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, Decision, _check_alpha, text_chunks
+from .decision import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, CorrectedDecision, check_alpha
+from .detect import text_chunks
 from .fraction import FractionEstimate, PairCounts, binomial_mixture, pvalue_mixture, theta_floor
 from .grouping import group_distinct, sequence_tuple_keys
 from .nulls import BINOMIAL_TESTS, run_grouped
@@ -548,7 +549,7 @@ def process_shard(shard: Shard, config: ScanConfig) -> ShardOutput:
 
 
 @dataclass(frozen=True)
-class ScanResult(Decision):
+class ScanResult(CorrectedDecision):
     """Result of a dataset scan.
 
     Attributes:
@@ -578,24 +579,18 @@ class ScanResult(Decision):
     bh_log10_threshold: float
     fraction: FractionEstimate
 
-    def is_sufficient(self) -> bool:
-        return self.aggregate.is_sufficient()
-
+    best_field: ClassVar[str] = "aggregate"
+    power_statement: ClassVar[bool] = True
 
     def detectable_fraction(self, alpha: float = DEFAULT_ALPHA) -> float:
         """Smallest watermarked share of the pooled tuples the test would find at ``alpha``
         (after the correction for the keys) with probability 1/2; ``inf`` if none would be."""
         return self.aggregate.detectable_fraction(min(0.5, alpha / self.n_keys))
 
-    def to_dict(self, alpha: float | None = None) -> dict[str, Any]:
+    def fields_dict(self) -> dict[str, Any]:
         """The best key's pooled fields with the corrected p-value, the record counts, the
-        flags and the fraction estimate (``fraction_*``), every key's result (``per_key``);
-        with ``alpha`` the verdict and the power statement."""
-        d = self.aggregate.to_dict()
-        d.update(pvalue=self.pvalue, log10_pvalue=self.log10_pvalue, n_keys=self.n_keys,
-                 uncorrected_pvalue=self.aggregate.pvalue,
-                 uncorrected_log10_pvalue=self.aggregate.log10_pvalue,
-                 correction="bonferroni")
+        flags and the fraction estimate (``fraction_*``), every key's result (``per_key``)."""
+        d = super().fields_dict()
         for f in fields(self):
             if f.name in ("aggregate", "pvalue", "log10_pvalue", "n_keys", "per_key",
                           "fraction"):
@@ -605,11 +600,6 @@ class ScanResult(Decision):
         for k, v in self.fraction.to_dict().items():
             d[f"fraction_{k}" if k != "estimate" else "fraction"] = v
         d["per_key"] = [r.to_dict() for r in self.per_key]
-        if alpha is not None:
-            d["alpha"] = alpha
-            d["verdict"] = self.verdict(alpha)
-            frac = self.detectable_fraction(alpha)
-            d["detectable_fraction"] = frac if math.isfinite(frac) else None
         return d
 
 
@@ -827,7 +817,7 @@ def scan(inputs: Sequence[str | Path], specs: Sequence[WatermarkSpec], *,
         raise ParameterError(f"`confidence` must be in (0, 1), got {confidence}")
     if min_scored < 1:
         raise ParameterError(f"`min_scored` must be >= 1, got {min_scored}")
-    _check_alpha(alpha)
+    check_alpha(alpha)
     out_p = Path(out) if out is not None else None
     if out_p is not None and out_p.suffix.lower() not in (".jsonl", ".parquet"):
         raise InputError(f"--out must end in .jsonl or .parquet, got {out_p.name}")

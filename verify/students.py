@@ -37,7 +37,7 @@ import numpy as np
 from distillmark.watermark.errors import InputError, ParameterError
 from distillmark.watermark.keys import WatermarkSpec
 
-from .detect import DEFAULT_ALPHA
+from .decision import DEFAULT_ALPHA
 
 if TYPE_CHECKING:
     from distillmark.watermark.engines import Completion, Generator
