@@ -24,6 +24,7 @@ from .nulls import Outcome, run_grouped, run_test
 from .stats import unique_keys
 
 __all__ = [
+    "CHUNK_CHARS",
     "DetectionResult",
     "Detector",
     "detect_ids",
@@ -31,14 +32,15 @@ __all__ = [
     "text_chunks",
 ]
 
-_CHUNK_CHARS = 1 << 16
+#: Texts longer than this (characters) are tokenised in line-aligned pieces of about this size.
+CHUNK_CHARS = 1 << 16
 
 
 def text_chunks(text: str) -> list[str]:
-    """Split ``text`` after newlines into pieces of about ``_CHUNK_CHARS`` characters."""
+    """Split ``text`` after newlines into pieces of about :data:`CHUNK_CHARS` characters."""
     out, start, n = [], 0, len(text)
     while start < n:
-        end = min(n, start + _CHUNK_CHARS)
+        end = min(n, start + CHUNK_CHARS)
         if end < n:
             cut = text.rfind("\n", start, end)
             end = cut + 1 if cut > start else end
@@ -175,7 +177,7 @@ class Detector:
             raise InputError(f"`text` must be a str, got {type(text).__name__}")
         if not text.strip():
             raise InputError("text is empty" if not text else "text is only whitespace")
-        if len(text) <= _CHUNK_CHARS:
+        if len(text) <= CHUNK_CHARS:
             return np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids,
                               dtype=np.int64)
         # Long texts: tokenise line-aligned chunks in parallel (the tokenizer's own threads).
