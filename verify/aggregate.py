@@ -10,9 +10,9 @@ The pieces are mergeable, so the same result comes out of one process or of many
 accumulators merged in any order (a cluster, a resumed run):
 
 - :class:`TupleSet`: the distinct tuple keys seen so far. A bitmap over the scheme's table
-  cells when the key space is bounded (``n_rows * V`` cells: 12.6M bits, 1.5 MB, for 256 green
-  lists at V = 49,152, whatever the amount of text), a sorted array otherwise (8 bytes per
-  distinct tuple).
+  cells when the key space is bounded (``n_rows * V`` cells, one bit each: 12.6M bits, 1.5 MB,
+  for 256 green lists at V = 49,152, whatever the amount of text), a sorted array otherwise (8
+  bytes per distinct tuple).
 - :class:`AggregateAccumulator`: a tuple set plus the counts (texts, tokens, scorable tuples).
 - :class:`AggregateResult`: the exact test on the pooled distinct tuples, with a power statement
   (:meth:`AggregateResult.detectable_fraction`): "not found" always says how much evidence
@@ -48,6 +48,9 @@ DEFAULT_EFFECT: dict[str, float] = {name: float(cast("Scheme", cls).default_effe
 _MAX_BITMAP_CELLS = 1 << 32
 #: Pending keys of a sorted-array set are merged in once they exceed this many.
 _COMPACT_EVERY = 1 << 22
+#: Bits set in each byte value, and the bytes of a bitmap counted at a time.
+_ONES = np.array([i.bit_count() for i in range(256)], dtype=np.uint8)
+_COUNT_BLOCK = 1 << 24
 
 
 class TupleSet:
@@ -55,14 +58,16 @@ class TupleSet:
 
     Args:
         n_cells: size of the key space (keys lie in ``0..n_cells-1``): kept as a bitmap of
-            ``n_cells`` bits. None (or a space too large for a bitmap): a sorted array.
+            ``n_cells`` bits packed eight to a byte (key ``k`` is bit ``7 - k % 8`` of byte
+            ``k // 8``, as ``np.packbits`` orders them). None (or a space too large for a
+            bitmap): a sorted array.
     """
 
     def __init__(self, n_cells: int | None = None) -> None:
         if n_cells is not None and n_cells < 1:
             raise ParameterError(f"`n_cells` must be >= 1, got {n_cells}")
         self.n_cells = n_cells if n_cells is not None and n_cells <= _MAX_BITMAP_CELLS else None
-        self._bits: np.ndarray | None = (np.zeros(self.n_cells, dtype=bool)
+        self._bits: np.ndarray | None = (np.zeros((self.n_cells + 7) // 8, dtype=np.uint8)
                                          if self.n_cells is not None else None)
         self._sorted = np.empty(0, dtype=np.uint64)
         self._pending: list[np.ndarray] = []
@@ -82,10 +87,11 @@ class TupleSet:
         if keys.size == 0:
             return
         if self._bits is not None:
-            if int(keys.max()) >= self._bits.size:
+            assert self.n_cells is not None
+            if int(keys.max()) >= self.n_cells:
                 raise ParameterError(f"tuple key {int(keys.max())} outside the key space of "
-                                     f"{self._bits.size} cells (keys of another scheme?)")
-            self._bits[keys.astype(np.intp)] = True
+                                     f"{self.n_cells} cells (keys of another scheme?)")
+            np.bitwise_or.at(self._bits, (keys >> np.uint64(3)).astype(np.intp), _mask(keys))
             return
         self._pending.append(keys)
         self._n_pending += keys.size
@@ -103,14 +109,17 @@ class TupleSet:
             raise ParameterError("cannot merge tuple sets of different key spaces "
                                  f"({self.n_cells} and {other.n_cells} cells)")
         if self._bits is not None and other._bits is not None:
-            np.logical_or(self._bits, other._bits, out=self._bits)
+            np.bitwise_or(self._bits, other._bits, out=self._bits)
         else:
             self.add(other.keys())
 
     def keys(self) -> np.ndarray:
         """The distinct keys, sorted: ``(n,) uint64``."""
         if self._bits is not None:
-            return np.flatnonzero(self._bits).astype(np.uint64)
+            nz = np.flatnonzero(self._bits)
+            bits = np.unpackbits(self._bits[nz][:, None], axis=1).astype(bool)
+            rows, cols = np.nonzero(bits)
+            return (nz[rows].astype(np.uint64) << np.uint64(3)) | cols.astype(np.uint64)
         self._compact()
         return self._sorted
 
@@ -118,9 +127,11 @@ class TupleSet:
         """Membership of each of ``keys (n,) uint64``: ``(n,) bool``."""
         keys = np.asarray(keys, dtype=np.uint64)
         if self._bits is not None:
-            inside = keys < np.uint64(self._bits.size)
+            assert self.n_cells is not None
+            inside = keys < np.uint64(self.n_cells)
+            k = keys[inside]
             out = np.zeros(keys.size, dtype=bool)
-            out[inside] = self._bits[keys[inside].astype(np.intp)]
+            out[inside] = (self._bits[(k >> np.uint64(3)).astype(np.intp)] & _mask(k)) != 0
             return out
         s = self.keys()
         if s.size == 0:
@@ -130,15 +141,15 @@ class TupleSet:
 
     def __len__(self) -> int:
         if self._bits is not None:
-            return int(np.count_nonzero(self._bits))
+            return sum(int(_ONES[self._bits[i:i + _COUNT_BLOCK]].sum(dtype=np.int64))
+                       for i in range(0, self._bits.size, _COUNT_BLOCK))
         self._compact()
         return int(self._sorted.size)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Arrays that :meth:`from_arrays` rebuilds the set from (for checkpoints)."""
         if self._bits is not None:
-            return {"n_cells": np.array([self._bits.size], dtype=np.int64),
-                    "bits": np.packbits(self._bits)}
+            return {"n_cells": np.array([self.n_cells], dtype=np.int64), "bits": self._bits}
         return {"n_cells": np.array([-1], dtype=np.int64), "keys": self.keys()}
 
     @classmethod
@@ -150,8 +161,13 @@ class TupleSet:
             return out
         out = cls(n)
         assert out._bits is not None
-        out._bits[:] = np.unpackbits(arrays["bits"], count=n).astype(bool)
+        out._bits[:] = np.asarray(arrays["bits"], dtype=np.uint8)
         return out
+
+
+def _mask(keys: np.ndarray) -> np.ndarray:
+    """The bit of each of ``keys (n,) uint64`` within its byte: ``(n,) uint8``."""
+    return (np.uint8(0x80) >> (keys & np.uint64(7)).astype(np.uint8)).astype(np.uint8)
 
 
 @dataclass(frozen=True)
