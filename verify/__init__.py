@@ -1,4 +1,5 @@
-"""Verification: statistical tests for watermarks in one text, many texts pooled, datasets, models."""
+"""Verification: statistical tests for watermarks in one text, many texts pooled, datasets and
+models."""
 
 from .aggregate import AggregateAccumulator, AggregateResult, TupleSet
 from .decision import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, Verdict

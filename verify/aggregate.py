@@ -288,9 +288,8 @@ class AggregateAccumulator:
                 al.: the tuples a suspect could have learned from). It must depend neither on
                 the texts tested nor on the key: a set built from *watermarked* text holds
                 more green cells than chance, so a clean suspect that writes like the teacher
-                looks watermarked (measured: the teacher's unwatermarked answers filtered on
-                its watermarked ones gave log10 p = -66). Build it from the same prompts'
-                answers generated without the watermark (``probe`` refuses a marked one).
+                looks watermarked. Build it from the same prompts' answers generated without
+                the watermark (``probe`` refuses a marked one).
             min_scored: threshold of "insufficient evidence".
             effect: standardised effect of watermarked tuples for the power statement
                 (default: the scheme's ``default_effect``).

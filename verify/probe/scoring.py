@@ -9,10 +9,10 @@ distinct tuples of all answers are pooled into one exact test
 (:class:`~distillmark.verify.aggregate.AggregateAccumulator`), optionally restricted to the
 tuples of a reference corpus (``reference``: the "supervised" filter). The test stays exact only
 if the reference does not depend on the key: a corpus *watermarked with the key* is richer in
-green tuples than chance, and a clean model that shares its language reuses them (measured:
-the embedded SmolLM2 served without the watermark, filtered on its own watermarked answers,
-scored p = 2.5e-7). Such a reference is refused unless ``allow_marked_reference``; build it
-from the teacher's answers generated without the watermark instead.
+green tuples than chance, and a clean model that shares its language reuses them, so the
+filtered test finds the watermark in a model that never saw it. Such a reference is refused
+unless ``allow_marked_reference``; build it from the teacher's answers generated without the
+watermark instead.
 """
 
 from __future__ import annotations

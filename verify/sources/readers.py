@@ -39,8 +39,8 @@ def _open_binary(shard: Shard) -> IO[bytes]:
                 raise MissingDependencyError("reading .zst files needs zstandard: pip install "
                                              "'distillmark[scale]'") from None
             raw = open(path, "rb")  # noqa: SIM115 - closed with the reader it wraps
-            return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(  # type: ignore[arg-type]
-                raw, closefd=True), buffer_size=READ_BLOCK)
+            stream = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
+            return io.BufferedReader(stream, buffer_size=READ_BLOCK)  # type: ignore[arg-type]
         return open(path, "rb")
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
