@@ -58,9 +58,7 @@ def _num(x: Any) -> Any:
 def _relative(row: dict[str, Any], folder: Path) -> dict[str, Any]:
     """A scan row with its location relative to the temporary ``folder`` (which changes from
     run to run)."""
-    prefix = f"{folder}/"
-    if row["location"].startswith(prefix):
-        row["location"] = row["location"][len(prefix):]
+    row["location"] = row["location"].removeprefix(f"{folder}/")
     return row
 
 
