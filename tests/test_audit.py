@@ -18,8 +18,11 @@ from typer.testing import CliRunner
 
 from distillmark.cli.main import app
 from distillmark.verify import audit as au
-from distillmark.verify.nulls import weighted_bernoulli_logsf_bound, weighted_binomial_logsf
-from distillmark.verify.stats import binomial_tail
+from distillmark.verify.stats import (
+    binomial_tail,
+    weighted_bernoulli_logsf_bound,
+    weighted_binomial_logsf,
+)
 from distillmark.watermark import (
     BUILTIN_SMOLLM2,
     GreenList,

@@ -28,8 +28,8 @@ from distillmark.verify.fraction import (
     pvalue_mixture,
     theta_floor,
 )
-from distillmark.verify.scan import benjamini_hochberg, scan
-from distillmark.verify.stats import binomial_tails
+from distillmark.verify.scan import scan
+from distillmark.verify.stats import benjamini_hochberg, binomial_tails
 from distillmark.watermark import (
     GreenList,
     InputError,

@@ -15,12 +15,8 @@ from scipy import stats
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from distillmark.verify import binomial_tail, detect_ids, unique_keys
-from distillmark.verify.nulls import (
-    run_test,
-    tournament_mean_test,
-    tournament_weighted_test,
-    weighted_binomial_logsf,
-)
+from distillmark.verify.nulls import run_test, tournament_mean_test, tournament_weighted_test
+from distillmark.verify.stats import weighted_binomial_logsf
 from distillmark.watermark import (
     BUILTIN_SMOLLM2,
     ParameterError,

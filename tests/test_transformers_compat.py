@@ -34,7 +34,7 @@ from transformers.generation import (
 from transformers.generation import WatermarkLogitsProcessor as HFWatermarkProcessor
 
 from distillmark.verify.detect import detect_ids
-from distillmark.verify.nulls import weighted_binomial_logsf
+from distillmark.verify.stats import weighted_binomial_logsf
 from distillmark.watermark import (
     BUILTIN_SMOLLM2,
     DistillmarkError,

@@ -1,15 +1,9 @@
-"""Verification: statistical tests for watermarks in one text, many texts pooled, datasets, models."""
+"""Verification: statistical tests for watermarks in one text, many texts pooled, datasets and
+models."""
 
 from .aggregate import AggregateAccumulator, AggregateResult, TupleSet
-from .detect import (
-    DEFAULT_ALPHA,
-    DEFAULT_MIN_SCORED,
-    DetectionResult,
-    Detector,
-    Verdict,
-    detect_ids,
-    detect_ids_batch,
-)
+from .decision import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, Verdict
+from .detect import DetectionResult, Detector, detect_ids, detect_ids_batch
 from .keyring import KeyRingDetector, KeyRingResult
 from .stats import binomial_tail, unique_keys
 

@@ -10,9 +10,9 @@ The pieces are mergeable, so the same result comes out of one process or of many
 accumulators merged in any order (a cluster, a resumed run):
 
 - :class:`TupleSet`: the distinct tuple keys seen so far. A bitmap over the scheme's table
-  cells when the key space is bounded (``n_rows * V`` cells: 12.6M bits, 1.5 MB, for 256 green
-  lists at V = 49,152, whatever the amount of text), a sorted array otherwise (8 bytes per
-  distinct tuple).
+  cells when the key space is bounded (``n_rows * V`` cells, one bit each: 12.6M bits, 1.5 MB,
+  for 256 green lists at V = 49,152, whatever the amount of text), a sorted array otherwise (8
+  bytes per distinct tuple).
 - :class:`AggregateAccumulator`: a tuple set plus the counts (texts, tokens, scorable tuples).
 - :class:`AggregateResult`: the exact test on the pooled distinct tuples, with a power statement
   (:meth:`AggregateResult.detectable_fraction`): "not found" always says how much evidence
@@ -23,51 +23,34 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar, cast
 
 import numpy as np
 from scipy import special
 
 from distillmark.watermark.errors import ParameterError
-from distillmark.watermark.registry import Scheme
+from distillmark.watermark.registry import SCHEMES, Scheme
 
-from .detect import (
-    DEFAULT_ALPHA,
-    DEFAULT_MIN_SCORED,
-    Decision,
-    _check_alpha,
-    batch_tuple_keys,
-)
+from .decision import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, Decision, check_alpha, check_min_scored
+from .grouping import batch_tuple_keys
 from .nulls import run_test
 from .stats import unique_keys
 
 __all__ = ["DEFAULT_EFFECT", "AggregateAccumulator", "AggregateResult", "TupleSet", "pool"]
 
-#: Standardised per-tuple effect ``(mean - null mean) / null sd`` of fully watermarked text, by
-#: scheme, at the default parameters: measured on answers of the embedded SmolLM2 at
-#: temperature 0.7 (see docs/statistics.md). Used only for power statements.
-DEFAULT_EFFECT: dict[str, float] = {
-    "greenlist": 0.65,
-    "gumbel": 0.80,
-    "tournament": 0.60,
-    "dipmark": 0.27,
-    "transformers-kgw": 0.65,
-    "transformers-synthid": 0.60,
-}
+#: Each scheme's standardised per-tuple effect of fully watermarked text, by name: a table of
+#: the schemes' ``default_effect`` (see docs/statistics.md), which the power statements use.
+DEFAULT_EFFECT: dict[str, float] = {name: float(cast("Scheme", cls).default_effect)
+                                    for name, (_, cls) in SCHEMES.items()}
 
 #: Largest key space kept as a bitmap (bits; 2**32 bits = 512 MiB).
 _MAX_BITMAP_CELLS = 1 << 32
 #: Pending keys of a sorted-array set are merged in once they exceed this many.
 _COMPACT_EVERY = 1 << 22
-
-
-def _n_cells(scheme: Scheme) -> int | None:
-    """Size of ``scheme``'s tuple-key space when it is bounded (table schemes), else None."""
-    n_rows = getattr(scheme, "n_rows", None)
-    if n_rows is None:
-        return None
-    return int(n_rows) * int(scheme.vocab_size)
+#: Bits set in each byte value, and the bytes of a bitmap counted at a time.
+_ONES = np.array([i.bit_count() for i in range(256)], dtype=np.uint8)
+_COUNT_BLOCK = 1 << 24
 
 
 class TupleSet:
@@ -75,14 +58,16 @@ class TupleSet:
 
     Args:
         n_cells: size of the key space (keys lie in ``0..n_cells-1``): kept as a bitmap of
-            ``n_cells`` bits. None (or a space too large for a bitmap): a sorted array.
+            ``n_cells`` bits packed eight to a byte (key ``k`` is bit ``7 - k % 8`` of byte
+            ``k // 8``, as ``np.packbits`` orders them). None (or a space too large for a
+            bitmap): a sorted array.
     """
 
     def __init__(self, n_cells: int | None = None) -> None:
         if n_cells is not None and n_cells < 1:
             raise ParameterError(f"`n_cells` must be >= 1, got {n_cells}")
         self.n_cells = n_cells if n_cells is not None and n_cells <= _MAX_BITMAP_CELLS else None
-        self._bits: np.ndarray | None = (np.zeros(self.n_cells, dtype=bool)
+        self._bits: np.ndarray | None = (np.zeros((self.n_cells + 7) // 8, dtype=np.uint8)
                                          if self.n_cells is not None else None)
         self._sorted = np.empty(0, dtype=np.uint64)
         self._pending: list[np.ndarray] = []
@@ -90,7 +75,7 @@ class TupleSet:
 
     @classmethod
     def for_scheme(cls, scheme: Scheme) -> TupleSet:
-        return cls(_n_cells(scheme))
+        return cls(scheme.n_cells)
 
     @property
     def is_bitmap(self) -> bool:
@@ -102,10 +87,11 @@ class TupleSet:
         if keys.size == 0:
             return
         if self._bits is not None:
-            if int(keys.max()) >= self._bits.size:
+            assert self.n_cells is not None
+            if int(keys.max()) >= self.n_cells:
                 raise ParameterError(f"tuple key {int(keys.max())} outside the key space of "
-                                     f"{self._bits.size} cells (keys of another scheme?)")
-            self._bits[keys.astype(np.intp)] = True
+                                     f"{self.n_cells} cells (keys of another scheme?)")
+            np.bitwise_or.at(self._bits, (keys >> np.uint64(3)).astype(np.intp), _mask(keys))
             return
         self._pending.append(keys)
         self._n_pending += keys.size
@@ -123,14 +109,17 @@ class TupleSet:
             raise ParameterError("cannot merge tuple sets of different key spaces "
                                  f"({self.n_cells} and {other.n_cells} cells)")
         if self._bits is not None and other._bits is not None:
-            np.logical_or(self._bits, other._bits, out=self._bits)
+            np.bitwise_or(self._bits, other._bits, out=self._bits)
         else:
             self.add(other.keys())
 
     def keys(self) -> np.ndarray:
         """The distinct keys, sorted: ``(n,) uint64``."""
         if self._bits is not None:
-            return np.flatnonzero(self._bits).astype(np.uint64)
+            nz = np.flatnonzero(self._bits)
+            bits = np.unpackbits(self._bits[nz][:, None], axis=1).astype(bool)
+            rows, cols = np.nonzero(bits)
+            return (nz[rows].astype(np.uint64) << np.uint64(3)) | cols.astype(np.uint64)
         self._compact()
         return self._sorted
 
@@ -138,9 +127,11 @@ class TupleSet:
         """Membership of each of ``keys (n,) uint64``: ``(n,) bool``."""
         keys = np.asarray(keys, dtype=np.uint64)
         if self._bits is not None:
-            inside = keys < np.uint64(self._bits.size)
+            assert self.n_cells is not None
+            inside = keys < np.uint64(self.n_cells)
+            k = keys[inside]
             out = np.zeros(keys.size, dtype=bool)
-            out[inside] = self._bits[keys[inside].astype(np.intp)]
+            out[inside] = (self._bits[(k >> np.uint64(3)).astype(np.intp)] & _mask(k)) != 0
             return out
         s = self.keys()
         if s.size == 0:
@@ -150,15 +141,15 @@ class TupleSet:
 
     def __len__(self) -> int:
         if self._bits is not None:
-            return int(np.count_nonzero(self._bits))
+            return sum(int(_ONES[self._bits[i:i + _COUNT_BLOCK]].sum(dtype=np.int64))
+                       for i in range(0, self._bits.size, _COUNT_BLOCK))
         self._compact()
         return int(self._sorted.size)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Arrays that :meth:`from_arrays` rebuilds the set from (for checkpoints)."""
         if self._bits is not None:
-            return {"n_cells": np.array([self._bits.size], dtype=np.int64),
-                    "bits": np.packbits(self._bits)}
+            return {"n_cells": np.array([self.n_cells], dtype=np.int64), "bits": self._bits}
         return {"n_cells": np.array([-1], dtype=np.int64), "keys": self.keys()}
 
     @classmethod
@@ -170,8 +161,13 @@ class TupleSet:
             return out
         out = cls(n)
         assert out._bits is not None
-        out._bits[:] = np.unpackbits(arrays["bits"], count=n).astype(bool)
+        out._bits[:] = np.asarray(arrays["bits"], dtype=np.uint8)
         return out
+
+
+def _mask(keys: np.ndarray) -> np.ndarray:
+    """The bit of each of ``keys (n,) uint64`` within its byte: ``(n,) uint8``."""
+    return (np.uint8(0x80) >> (keys & np.uint64(7)).astype(np.uint8)).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -191,7 +187,7 @@ class AggregateResult(Decision):
         n_reference: size of the reference set the tuples were filtered on (0: no filter).
         min_scored: fewer scored tuples than this is "insufficient evidence".
         effect: standardised per-tuple effect assumed for fully watermarked text in
-            :meth:`detectable_fraction` (:data:`DEFAULT_EFFECT` unless given).
+            :meth:`detectable_fraction` (the scheme's ``default_effect`` unless given).
         scheme, key_id: what was tested.
     """
 
@@ -213,6 +209,8 @@ class AggregateResult(Decision):
     scheme: str
     key_id: str
 
+    power_statement: ClassVar[bool] = True
+
     def detectable_fraction(self, alpha: float = DEFAULT_ALPHA, *, power: float = 0.5) -> float:
         """Smallest share of watermarked tuples among the ``n_scored`` that the test would
         find at level ``alpha`` with probability ``power``; ``inf`` if even 100% would not be.
@@ -222,7 +220,7 @@ class AggregateResult(Decision):
         ``f * effect * sqrt(n)``; normal approximation of both tails. A planning figure that
         qualifies "not found", not part of the test.
         """
-        _check_alpha(alpha)
+        check_alpha(alpha)
         if not 0.0 < power < 1.0:
             raise ParameterError(f"`power` must be in (0, 1), got {power}")
         if self.n_scored == 0 or self.effect <= 0:
@@ -230,16 +228,6 @@ class AggregateResult(Decision):
         need = float(special.ndtri(1.0 - alpha) + special.ndtri(power))
         f = need / (self.effect * math.sqrt(self.n_scored))
         return f if f <= 1.0 else math.inf
-
-    def to_dict(self, alpha: float | None = None) -> dict[str, Any]:
-        """JSON-ready dict; with ``alpha``, the decision and power statement at that level."""
-        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        if alpha is not None:
-            d["alpha"] = alpha
-            d["verdict"] = self.verdict(alpha)
-            frac = self.detectable_fraction(alpha)
-            d["detectable_fraction"] = frac if math.isfinite(frac) else None
-        return d
 
 
 class AggregateAccumulator:
@@ -300,15 +288,13 @@ class AggregateAccumulator:
                 al.: the tuples a suspect could have learned from). It must depend neither on
                 the texts tested nor on the key: a set built from *watermarked* text holds
                 more green cells than chance, so a clean suspect that writes like the teacher
-                looks watermarked (measured: the teacher's unwatermarked answers filtered on
-                its watermarked ones gave log10 p = -66). Build it from the same prompts'
-                answers generated without the watermark (``probe`` refuses a marked one).
+                looks watermarked. Build it from the same prompts' answers generated without
+                the watermark (``probe`` refuses a marked one).
             min_scored: threshold of "insufficient evidence".
             effect: standardised effect of watermarked tuples for the power statement
-                (default :data:`DEFAULT_EFFECT` of the scheme).
+                (default: the scheme's ``default_effect``).
         """
-        if min_scored < 1:
-            raise ParameterError(f"`min_scored` must be >= 1, got {min_scored}")
+        check_min_scored(min_scored)
         keys = self.tuples.keys()
         n_distinct = int(keys.size)
         n_filtered = 0
@@ -317,7 +303,7 @@ class AggregateAccumulator:
             n_filtered = n_distinct - int(keys.size)
         sch = self.scheme
         outcome = run_test(sch.test, sch.key_scores(keys), sch.test_params)
-        eff = DEFAULT_EFFECT.get(sch.name, 0.6) if effect is None else float(effect)
+        eff = float(sch.default_effect) if effect is None else float(effect)
         return AggregateResult(
             statistic=outcome.statistic, pvalue=outcome.pvalue,
             log10_pvalue=outcome.log10_pvalue, n_texts=self.n_texts, n_tokens=self.n_tokens,

@@ -22,18 +22,19 @@ Two tests (``mode``):
 
 ``"distribution"`` (default): statistic ``S = sum_c w_c green_c`` over the cells of the
     ``top_k`` most likely tokens of each distinct context; its p-value is the Chernoff–Cramér
-    bound of :func:`~distillmark.verify.nulls.weighted_bernoulli_logsf_bound`, an upper bound of
-    the exact tail (valid, slightly conservative: about one decade at p = 1e-10). With
-    ``weighting="window"`` or ``"context"``, ``w_c`` is the model's probability of token ``t``
-    summed over the distinct contexts (or windows) that score ``t`` in row ``r``. With
-    ``weighting="coverage"`` (the default for keys with ``h >= 1``) a cell weighs ``1 - prod (1 - p)`` over the distinct contexts that
-    score it: the chance that sampling one token at each context draws it at least once. The
-    statistic is then the expected number of distinct green cells in one sampled pass, given
-    the readings: the black-box test's statistic (:mod:`~distillmark.verify.probe` counts
-    distinct green tuples in sampled answers) with the sampling noise averaged out. It scores
-    a rarely chosen continuation almost as much as a common one, as the black-box test does,
-    where probability weights let the few continuations a model is sure of dominate; a mark
-    learned from a small share of the training data lives in the rare ones.
+    bound of :func:`~distillmark.verify.stats.weighted_bernoulli_logsf_bound`, an upper bound of
+    the exact tail (valid, slightly conservative). With ``weighting="window"`` or
+    ``"context"``, ``w_c`` is the model's probability of token ``t`` summed over the distinct
+    contexts (or windows) that score ``t`` in row ``r``. With ``weighting="coverage"`` (the
+    default for keys with ``h >= 1``) a cell weighs ``1 - prod (1 - p)`` over the distinct
+    contexts that score it: the chance that sampling one token at each context draws it at
+    least once. The statistic is then the expected number of distinct green cells in one
+    sampled pass, given the readings: the black-box test's statistic
+    (:mod:`~distillmark.verify.probe` counts distinct green tuples in sampled answers) with
+    the sampling noise averaged out. It scores a rarely chosen continuation almost as much as
+    a common one, as the black-box test does, where probability weights let the few
+    continuations a model is sure of dominate; a mark learned from a small share of the
+    training data lives in the rare ones.
 ``"reading"``: the "reading mode" of Sander et al. (2024): the model's ``reading_k`` most likely
     tokens at each distinct context (its argmax for 1); each distinct cell counts once; the
     number of green ones is exactly Binomial(``n_scored``, ``gamma``) under H0.
@@ -41,26 +42,26 @@ Two tests (``mode``):
 Deduplication: contexts are deduplicated on their whole prefix (a repeated prefix is one
 reading of the model, counted once); cells are deduplicated by construction (weights add up).
 The contexts themselves must not carry the key: text watermarked with the key would let any
-model copy green tokens from its context (:func:`audit_texts` refuses such text).
+model copy green tokens from its context (:func:`text_contexts` refuses such text).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from distillmark.watermark.errors import InputError, ParameterError, SpecError
-from distillmark.watermark.greenlist import GreenList
 from distillmark.watermark.keys import WatermarkSpec
-from distillmark.watermark.registry import scheme_for
+from distillmark.watermark.registry import Scheme, scheme_for
 
-from .detect import DEFAULT_MIN_SCORED, Decision, detect_ids
-from .nulls import weighted_bernoulli_logsf_bound
-from .stats import binomial_tail
+from .cells import PairTable, TableScheme, context_windows, pair_cells, pair_table
+from .decision import DEFAULT_MIN_SCORED, Decision
+from .detect import detect_ids
+from .nulls import run_test
 
 if TYPE_CHECKING:
     from distillmark.watermark.hf import LoadedModel
@@ -78,7 +79,6 @@ DEFAULT_CONTEXT_LEN = 256
 #: Text whose own detection p-value falls below this is refused as audit contexts.
 CONTAMINATION_ALPHA = 1e-3
 
-_LN10 = math.log(10.0)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _BASE = np.uint64(0xBF58476D1CE4E5B9)
 _BASE_INV = np.uint64(pow(0xBF58476D1CE4E5B9, -1, 1 << 64))
@@ -110,8 +110,8 @@ class ModelReadings:
     top_probs: np.ndarray
     n_tokens: int
     #: Key-independent (window, token) tables, built once per (h, V, k, min_prob) and shared by
-    #: every key tested on these readings (:func:`_pair_table`).
-    _pairs: dict[tuple[int, int, int, float], _PairTable] = field(
+    #: every key tested on these readings (:func:`~.cells.pair_table`).
+    _pairs: dict[tuple[int, int, int, float], PairTable] = field(
         default_factory=dict, init=False, repr=False, compare=False)
 
     @property
@@ -154,7 +154,7 @@ def read_model(lm: LoadedModel, sequences: Sequence[np.ndarray], *, top_k: int =
         batch_size: sequences per forward pass.
         progress: optional callable ``progress(done, total)``.
     """
-    import torch
+    from distillmark.watermark import hf_readings
 
     if top_k < 1:
         raise ParameterError(f"`top_k` must be >= 1, got {top_k}")
@@ -163,9 +163,6 @@ def read_model(lm: LoadedModel, sequences: Sequence[np.ndarray], *, top_k: int =
     seqs = tuple(np.asarray(s, dtype=np.int64) for s in sequences if len(s) > 0)
     if not seqs:
         raise InputError("no contexts to read (the text is empty)")
-    model = lm.model
-    width = int(model.get_output_embeddings().weight.shape[0])
-    k = min(top_k, width)
     # Distinct prefixes, first occurrence kept, in sequence order.
     seen: set[int] = set()
     keep_seq, keep_pos = [], []
@@ -177,36 +174,9 @@ def read_model(lm: LoadedModel, sequences: Sequence[np.ndarray], *, top_k: int =
                 keep_pos.append(i)
     seq_a = np.asarray(keep_seq, dtype=np.int64)
     pos_a = np.asarray(keep_pos, dtype=np.int64)
-    wanted: dict[int, np.ndarray] = {}
-    for j in np.unique(seq_a).tolist():
-        wanted[j] = pos_a[seq_a == j]
-    top_ids = np.zeros((seq_a.size, k), dtype=np.int64)
-    top_probs = np.zeros((seq_a.size, k), dtype=np.float32)
-    # Row of each (seq, pos) in the output arrays.
-    row_of = {(int(a), int(b)): r for r, (a, b) in enumerate(zip(seq_a, pos_a))}
-    order = sorted(wanted, key=lambda j: seqs[j].size)  # similar lengths batch together
-    device = next(model.parameters()).device
-    done = 0
-    with torch.inference_mode():
-        for b in range(0, len(order), batch_size):
-            chunk = order[b:b + batch_size]
-            L = max(seqs[j].size for j in chunk)
-            ids = torch.zeros((len(chunk), L), dtype=torch.long)
-            mask = torch.zeros((len(chunk), L), dtype=torch.long)
-            for r, j in enumerate(chunk):  # right padding: positions keep their indices
-                ids[r, :seqs[j].size] = torch.from_numpy(seqs[j])
-                mask[r, :seqs[j].size] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            for r, j in enumerate(chunk):
-                p = torch.from_numpy(wanted[j]).to(device)
-                lp = torch.log_softmax(logits[r, p].float(), dim=-1)
-                vals, idx = torch.topk(lp, k, dim=-1)
-                rows = [row_of[(j, int(q))] for q in wanted[j].tolist()]
-                top_ids[rows] = idx.cpu().numpy()
-                top_probs[rows] = vals.exp().cpu().numpy()
-            done += len(chunk)
-            if progress is not None:
-                progress(done, len(order))
+    top_ids, top_probs = hf_readings.top_k_after(
+        lm, seqs, seq_a, pos_a, min(top_k, hf_readings.output_width(lm)),
+        batch_size=batch_size, progress=progress)
     return ModelReadings(source=lm.source, sequences=seqs, seq=seq_a, pos=pos_a,
                          top_ids=top_ids, top_probs=top_probs,
                          n_tokens=int(sum(s.size for s in seqs)))
@@ -275,46 +245,31 @@ class AuditResult(Decision):
     n_keys: int
     uncorrected_log10_pvalue: float
 
-    def to_dict(self, alpha: float | None = None) -> dict[str, Any]:
-        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        if alpha is not None:
-            d["alpha"] = alpha
-            d["verdict"] = self.verdict(alpha)
-        return d
+
+def _auditable(scheme: Scheme) -> bool:
+    """Whether the audit can read ``scheme``'s bias from a model: the scheme biases the logits
+    (it does not sample the token itself) toward the cells of a bounded keyed table, each cell
+    green with probability ``p`` (the binomial test)."""
+    return not scheme.samples and scheme.test == "binomial" and scheme.n_cells is not None
 
 
-def _check_scheme(scheme: Any) -> GreenList:
-    if not isinstance(scheme, GreenList):
+def _check_scheme(scheme: Scheme) -> TableScheme:
+    if not _auditable(scheme):
         raise SpecError(
             f"audit supports the greenlist scheme only; key {scheme.key_id} is "
-            f"{scheme.name!r}: a sampling scheme (gumbel, tournament, dipmark) leaves the next-token "
-            "distribution unbiased for every key, so there is no per-cell bias to read; test "
-            "the model's sampled answers (detect or probe) instead")
-    return scheme
+            f"{scheme.name!r}: a sampling scheme (gumbel, tournament, dipmark) leaves the "
+            "next-token distribution unbiased for every key, so there is no per-cell bias to "
+            "read; test the model's sampled answers (detect or probe) instead")
+    return cast(TableScheme, scheme)
 
 
-def _windows(readings: ModelReadings, h: int) -> tuple[np.ndarray, np.ndarray]:
-    """The contexts with a full window (``(m,) bool``) and their windows, the last ``h``
-    tokens of each: ``(m', h) int64``."""
-    ok = readings.pos + 1 >= h
-    seq, pos = readings.seq[ok], readings.pos[ok]
-    win = np.zeros((seq.size, h), dtype=np.int64)
-    for j in np.unique(seq).tolist():
-        sel = seq == j
-        s = readings.sequences[j]
-        p = pos[sel]
-        for c in range(h):
-            win[sel, c] = s[p - h + 1 + c]
-    return ok, win
-
-
-def _cell_keys(readings: ModelReadings, scheme: GreenList, k: int
+def _cell_keys(readings: ModelReadings, scheme: TableScheme, k: int
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cell key ``row * V + token`` of each context's ``k`` top tokens: ``(m', k) uint64``,
     the contexts kept (those with a full window: ``(m,) bool``), and the index of each kept
     context's window (its last ``h`` tokens) among the distinct windows: ``(m',) int64``."""
     h, V = scheme.context_width, scheme.vocab_size
-    ok, win = _windows(readings, h)
+    ok, win = context_windows(readings, h)
     toks = readings.top_ids[ok, :k]
     if h:
         _, window_of = np.unique(win, axis=0, return_inverse=True)
@@ -324,7 +279,7 @@ def _cell_keys(readings: ModelReadings, scheme: GreenList, k: int
     # Logit columns beyond the spec's vocabulary (padding of a model's head) are ids no text
     # holds: their cells are computed on a stand-in id and left out by the caller.
     t_clip = np.minimum(toks, V - 1)
-    if scheme.params.seeding == "selfhash":
+    if scheme.window > h:  # selfhash: the scored token is part of the window
         full = np.concatenate([np.broadcast_to(win[:, None, :], (*toks.shape, h)),
                                t_clip[:, :, None]], axis=2)
         rows = scheme.rows(full)
@@ -334,86 +289,7 @@ def _cell_keys(readings: ModelReadings, scheme: GreenList, k: int
     return keys, ok, window_of
 
 
-@dataclass(frozen=True)
-class _PairTable:
-    """The readings folded onto their distinct (window, token) pairs, for one ``h``, ``V``,
-    ``k`` and ``min_prob``: everything the tests need that does not depend on the key.
-
-    A cell is ``(row(window), token)`` (with selfhash seeding, ``row(window + token)``): a
-    function of the pair, so entries sharing a pair always share a cell, whatever the key. The
-    per-entry weights are additive over a cell (probabilities, or ``log(1 - p)`` for coverage),
-    so they are summed per pair here, once, and per key only the far fewer pairs are mapped to
-    cells and summed again where two windows select the same row.
-
-    Attributes:
-        windows: the distinct windows (last ``h`` tokens) of the contexts with a full window,
-            ``(n_w, h) int64``.
-        window: each pair's window, an index into ``windows``: ``(n_p,) int64``.
-        token: each pair's token (``< V``): ``(n_p,) int64``.
-        w_context: summed probability over the pair's contexts, ``(n_p,) float64``.
-        w_window: the same with each context's probabilities divided by the number of contexts
-            sharing its window.
-        log_miss: summed ``log(1 - p)`` over the pair's contexts.
-    """
-
-    windows: np.ndarray
-    window: np.ndarray
-    token: np.ndarray
-    w_context: np.ndarray
-    w_window: np.ndarray
-    log_miss: np.ndarray
-
-
-def _pair_table(readings: ModelReadings, h: int, V: int, k: int, min_prob: float
-                ) -> _PairTable:
-    """:class:`_PairTable` of the entries among each context's ``k`` top tokens with an id
-    below ``V`` and a probability of at least ``min_prob`` (cached on ``readings``)."""
-    cache_key = (h, V, k, float(min_prob))
-    hit = readings._pairs.get(cache_key)
-    if hit is not None:
-        return hit
-    ok, win = _windows(readings, h)
-    if h and win.shape[0]:
-        windows, window_of = np.unique(win, axis=0, return_inverse=True)
-        window_of = window_of.ravel()
-    else:
-        windows = np.zeros((1 if win.shape[0] else 0, h), dtype=np.int64)
-        window_of = np.zeros(win.shape[0], dtype=np.int64)
-    ids = readings.top_ids[ok, :k]
-    probs = readings.top_probs[ok, :k].astype(np.float64)
-    sel = ids < V
-    if min_prob > 0:
-        sel &= probs >= min_prob
-    per_window = np.bincount(window_of, minlength=windows.shape[0])[window_of]
-    pair = (np.broadcast_to(window_of[:, None], ids.shape)[sel] * V + ids[sel])
-    uniq, inv = np.unique(pair, return_inverse=True)
-    inv = inv.ravel()
-    p = probs[sel]
-    table = _PairTable(
-        windows=windows, window=uniq // V, token=uniq % V,
-        w_context=np.bincount(inv, weights=p, minlength=uniq.size),
-        w_window=np.bincount(inv, weights=(probs / np.maximum(per_window, 1)[:, None])[sel],
-                             minlength=uniq.size),
-        log_miss=np.bincount(inv, weights=np.log1p(-np.minimum(p, 1.0 - 1e-12)),
-                             minlength=uniq.size))
-    readings._pairs[cache_key] = table
-    return table
-
-
-def _pair_cells(table: _PairTable, scheme: GreenList) -> tuple[np.ndarray, np.ndarray]:
-    """The key's distinct cells (``row * V + token``, sorted) and each pair's cell index."""
-    V = scheme.vocab_size
-    if scheme.params.seeding == "selfhash":
-        rows = scheme.rows(np.concatenate([table.windows[table.window],
-                                           table.token[:, None]], axis=1))
-    else:
-        rows = scheme.rows(table.windows)[table.window]
-    keys = rows.astype(np.uint64) * np.uint64(V) + table.token.astype(np.uint64)
-    cells, inv = np.unique(keys, return_inverse=True)
-    return cells, inv.ravel()
-
-
-def audit_readings(readings: ModelReadings, scheme: Any, *, mode: str = DEFAULT_MODE,
+def audit_readings(readings: ModelReadings, scheme: Scheme, *, mode: str = DEFAULT_MODE,
                    top_k: int | None = None, reading_k: int = 1, min_prob: float = 0.0,
                    weighting: str = DEFAULT_WEIGHTING,
                    min_scored: int = DEFAULT_MIN_SCORED) -> AuditResult:
@@ -451,7 +327,7 @@ def audit_readings(readings: ModelReadings, scheme: Any, *, mode: str = DEFAULT_
     if not 1 <= k <= readings.top_k:
         raise ParameterError(f"tokens per context must be in 1..{readings.top_k} (what was "
                              f"read), got {k}")
-    V, g = scheme.vocab_size, scheme.gamma_effective
+    V, g = scheme.vocab_size, float(scheme.test_params["p"])
     if weighting == "auto":
         weighting = "coverage" if scheme.context_width else "window"
     if weighting not in WEIGHTINGS:
@@ -460,7 +336,10 @@ def audit_readings(readings: ModelReadings, scheme: Any, *, mode: str = DEFAULT_
     if mode == "reading" and not 0.0 <= min_prob < 1.0:
         raise ParameterError(f"`min_prob` must be in [0, 1), got {min_prob}")
     h = scheme.context_width
-    table = _pair_table(readings, h, V, k, min_prob if mode == "reading" else 0.0)
+    cache_key = (h, V, k, min_prob if mode == "reading" else 0.0)
+    table = readings._pairs.get(cache_key)
+    if table is None:
+        table = readings._pairs.setdefault(cache_key, pair_table(readings, *cache_key))
     n_windows = int(table.windows.shape[0])
     common: dict[str, Any] = {
         "n_tokens": readings.n_tokens, "n_contexts": readings.n_contexts,
@@ -469,32 +348,24 @@ def audit_readings(readings: ModelReadings, scheme: Any, *, mode: str = DEFAULT_
         "min_prob": min_prob if mode == "reading" else 0.0, "min_scored": min_scored,
         "dedup": True, "scheme": scheme.name, "key_id": scheme.key_id,
         "model": readings.source, "n_keys": 1}
-    cells, inv = _pair_cells(table, scheme)
+    cells, inv = pair_cells(table, scheme)
     green = scheme.key_scores(cells)
-    if mode == "reading":
-        n, c = int(cells.size), int(np.count_nonzero(green))
-        tail = binomial_tail(c, n, g)
-        z = (c - g * n) / math.sqrt(n * g * (1 - g)) if n else 0.0
-        return AuditResult(statistic=c, pvalue=tail.pvalue, log10_pvalue=tail.log10_pvalue,
-                           n_scored=n, total_weight=float(n),
-                           score_mean=c / n if n else 0.0, z_score=z, test="binomial",
-                           uncorrected_log10_pvalue=tail.log10_pvalue, **common)
-    if weighting == "coverage":
-        # P(cell drawn at least once) = 1 - prod over its contexts of (1 - p): summed in logs.
-        w = -np.expm1(np.bincount(inv, weights=table.log_miss, minlength=cells.size))
+    params: dict[str, Any] = {"p": g}
+    if mode == "reading":  # each distinct cell counts once: exactly Binomial(n_scored, gamma)
+        test, total = "binomial", float(cells.size)
     else:
-        w = np.bincount(inv, weights=table.w_window if weighting == "window"
-                        else table.w_context, minlength=cells.size)
-    s = float(w[green].sum())
-    total = float(w.sum())
-    log_p, _ = weighted_bernoulli_logsf_bound(w, s, p=g)
-    sd = math.sqrt(g * (1 - g) * float(np.dot(w, w)))
-    z = (s - g * total) / sd if sd > 0 else 0.0
-    l10 = log_p / _LN10
-    return AuditResult(statistic=s, pvalue=math.exp(log_p), log10_pvalue=l10,
-                       n_scored=int(cells.size), total_weight=total,
-                       score_mean=s / total if total else 0.0, z_score=z,
-                       test="chernoff-weighted-bernoulli", uncorrected_log10_pvalue=l10,
+        if weighting == "coverage":
+            # P(cell drawn at least once) = 1 - prod over its contexts of (1 - p), in logs.
+            w = -np.expm1(np.bincount(inv, weights=table.log_miss, minlength=cells.size))
+        else:
+            w = np.bincount(inv, weights=table.w_window if weighting == "window"
+                            else table.w_context, minlength=cells.size)
+        test, total = "chernoff-weighted-bernoulli", float(w.sum())
+        params["cell_weights"] = w
+    o = run_test(test, green, params)
+    return AuditResult(statistic=o.statistic, pvalue=o.pvalue, log10_pvalue=o.log10_pvalue,
+                       n_scored=int(cells.size), total_weight=total, score_mean=o.score_mean,
+                       z_score=o.z_score, test=test, uncorrected_log10_pvalue=o.log10_pvalue,
                        **common)
 
 
@@ -519,14 +390,8 @@ def audit_specs(readings: ModelReadings, specs: Sequence[WatermarkSpec], *,
     if n == 1:
         return best, per_key
     l10 = min(0.0, best.log10_pvalue + math.log10(n))
-    corrected = _replace(best, pvalue=min(1.0, best.pvalue * n), log10_pvalue=l10, n_keys=n)
+    corrected = replace(best, pvalue=min(1.0, best.pvalue * n), log10_pvalue=l10, n_keys=n)
     return corrected, per_key
-
-
-def _replace(r: AuditResult, **changes: Any) -> AuditResult:
-    d = {f.name: getattr(r, f.name) for f in fields(r)}
-    d.update(changes)
-    return AuditResult(**d)
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,15 +407,12 @@ def load_suspect(path: str, specs: Sequence[WatermarkSpec], *, device: str = "cp
                          "or a GGUF file)")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ParameterError(f"`device` must be cpu or cuda, got {device!r}")
-    from distillmark.watermark import hf
+    from distillmark.watermark import hf, hf_readings
 
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ParameterError("--device cuda: no CUDA device is available here")
+    if device.startswith("cuda") and not hf_readings.cuda_available():
+        raise ParameterError("--device cuda: no CUDA device is available here")
     lm = hf.load_model(path, device=device)
-    width = int(lm.model.get_output_embeddings().weight.shape[0])
+    width = hf_readings.output_width(lm)
     for spec in specs:
         lm.check_tokenizer(spec)
         if width < spec.vocab_size:
@@ -583,7 +445,7 @@ def text_contexts(texts: Sequence[str], spec: WatermarkSpec, *,
     if not out:
         raise InputError(f"{source}: the text is empty (nothing to read the model on)")
     scheme = scheme_for(spec)
-    if isinstance(scheme, GreenList):
+    if _auditable(scheme):
         res = detect_ids(np.concatenate(out), scheme)
         if res.pvalue < CONTAMINATION_ALPHA and res.is_sufficient():
             raise InputError(
@@ -597,25 +459,8 @@ def generate_contexts(lm: LoadedModel, n: int, *, length: int = 128, seed: int =
                       batch_size: int = 8) -> list[np.ndarray]:
     """``n`` sequences the model samples itself (temperature 1, no watermark) from its BOS
     token (or EOS where it has none), each ``(<= length + 1,) int64`` including the start."""
-    import torch
+    from distillmark.watermark import hf_readings
 
     if n < 1 or length < 1:
         raise ParameterError(f"--generate and the context length must be >= 1, got {n}, {length}")
-    tok, model = lm.tokenizer, lm.model
-    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-    if start is None:
-        raise InputError(f"model {lm.source} has neither a BOS nor an EOS token to start "
-                         "generating from; supply text with --text")
-    torch.manual_seed(seed)
-    device = next(model.parameters()).device
-    out: list[np.ndarray] = []
-    with torch.inference_mode():
-        for i in range(0, n, batch_size):
-            b = min(batch_size, n - i)
-            ids = torch.full((b, 1), int(start), dtype=torch.long, device=device)
-            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                 do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                                 max_new_tokens=length, min_new_tokens=length,
-                                 pad_token_id=tok.pad_token_id)
-            out.extend(np.asarray(row, dtype=np.int64) for row in gen.cpu().tolist())
-    return out
+    return hf_readings.sample_sequences(lm, n, length=length, seed=seed, batch_size=batch_size)

@@ -7,86 +7,46 @@ p-value under the null hypothesis that the text was written without the key.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from distillmark.watermark.dipmark import DiPmark
 from distillmark.watermark.errors import InputError, ParameterError
-from distillmark.watermark.greenlist import GreenList
 from distillmark.watermark.keys import WatermarkSpec
 from distillmark.watermark.registry import Scheme, scheme_for
 from distillmark.watermark.tokenizer import tokenizer_for
 
-from .nulls import run_test
-from .stats import binomial_tails, unique_keys
+from .decision import DEFAULT_MIN_SCORED, Decision, check_min_scored
+from .grouping import batch_tuple_keys, group_distinct
+from .nulls import Outcome, run_grouped, run_test
+from .stats import unique_keys
 
 __all__ = [
-    "DEFAULT_MIN_SCORED",
-    "Decision",
+    "CHUNK_CHARS",
     "DetectionResult",
     "Detector",
-    "Verdict",
-    "batch_tuple_keys",
     "detect_ids",
     "detect_ids_batch",
+    "text_chunks",
 ]
 
-#: Default number of scored (distinct) tuples below which the answer is "insufficient evidence".
-DEFAULT_MIN_SCORED = 25
-#: Default significance level of the decision.
-DEFAULT_ALPHA = 1e-3
-
-
-_CHUNK_CHARS = 1 << 16
+#: Texts longer than this (characters) are tokenised in line-aligned pieces of about this size.
+CHUNK_CHARS = 1 << 16
 
 
 def text_chunks(text: str) -> list[str]:
-    """Split ``text`` after newlines into pieces of about ``_CHUNK_CHARS`` characters."""
+    """Split ``text`` after newlines into pieces of about :data:`CHUNK_CHARS` characters."""
     out, start, n = [], 0, len(text)
     while start < n:
-        end = min(n, start + _CHUNK_CHARS)
+        end = min(n, start + CHUNK_CHARS)
         if end < n:
             cut = text.rfind("\n", start, end)
             end = cut + 1 if cut > start else end
         out.append(text[start:end])
         start = end
     return out
-
-
-class Verdict:
-    WATERMARKED = "watermarked"
-    NOT_WATERMARKED = "not watermarked"
-    INSUFFICIENT = "insufficient evidence"
-
-
-class Decision:
-    """The three-outcome decision every result makes the same way, from its ``log10_pvalue``
-    and :meth:`is_sufficient` (by default: ``n_scored >= min_scored``)."""
-
-    log10_pvalue: float
-    n_scored: int
-    min_scored: int
-
-    def is_sufficient(self) -> bool:
-        return self.n_scored >= self.min_scored
-
-    def is_watermarked(self, alpha: float = DEFAULT_ALPHA) -> bool:
-        """True when the evidence suffices and ``pvalue < alpha``."""
-        _check_alpha(alpha)
-        return self.is_sufficient() and self.log10_pvalue < math.log10(alpha)
-
-    def verdict(self, alpha: float = DEFAULT_ALPHA) -> str:
-        """One of "watermarked", "not watermarked", "insufficient evidence"."""
-        if self.is_watermarked(alpha):
-            return Verdict.WATERMARKED
-        if not self.is_sufficient():
-            return Verdict.INSUFFICIENT
-        return Verdict.NOT_WATERMARKED
 
 
 @dataclass(frozen=True)
@@ -126,18 +86,15 @@ class DetectionResult(Decision):
     scheme: str
     key_id: str
 
-    def to_dict(self, alpha: float | None = None) -> dict[str, Any]:
-        """JSON-ready dict; with ``alpha``, the decision at that level is included."""
-        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        if alpha is not None:
-            d["alpha"] = alpha
-            d["verdict"] = self.verdict(alpha)
-        return d
 
-
-def _check_alpha(alpha: float) -> None:
-    if not 0.0 < alpha < 1.0:
-        raise ParameterError(f"`alpha` must be in (0, 1), got {alpha}")
+def _result(outcome: Outcome, scheme: Scheme, *, n_tokens: int, n_scored: int,
+            n_scorable: int, min_scored: int, dedup: bool) -> DetectionResult:
+    return DetectionResult(statistic=outcome.statistic, pvalue=outcome.pvalue,
+                           log10_pvalue=outcome.log10_pvalue, n_tokens=n_tokens,
+                           n_scored=n_scored, n_repeated=n_scorable - n_scored,
+                           score_mean=outcome.score_mean, null_mean=outcome.null_mean,
+                           z_score=outcome.z_score, test=scheme.test, min_scored=min_scored,
+                           dedup=dedup, scheme=scheme.name, key_id=scheme.key_id)
 
 
 def detect_ids(ids: np.ndarray, scheme: Scheme, *, prompt_len: int = 0, dedup: bool = True,
@@ -154,22 +111,16 @@ def detect_ids(ids: np.ndarray, scheme: Scheme, *, prompt_len: int = 0, dedup: b
     ids = np.asarray(ids)
     if prompt_len < 0 or prompt_len > ids.size:
         raise ParameterError(f"`prompt_len` must be in 0..{ids.size}, got {prompt_len}")
-    if min_scored < 1:
-        raise ParameterError(f"`min_scored` must be >= 1, got {min_scored}")
+    check_min_scored(min_scored)
     h = scheme.context_width
     keys = scheme.tuple_keys(ids)
     keys = keys[max(0, prompt_len - h):]
-    n_scorable = keys.size
+    n_scorable = int(keys.size)
     if dedup:
         keys = unique_keys(keys)
     outcome = run_test(scheme.test, scheme.key_scores(keys), scheme.test_params)
-    return DetectionResult(statistic=outcome.statistic, pvalue=outcome.pvalue,
-                           log10_pvalue=outcome.log10_pvalue,
-                           n_tokens=int(ids.size - prompt_len), n_scored=int(keys.size),
-                           n_repeated=n_scorable - int(keys.size),
-                           score_mean=outcome.score_mean, null_mean=outcome.null_mean,
-                           z_score=outcome.z_score, test=scheme.test, min_scored=min_scored,
-                           dedup=dedup, scheme=scheme.name, key_id=scheme.key_id)
+    return _result(outcome, scheme, n_tokens=int(ids.size - prompt_len), n_scored=int(keys.size),
+                   n_scorable=n_scorable, min_scored=min_scored, dedup=dedup)
 
 
 def detect_ids_batch(seqs: Sequence[np.ndarray], scheme: Scheme, *,
@@ -177,73 +128,28 @@ def detect_ids_batch(seqs: Sequence[np.ndarray], scheme: Scheme, *,
                      min_scored: int = DEFAULT_MIN_SCORED) -> list[DetectionResult]:
     """:func:`detect_ids` for many sequences at once, with identical results.
 
-    For the green-bit schemes (green-list, DiPmark) the work is done once over the
-    concatenation (one tuple-key pass, one sort for the per-sequence dedup, vectorised exact
-    tails), so short texts cost little more than their tokens; other schemes are tested one by
-    one.
+    One tuple-key pass over the concatenation, one sort for the per-sequence dedup
+    (:func:`~.grouping.group_distinct`) and the scheme's test run once over every sequence as
+    a group (:mod:`.nulls`), so short texts cost little more than their tokens.
     """
     seqs = [np.asarray(s) for s in seqs]
     plens = list(prompt_lens) if prompt_lens is not None else [0] * len(seqs)
     if len(plens) != len(seqs):
         raise ParameterError(f"`prompt_lens` has {len(plens)} entries for {len(seqs)} sequences")
-    if (not isinstance(scheme, (GreenList, DiPmark)) or not seqs
-            or scheme.n_rows * scheme.vocab_size >= 1 << 40):
-        return [detect_ids(s, scheme, prompt_len=pl, min_scored=min_scored)
-                for s, pl in zip(seqs, plens)]
-    if min_scored < 1:
-        raise ParameterError(f"`min_scored` must be >= 1, got {min_scored}")
-    keys, owner = batch_tuple_keys(seqs, scheme, prompt_lens=plens)
-    lens = np.array([s.size for s in seqs], dtype=np.int64)
-    pl = np.asarray(plens, dtype=np.int64)
-    n_scorable = np.bincount(owner, minlength=len(seqs))
-    combined = unique_keys((owner.astype(np.uint64) << np.uint64(40)) | keys)
-    u_owner = (combined >> np.uint64(40)).astype(np.int64)
-    greens = scheme.key_scores(combined & np.uint64((1 << 40) - 1))
-    n = np.bincount(u_owner, minlength=len(seqs))
-    k = np.bincount(u_owner, weights=greens, minlength=len(seqs)).astype(np.int64)
-    p = scheme.test_params["p"]
-    pv, lg = binomial_tails(k, n, p)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean = np.where(n > 0, k / np.maximum(n, 1), 0.0)
-        z = np.where(n > 0, (k - p * n) / np.sqrt(n * p * (1 - p)), 0.0)
-    n_tokens = lens - pl
-    out = [DetectionResult(statistic=kj, pvalue=pvj, log10_pvalue=lgj, n_tokens=ntj,
-                           n_scored=nj, n_repeated=nsj - nj, score_mean=mj, null_mean=p,
-                           z_score=zj, test=scheme.test, min_scored=min_scored, dedup=True,
-                           scheme=scheme.name, key_id=scheme.key_id)
-           for kj, pvj, lgj, ntj, nj, nsj, mj, zj in zip(
-               k.tolist(), pv.tolist(), lg.tolist(), n_tokens.tolist(), n.tolist(),
-               n_scorable.tolist(), mean.tolist(), z.tolist())]
-    return out
-
-
-def batch_tuple_keys(seqs: Sequence[np.ndarray], scheme: Scheme, *,
-                     prompt_lens: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Tuple keys of many sequences in one pass: ``(keys (k,) uint64, owner (k,) int64)``.
-
-    ``owner[i]`` is the index of the sequence key ``i`` belongs to. A sequence's first ``h``
-    tokens have no full window and are not scored, nor are its first ``prompt_lens[j]`` tokens
-    (the prompt: context only). No deduplication here.
-    """
-    seqs = [np.asarray(s, dtype=np.int64).reshape(-1) for s in seqs]
+    check_min_scored(min_scored)
     if not seqs:
-        return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int64)
-    lens = np.array([s.size for s in seqs], dtype=np.int64)
-    pl = (np.zeros(len(seqs), dtype=np.int64) if prompt_lens is None
-          else np.asarray(prompt_lens, dtype=np.int64))
-    if pl.shape != lens.shape:
-        raise ParameterError(f"`prompt_lens` has {pl.size} entries for {lens.size} sequences")
-    if (pl < 0).any() or (pl > lens).any():
-        j = int(np.flatnonzero((pl < 0) | (pl > lens))[0])
-        raise ParameterError(f"`prompt_lens[{j}]` must be in 0..{lens[j]}, got {pl[j]}")
-    h = scheme.context_width
-    ids = np.concatenate(seqs) if len(seqs) > 1 else seqs[0]
-    keys = scheme.tuple_keys(ids)  # entry i belongs to token h + i of the concatenation
-    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
-    owner = np.repeat(np.arange(len(seqs), dtype=np.int64), lens)[h:]
-    local = np.arange(h, ids.size) - starts[owner]
-    valid = local >= np.maximum(h, pl[owner])  # own full window, and not in the prompt
-    return keys[valid], owner[valid]
+        return []
+    keys, owner = batch_tuple_keys(seqs, scheme, prompt_lens=plens)
+    n_seqs = len(seqs)
+    distinct = group_distinct(keys, owner, n_seqs, scheme.n_cells)
+    grouped = run_grouped(scheme.test, scheme.key_scores(distinct.keys), distinct.groups, n_seqs,
+                          scheme.test_params)
+    n_scorable = np.bincount(owner, minlength=n_seqs).tolist()
+    n_scored = grouped.n_scored.tolist()
+    return [_result(grouped.outcome(j), scheme, n_tokens=int(s.size) - int(pl),
+                    n_scored=n_scored[j], n_scorable=n_scorable[j], min_scored=min_scored,
+                    dedup=True)
+            for j, (s, pl) in enumerate(zip(seqs, plens))]
 
 
 class Detector:
@@ -271,7 +177,7 @@ class Detector:
             raise InputError(f"`text` must be a str, got {type(text).__name__}")
         if not text.strip():
             raise InputError("text is empty" if not text else "text is only whitespace")
-        if len(text) <= _CHUNK_CHARS:
+        if len(text) <= CHUNK_CHARS:
             return np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids,
                               dtype=np.int64)
         # Long texts: tokenise line-aligned chunks in parallel (the tokenizer's own threads).

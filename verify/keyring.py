@@ -11,18 +11,19 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from distillmark.watermark.errors import ParameterError
 from distillmark.watermark.keys import WatermarkSpec
 
-from .detect import DEFAULT_MIN_SCORED, Decision, DetectionResult, Detector
+from .decision import DEFAULT_MIN_SCORED, CorrectedDecision
+from .detect import DetectionResult, Detector
 
 __all__ = ["KeyRingDetector", "KeyRingResult"]
 
 
 @dataclass(frozen=True)
-class KeyRingResult(Decision):
+class KeyRingResult(CorrectedDecision):
     """Result of testing one text against ``n_keys`` keys.
 
     Attributes:
@@ -39,20 +40,13 @@ class KeyRingResult(Decision):
     n_keys: int
     results: tuple[DetectionResult, ...]
 
-    def is_sufficient(self) -> bool:
-        return self.best.is_sufficient()
+    best_field: ClassVar[str] = "best"
 
-    def to_dict(self, alpha: float | None = None) -> dict[str, Any]:
+    def fields_dict(self) -> dict[str, Any]:
         """The best key's fields with the corrected p-value, plus ``n_keys``, the uncorrected
         p-value and every key's result (``per_key``)."""
-        d = self.best.to_dict()
-        d.update(pvalue=self.pvalue, log10_pvalue=self.log10_pvalue, n_keys=self.n_keys,
-                 uncorrected_pvalue=self.best.pvalue,
-                 uncorrected_log10_pvalue=self.best.log10_pvalue,
-                 correction="bonferroni", per_key=[r.to_dict() for r in self.results])
-        if alpha is not None:
-            d["alpha"] = alpha
-            d["verdict"] = self.verdict(alpha)
+        d = super().fields_dict()
+        d["per_key"] = [r.to_dict() for r in self.results]
         return d
 
 

@@ -8,10 +8,11 @@ every machine, and its first ``n`` entries are a stable prefix.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from distillmark.watermark.errors import InputError
+
+from .textfiles import json_line, read_input, text_line
 
 __all__ = ["TEMPLATES", "TOPICS", "builtin_prompts", "read_prompts"]
 
@@ -88,29 +89,15 @@ def read_prompts(path: str | Path, *, field: str = "prompt") -> list[str]:
     Errors name the file and line: ``prompts.jsonl:3: invalid JSON (...)``.
     """
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{p}: no such prompts file") from None
-    except IsADirectoryError:
-        raise InputError(f"{p}: is a directory, not a prompts file") from None
-    except OSError as exc:
-        raise InputError(f"{p}: cannot read prompts file ({exc.strerror})") from None
+    raw = read_input(p, "prompts")
     out: list[str] = []
     is_jsonl = p.suffix == ".jsonl"
     for no, line_b in enumerate(raw.splitlines(), 1):
-        try:
-            line = line_b.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{p}:{no}: not valid UTF-8 (byte {exc.start})") from None
+        line = text_line(p, no, line_b)
         if not line.strip():
             continue
         if is_jsonl or line.lstrip().startswith("{"):
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{p}:{no}: invalid JSON ({exc.msg} at column {exc.colno})"
-                                 ) from None
+            rec = json_line(p, no, line)
             if not isinstance(rec, dict) or field not in rec:
                 raise InputError(f"{p}:{no}: record has no {field!r} field")
             value = rec[field]

@@ -55,6 +55,13 @@ def _num(x: Any) -> Any:
     return x
 
 
+def _relative(row: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A scan row with its location relative to the temporary ``folder`` (which changes from
+    run to run)."""
+    row["location"] = row["location"].removeprefix(f"{folder}/")
+    return row
+
+
 def _marked_ids(scheme: Any, rng: np.random.Generator, n: int, V: int) -> np.ndarray:
     """Ids that lean on ``scheme``'s key: each step draws 8 candidates and keeps the one whose
     score is highest (a crude mark, but it gives deep tails and shared tuples)."""
@@ -99,10 +106,10 @@ def record_case(label: str, name: str, params: dict[str, Any], tok: Any, info: A
     data = tmp / f"{label}.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
     rows = tmp / f"{label}.out.jsonl"
-    if not name.startswith("transformers-"):  # the batched scan refuses their key spaces
-        res = scan([data], [spec], field="text", out=rows)
-        out["scan"] = res.to_dict()
-        out["scan_rows"] = [json.loads(line) for line in rows.read_text().splitlines()]
+    res = scan([data], [spec], field="text", out=rows)
+    out["scan"] = res.to_dict()
+    out["scan_rows"] = [_relative(json.loads(line), tmp)
+                        for line in rows.read_text().splitlines()]
     pairs = [(f"question {i}", t) for i, t in enumerate(texts)]
     out["probe"] = score_answers(pairs, spec).to_dict()
     if name == "greenlist":

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from distillmark.watermark.errors import InputError
 
-from ..detect import DEFAULT_ALPHA
+from ..decision import DEFAULT_ALPHA
 from ..prompts import builtin_prompts
 from .students import default_tokenizer_dir, train_bigram_student
 

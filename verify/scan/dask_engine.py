@@ -1,8 +1,8 @@
 """The Dask engine of a scan: shards scored on a cluster, merged in shard order.
 
-Each task is :func:`~.scan.process_shard` on one shard (a file, a line-aligned byte range of a
+Each task is :func:`~.shards.process_shard` on one shard (a file, a line-aligned byte range of a
 JSONL file, a run of Parquet row groups): a pure function whose output, the shard's
-:class:`~.scan.ScanState` and its result lines, merges into the client's state. Tuples are
+:class:`~.state.ScanState` and its result lines, merges into the client's state. Tuples are
 deduplicated globally by merging the shards' tuple sets (a bitmap OR for table schemes: what a
 hash-partitioned dedup computes, in one step). Results are taken in shard order, so the output
 is the local engine's, byte for byte. At most ``2 x workers`` shards are in flight: the client's
@@ -19,8 +19,10 @@ from typing import IO, Any
 
 from distillmark.watermark.errors import InputError, MissingDependencyError
 
-from .scan import ScanConfig, ScanProgress, ScanState, process_shard
-from .sources import Shard
+from ..sources import Shard
+from .shards import ScanProgress, process_shard
+from .state import ScanState
+from .worker import ScanConfig
 
 __all__ = ["run_dask"]
 

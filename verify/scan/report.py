@@ -12,17 +12,19 @@ import base64
 import html
 import io
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from distillmark.watermark.errors import MissingDependencyError
+from distillmark.watermark.files import atomic_write
+
+from ..stats import format_pvalue
 
 if TYPE_CHECKING:
-    from .scan import KeyState, ScanResult
+    from .result import ScanResult
+    from .state import KeyState
 
 __all__ = ["write_report"]
 
@@ -33,6 +35,17 @@ def _png(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _done(plt: Any, fig: Any, ax: Any, name: str, labels: tuple[str, str, str]
+          ) -> tuple[str, str]:
+    """Label a figure's axes and title (``labels``), and close it: ``(name, PNG as base64)``."""
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    ax.set_title(labels[2])
+    png = _png(fig)
+    plt.close(fig)
+    return name, png
 
 
 def _figures(result: ScanResult, rec_log10p: np.ndarray, ks: KeyState) -> list[tuple[str, str]]:
@@ -54,11 +67,8 @@ def _figures(result: ScanResult, rec_log10p: np.ndarray, ks: KeyState) -> list[t
     if p.size:
         ax.axhline(p.size / 20, color="#c44e52", ls="--", label="uniform (no watermark)")
         ax.legend(loc="upper right", fontsize=8)
-    ax.set_xlabel("record p-value")
-    ax.set_ylabel("records")
-    ax.set_title("Per-record p-values")
-    out.append(("p-value histogram", _png(fig)))
-    plt.close(fig)
+    out.append(_done(plt, fig, ax, "p-value histogram", ("record p-value", "records",
+                                                          "Per-record p-values")))
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
     if lg.size:
@@ -70,11 +80,9 @@ def _figures(result: ScanResult, rec_log10p: np.ndarray, ks: KeyState) -> list[t
         top = float(max(expected.max(), 1.0))
         ax.plot([0, top], [0, top], color="#c44e52", ls="--", label="uniform")
         ax.legend(loc="upper left", fontsize=8)
-    ax.set_xlabel("expected -log10 p (uniform)")
-    ax.set_ylabel("observed -log10 p")
-    ax.set_title("QQ-plot against the uniform law")
-    out.append(("QQ-plot", _png(fig)))
-    plt.close(fig)
+    out.append(_done(plt, fig, ax, "QQ-plot", ("expected -log10 p (uniform)",
+                                               "observed -log10 p",
+                                               "QQ-plot against the uniform law")))
 
     agg = result.aggregate
     fig, ax = plt.subplots(figsize=(6, 3.4))
@@ -86,11 +94,9 @@ def _figures(result: ScanResult, rec_log10p: np.ndarray, ks: KeyState) -> list[t
     wm = agg.null_mean + agg.effect * sd
     ax.axvline(wm, color="#c44e52", ls="--", label=f"watermarked (typical): {wm:.3g}")
     ax.legend(loc="upper right", fontsize=8)
-    ax.set_xlabel("record score (mean per scored unit)")
-    ax.set_ylabel("records")
-    ax.set_title(f"Record scores (records with >= {agg.min_scored} scored tuples)")
-    out.append(("score distribution", _png(fig)))
-    plt.close(fig)
+    out.append(_done(plt, fig, ax, "score distribution", (
+        "record score (mean per scored unit)", "records",
+        f"Record scores (records with >= {agg.min_scored} scored tuples)")))
     return out
 
 
@@ -108,12 +114,13 @@ def render(result: ScanResult, rec_log10p: np.ndarray, ks: KeyState, *,
            alpha: float) -> str:
     """The report as one HTML string."""
     d = result.to_dict(alpha)
+    p_text = format_pvalue(result.pvalue, result.log10_pvalue)
     verdict = d["verdict"]
     frac = result.fraction
     det = d["detectable_fraction"]
     if verdict == "watermarked":
         summary = (f"The dataset carries the watermark of key {d['key_id']}: p = "
-                   f"{_p(result.pvalue, result.log10_pvalue)} over {d['n_scored']:,} distinct "
+                   f"{p_text} over {d['n_scored']:,} distinct "
                    f"tuples pooled from {d['n_records_scored']:,} records.")
     elif verdict == "insufficient evidence":
         summary = (f"Insufficient evidence: only {d['n_scored']:,} distinct tuples were scored "
@@ -122,13 +129,13 @@ def render(result: ScanResult, rec_log10p: np.ndarray, ks: KeyState, *,
         power = (f"with this much evidence a watermark on {det:.2%} of the tuples would have "
                  "been found half of the time" if det is not None
                  else "even a fully watermarked dataset of this size could go unnoticed")
-        summary = (f"No watermark found (p = {_p(result.pvalue, result.log10_pvalue)}) over "
+        summary = (f"No watermark found (p = {p_text}) over "
                    f"{d['n_scored']:,} distinct tuples from {d['n_records_scored']:,} records; "
                    f"{power}. At most {frac.ci_high:.2%} of the {frac.n_records:,} records with "
                    f"enough evidence are watermarked ({frac.confidence:.0%} upper bound).")
     rows = [
         ("verdict", f"{verdict} (alpha = {alpha:g})"),
-        ("dataset p-value", _p(result.pvalue, result.log10_pvalue)
+        ("dataset p-value", p_text
          + (f" (Bonferroni for {result.n_keys} keys)" if result.n_keys > 1 else "")),
         ("key id", d["key_id"]), ("scheme", d["scheme"]), ("test", d["test"]),
         ("records read / scored / skipped",
@@ -172,22 +179,9 @@ profile likelihood.</p>
 """
 
 
-def _p(pvalue: float, log10_pvalue: float) -> str:
-    return f"{pvalue:.3g}" if pvalue > 0 else f"1e{log10_pvalue:.1f}"
-
-
 def write_report(path: Path, result: ScanResult, rec_log10p: np.ndarray, ks: KeyState, *,
                  alpha: float) -> None:
     """Write the report to ``path`` atomically."""
     text = render(result, rec_log10p, ks, alpha=alpha)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as fh:
+        fh.write(text)
