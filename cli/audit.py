@@ -10,15 +10,15 @@ import typer
 from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED
 from distillmark.watermark import InputError, load_spec
 
-from .main import (
+from .common import (
     DEFAULT_MAX_BYTES,
     EXIT_ERROR,
     EXIT_FOUND,
     EXIT_NOT_FOUND,
-    _err,
-    _errors_exit,
-    _info,
-    _read_text,
+    err,
+    errors_exit,
+    info,
+    read_text,
 )
 
 DEFAULT_GENERATE = 64
@@ -26,7 +26,7 @@ DEFAULT_GENERATE = 64
 
 def _texts(name: str, max_bytes: int) -> list[str]:
     """A text file, or JSON Lines with a ``text`` field (``name:line`` on a broken line)."""
-    raw = _read_text(name, max_bytes)
+    raw = read_text(name, max_bytes)
     label = "<stdin>" if name == "-" else name
     if not name.endswith(".jsonl"):
         return [raw]
@@ -86,9 +86,9 @@ def audit(
     negative result is not proof that the model never saw watermarked text.
     """
     if not 0.0 < alpha < 1.0:
-        _err(f"--alpha must be in (0, 1), got {alpha}")
+        err(f"--alpha must be in (0, 1), got {alpha}")
         raise typer.Exit(EXIT_ERROR)
-    with _errors_exit():
+    with errors_exit():
         from distillmark.verify import audit as au
 
         if text is not None and generate is not None:
@@ -105,14 +105,14 @@ def audit(
                                         source="<stdin>" if text == "-" else str(text))
             for s in specs[1:]:  # a ring: the text must be free of every key's mark
                 au.text_contexts(texts, s, context_len=context_len, source=str(text))
-        _info(f"loading {model}…", as_json)
+        info(f"loading {model}…", as_json)
         lm = au.load_suspect(model, specs, device=device)
         if texts is None:
             n = generate if generate is not None else DEFAULT_GENERATE
-            _info(f"sampling {n} sequences of {context_len} tokens from the model…", as_json)
+            info(f"sampling {n} sequences of {context_len} tokens from the model…", as_json)
             contexts = au.generate_contexts(lm, n, length=context_len, seed=seed,
                                             batch_size=batch_size)
-        _info(f"reading the model over {sum(c.size for c in contexts)} context tokens…",
+        info(f"reading the model over {sum(c.size for c in contexts)} context tokens…",
               as_json)
         readings = au.read_model(lm, contexts, top_k=max(top_k, reading_k),
                                  batch_size=batch_size)

@@ -12,20 +12,14 @@ from pathlib import Path
 
 import typer
 
-from distillmark.cli.main import (
-    EXIT_ERROR,
-    EXIT_FOUND,
-    EXIT_NOT_FOUND,
-    _err,
-    _errors_exit,
-    _info,
-)
 from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, Detector
 from distillmark.verify.probe import ProbeResult, SamplingParams, probe, read_reference
 from distillmark.verify.prompts import builtin_prompts, read_prompts
 from distillmark.watermark import InputError, load_spec
 
-_EXIT_HELP = ("Exit status: 0 if the watermark was found in the answers, 1 if not (or the "
+from .common import EXIT_ERROR, EXIT_FOUND, EXIT_NOT_FOUND, err, errors_exit, info
+
+PROBE_EXIT_HELP = ("Exit status: 0 if the watermark was found in the answers, 1 if not (or the "
               "evidence was insufficient), 2 on a usage or input error or an endpoint that "
               "cannot be used (answers already received stay in --cache: rerun to resume).")
 
@@ -137,9 +131,9 @@ def probe_command(
     prompts are left out; the p-value is exact.
     """
     if not 0.0 < alpha < 1.0:
-        _err(f"--alpha must be in (0, 1), got {alpha}")
+        err(f"--alpha must be in (0, 1), got {alpha}")
         raise typer.Exit(EXIT_ERROR)
-    with _errors_exit():
+    with errors_exit():
         api_key = None
         if api_key_env is not None:
             api_key = os.environ.get(api_key_env)
@@ -168,7 +162,7 @@ def probe_command(
                            cache=cache, retries=retries, timeout=timeout, backoff=backoff,
                            progress=progress)
     if result.queries.n_failed and not as_json:
-        _info(f"{result.queries.n_failed} of {result.queries.n_wanted} answers were not obtained"
+        info(f"{result.queries.n_failed} of {result.queries.n_wanted} answers were not obtained"
               + (" (the request budget ran out)" if result.queries.budget_exhausted else ""))
     if as_json:
         typer.echo(json.dumps(result.to_dict(alpha)))

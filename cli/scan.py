@@ -15,6 +15,8 @@ import typer
 
 from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED
 
+from .common import EXIT_ERROR, EXIT_FOUND, EXIT_NOT_FOUND, err, errors_exit
+
 _FMT_HELP = "Input format: auto (from file names), jsonl, parquet, csv, text, hf."
 
 
@@ -65,19 +67,18 @@ def scan(
     Every record tested, flags at a controlled FDR, one exact test of the whole dataset (tuples
     deduplicated across records), and the estimated fraction of watermarked records.
     """
-    from distillmark.cli.main import EXIT_ERROR, EXIT_FOUND, EXIT_NOT_FOUND, _err, _errors_exit
     from distillmark.verify.scan import scan as run_scan
     from distillmark.watermark import load_spec
 
     for name, value in (("--alpha", alpha), ("--fdr", fdr), ("--confidence", confidence)):
         if not 0.0 < value < 1.0:
-            _err(f"{name} must be in (0, 1), got {value}")
+            err(f"{name} must be in (0, 1), got {value}")
             raise typer.Exit(EXIT_ERROR)
     if (field is None) == (chat is None):
-        _err("give one of --field PATH or --chat PATH")
+        err("give one of --field PATH or --chat PATH")
         raise typer.Exit(EXIT_ERROR)
     show = not as_json and sys.stderr.isatty()
-    with _errors_exit():
+    with errors_exit():
         specs = [load_spec(k) for k in key]
         with _progress(show) as progress:
             try:
@@ -91,7 +92,7 @@ def scan(
                     progress=progress)
             except KeyboardInterrupt:
                 hint = "; run it again with --resume to continue" if resume else ""
-                _err(f"interrupted{hint}")
+                err(f"interrupted{hint}")
                 raise typer.Exit(130) from None
     if as_json:
         typer.echo(json.dumps(result.to_dict(alpha)))

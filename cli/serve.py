@@ -7,10 +7,12 @@ from pathlib import Path
 
 import typer
 
-from distillmark.cli.main import _ENGINE_HELP, _MODEL_HELP, _errors_exit, _info
 from distillmark.watermark import InputError, load_spec
 from distillmark.watermark.engines import load_generator, resolve_engine
 from distillmark.watermark.models import DEFAULT_MODEL_FILE
+
+from .common import errors_exit, info
+from .options import ENGINE_HELP, MODEL_HELP
 
 DEFAULT_MODEL_NAME = DEFAULT_MODEL_FILE.split(".")[0]  # SmolLM2-135M-Instruct
 
@@ -31,8 +33,8 @@ def serve(
                                          "ids: requests need one of the keys (Bearer), and "
                                          "each account's answers carry its own key, derived "
                                          "from --key."),
-    model: str | None = typer.Option(None, help=_MODEL_HELP),
-    engine: str = typer.Option("auto", help=_ENGINE_HELP),
+    model: str | None = typer.Option(None, help=MODEL_HELP),
+    engine: str = typer.Option("auto", help=ENGINE_HELP),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port to listen on (0: any free port)."),
     served_model_name: str | None = typer.Option(
@@ -52,7 +54,7 @@ def serve(
     POST /v1/chat/completions (JSON or "stream": true), GET /v1/models, GET /health. Runs until
     interrupted; exit status 2 if it cannot start (bad key, model, accounts file or address).
     """
-    with _errors_exit():
+    with errors_exit():
         if no_watermark == (key is not None):
             raise InputError("give --key KEY to watermark the answers, or --no-watermark to "
                              "serve without one")
@@ -75,7 +77,7 @@ def serve(
                                  default_max_tokens=max_tokens,
                                  max_tokens_limit=max_tokens_limit, max_n=max_n)
         sock = srv.bind_socket(host, port)  # before loading: a busy port fails at once
-        _info(f"loading {name} ({resolved})…")
+        info(f"loading {name} ({resolved})…")
         if resolved == "llama.cpp":
             from distillmark.watermark import llamacpp
 
@@ -93,7 +95,7 @@ def serve(
                 f"watermarked with key {spec.key_id}" + (
                     f" (each of {len(accts.account_ids)} accounts with its own derived key)"
                     if accts is not None else ""))
-        _info(f"serving {name} ({gen.engine}) at http://{host}:{real_port}/v1, {mark}; "
+        info(f"serving {name} ({gen.engine}) at http://{host}:{real_port}/v1, {mark}; "
               "Ctrl-C stops")
         logging.basicConfig(level=log_level.upper(), format="distillmark: %(message)s")
         srv.run_server_on(app, sock, log_level=log_level)
