@@ -8,17 +8,18 @@ from pathlib import Path
 import typer
 
 from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED
+from distillmark.verify.stats import format_pvalue
 from distillmark.watermark import InputError, load_spec
 
 from .common import (
     DEFAULT_MAX_BYTES,
-    EXIT_ERROR,
     EXIT_FOUND,
     EXIT_NOT_FOUND,
-    err,
     errors_exit,
     info,
+    input_label,
     read_text,
+    require_open_unit,
 )
 
 DEFAULT_GENERATE = 64
@@ -27,7 +28,7 @@ DEFAULT_GENERATE = 64
 def _texts(name: str, max_bytes: int) -> list[str]:
     """A text file, or JSON Lines with a ``text`` field (``name:line`` on a broken line)."""
     raw = read_text(name, max_bytes)
-    label = "<stdin>" if name == "-" else name
+    label = input_label(name)
     if not name.endswith(".jsonl"):
         return [raw]
     out = []
@@ -85,9 +86,7 @@ def audit(
     Do its next-token distributions favour the key's green tokens more than chance allows? A
     negative result is not proof that the model never saw watermarked text.
     """
-    if not 0.0 < alpha < 1.0:
-        err(f"--alpha must be in (0, 1), got {alpha}")
-        raise typer.Exit(EXIT_ERROR)
+    require_open_unit("--alpha", alpha)
     with errors_exit():
         from distillmark.verify import audit as au
 
@@ -122,7 +121,7 @@ def audit(
     if as_json:
         typer.echo(json.dumps({"source": model, **result.to_dict(alpha)}))
     else:
-        p = f"{result.pvalue:.3g}" if result.pvalue > 0 else f"1e{result.log10_pvalue:.1f}"
+        p = format_pvalue(result.pvalue, result.log10_pvalue)
         if result.mode == "reading":
             what = "green share of the predicted cells"
         elif result.weighting == "coverage":

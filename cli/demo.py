@@ -15,6 +15,7 @@ from typing import Any
 import typer
 
 from distillmark.verify import DEFAULT_ALPHA, Detector
+from distillmark.verify.stats import format_pvalue
 from distillmark.watermark import (
     BUILTIN_SMOLLM2,
     InputError,
@@ -145,7 +146,7 @@ def demo(
             table.add_row(label, o.prompt, "0", "0", "-", "-", "empty answer")
             continue
         table.add_row(label, o.prompt,
-                      str(r.n_tokens), str(r.n_scored), f"{r.score_mean:.0%}", _fmt_pv(r),
+                      str(r.n_tokens), str(r.n_scored), f"{r.score_mean:.0%}", format_pvalue(r.pvalue, r.log10_pvalue),
                       r.verdict(alpha))
     console = Console(stderr=as_json)
     console.print(table)
@@ -195,10 +196,6 @@ def _demo_story(gen: Any, spec: Any, tmp: Path, given: tuple[Any, ...], *, train
                               progress=lambda m: info(m, quiet))
 
 
-def _fmt_pv(result: Any) -> str:
-    return f"{result.pvalue:.3g}" if result.pvalue > 0 else f"1e{result.log10_pvalue:.1f}"
-
-
 def _render_story(console: Any, story: Any, alpha: float) -> None:
     from rich import box
     from rich.table import Table
@@ -215,7 +212,8 @@ def _render_story(console: Any, story: Any, alpha: float) -> None:
                    "no mark found" if not any(found) else "found by one test")
         table.add_row("marked" if st.marked else "control",
                       f"{st.n_train} {'watermarked' if st.marked else 'unwatermarked'} answers",
-                      _fmt_pv(st.probe), _fmt_pv(st.audit), verdict)
+                      format_pvalue(st.probe.pvalue, st.probe.log10_pvalue),
+                      format_pvalue(st.audit.pvalue, st.audit.log10_pvalue), verdict)
     console.print()
     console.print(table)
     console.print(f"probe: each student served on loopback, {q.n_prompts} held-out prompts x "

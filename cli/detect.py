@@ -15,6 +15,7 @@ from distillmark.verify import (
     KeyRingDetector,
     KeyRingResult,
 )
+from distillmark.verify.stats import format_pvalue
 from distillmark.watermark import DistillmarkError, load_spec
 
 from .common import (
@@ -24,14 +25,10 @@ from .common import (
     EXIT_NOT_FOUND,
     err,
     errors_exit,
+    input_label,
     read_text,
+    require_open_unit,
 )
-
-
-def _fmt_p(result: DetectionResult | KeyRingResult) -> str:
-    if result.pvalue > 0:
-        return f"{result.pvalue:.3g}"
-    return f"1e{result.log10_pvalue:.1f}"
 
 
 def _fmt_key(result: DetectionResult | KeyRingResult) -> str:
@@ -67,9 +64,7 @@ def detect(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per input."),
 ) -> None:
     """Test texts for the watermark of KEY with an exact p-value."""
-    if not 0.0 < alpha < 1.0:
-        err(f"--alpha must be in (0, 1), got {alpha}")
-        raise typer.Exit(EXIT_ERROR)
+    require_open_unit("--alpha", alpha)
     with errors_exit():
         specs = [load_spec(k) for k in key]
         detector: Detector | KeyRingDetector = (
@@ -81,7 +76,7 @@ def detect(
         try:
             result = detector.detect(read_text(name, max_bytes), prompt=prompt)
         except DistillmarkError as exc:
-            msg, label = str(exc), "<stdin>" if name == "-" else name
+            msg, label = str(exc), input_label(name)
             err(msg if msg.startswith(label + ":") else f"{label}: {msg}")
             errors += 1
             continue
@@ -90,10 +85,10 @@ def detect(
             errors += 1
             continue
         found += result.is_watermarked(alpha)
-        label = "<stdin>" if name == "-" else name
+        label = input_label(name)
         if as_json:
             typer.echo(json.dumps({"source": label, **result.to_dict(alpha)}))
         else:
-            typer.echo(f"{label}: {result.verdict(alpha)} (p = {_fmt_p(result)}; "
+            typer.echo(f"{label}: {result.verdict(alpha)} (p = {format_pvalue(result.pvalue, result.log10_pvalue)}; "
                        f"{_fmt_score(result)}; {_fmt_key(result)})")
     raise typer.Exit(EXIT_ERROR if errors else EXIT_FOUND if found else EXIT_NOT_FOUND)

@@ -15,17 +15,14 @@ import typer
 from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, Detector
 from distillmark.verify.probe import ProbeResult, SamplingParams, probe, read_reference
 from distillmark.verify.prompts import builtin_prompts, read_prompts
+from distillmark.verify.stats import format_pvalue
 from distillmark.watermark import InputError, load_spec
 
-from .common import EXIT_ERROR, EXIT_FOUND, EXIT_NOT_FOUND, err, errors_exit, info
+from .common import EXIT_FOUND, EXIT_NOT_FOUND, errors_exit, info, require_open_unit
 
 PROBE_EXIT_HELP = ("Exit status: 0 if the watermark was found in the answers, 1 if not (or the "
               "evidence was insufficient), 2 on a usage or input error or an endpoint that "
               "cannot be used (answers already received stay in --cache: rerun to resume).")
-
-
-def _fmt_p(pvalue: float, log10_pvalue: float) -> str:
-    return f"{pvalue:.3g}" if pvalue > 0 else f"1e{log10_pvalue:.1f}"
 
 
 def render(result: ProbeResult, alpha: float) -> str:
@@ -36,7 +33,7 @@ def render(result: ProbeResult, alpha: float) -> str:
              f"{a.n_scored} scored tuples, mean score {a.score_mean:.3g}, {a.null_mean:.3g} "
              "expected without the key")
     head = (f"{result.model} at {result.endpoint}: {result.verdict(alpha)} "
-            f"(p = {_fmt_p(a.pvalue, a.log10_pvalue)}; {green}; key {a.key_id})")
+            f"(p = {format_pvalue(a.pvalue, a.log10_pvalue)}; {green}; key {a.key_id})")
     asked = (f"{q.n_prompts} prompts" if q.n_samples == 1 else
              f"{q.n_wanted} ({q.n_prompts} prompts x {q.n_samples} samples)")
     cost = (f"answers: {result.answers.n_answers} of {asked} "
@@ -130,9 +127,7 @@ def probe_command(
     uses); repeated (context, token) tuples count once across all answers; tuples found in the
     prompts are left out; the p-value is exact.
     """
-    if not 0.0 < alpha < 1.0:
-        err(f"--alpha must be in (0, 1), got {alpha}")
-        raise typer.Exit(EXIT_ERROR)
+    require_open_unit("--alpha", alpha)
     with errors_exit():
         api_key = None
         if api_key_env is not None:

@@ -14,8 +14,16 @@ from typing import Any
 import typer
 
 from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED
+from distillmark.verify.stats import format_pvalue
 
-from .common import EXIT_ERROR, EXIT_FOUND, EXIT_NOT_FOUND, err, errors_exit
+from .common import (
+    EXIT_ERROR,
+    EXIT_FOUND,
+    EXIT_NOT_FOUND,
+    err,
+    errors_exit,
+    require_open_unit,
+)
 
 _FMT_HELP = "Input format: auto (from file names), jsonl, parquet, csv, text, hf."
 
@@ -71,9 +79,7 @@ def scan(
     from distillmark.watermark import load_spec
 
     for name, value in (("--alpha", alpha), ("--fdr", fdr), ("--confidence", confidence)):
-        if not 0.0 < value < 1.0:
-            err(f"{name} must be in (0, 1), got {value}")
-            raise typer.Exit(EXIT_ERROR)
+        require_open_unit(name, value)
     if (field is None) == (chat is None):
         err("give one of --field PATH or --chat PATH")
         raise typer.Exit(EXIT_ERROR)
@@ -109,10 +115,6 @@ def rejects_path(out: Path | None, rejects: Path | None, skip_bad: bool) -> Path
     return None
 
 
-def _p(pvalue: float, log10_pvalue: float) -> str:
-    return f"{pvalue:.3g}" if pvalue > 0 else f"1e{log10_pvalue:.1f}"
-
-
 def _human(result: Any, alpha: float, rejects: Path | None) -> str:
     a = result.aggregate
     keys = (f"best of {result.n_keys} keys: {a.key_id}, p corrected for {result.n_keys} keys"
@@ -123,7 +125,7 @@ def _human(result: Any, alpha: float, rejects: Path | None) -> str:
     else:
         score = (f"{a.n_scored:,} distinct tuples, mean score {a.score_mean:.4g}, "
                  f"{a.null_mean:.4g} expected without the key")
-    lines = [(f"dataset: {result.verdict(alpha)} (p = {_p(result.pvalue, result.log10_pvalue)}; "
+    lines = [(f"dataset: {result.verdict(alpha)} (p = {format_pvalue(result.pvalue, result.log10_pvalue)}; "
               f"{score}; {keys})")]
     skipped = f"{result.n_records_skipped:,} skipped"
     if result.n_records_skipped and rejects is not None:
