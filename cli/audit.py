@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -20,6 +20,13 @@ from .common import (
     input_label,
     read_text,
     require_open_unit,
+)
+from .options import (
+    AlphaOption,
+    JsonResultOption,
+    KeyRingOption,
+    max_bytes_option,
+    min_scored_option,
 )
 
 DEFAULT_GENERATE = 64
@@ -46,40 +53,43 @@ def _texts(name: str, max_bytes: int) -> list[str]:
 
 
 def audit(
-    model: str = typer.Option(..., "--model", "-m", help="The suspect model: a Hugging Face "
-                              "model directory or a GGUF file (required)."),
-    key: list[Path] = typer.Option(..., "--key", "-k", help="The watermark key (spec file); "
-                                   "repeat it to test several keys (Bonferroni-corrected)."),
-    text: str | None = typer.Option(None, "--text", help="Contexts to read the model on: a "
-                                    "text file, or .jsonl with a 'text' field per line; must "
-                                    "not carry the watermark. Default: --generate."),
-    generate: int | None = typer.Option(None, "--generate", help="Read the model on N "
-                                        f"sequences it samples itself (default {DEFAULT_GENERATE}"
-                                        " when no --text)."),
-    context_len: int = typer.Option(256, help="Tokens per context sequence (--text: cut to "
-                                    "this; --generate: sampled length)."),
-    mode: str = typer.Option("distribution", help="distribution (probability mass on green "
-                             "cells, Chernoff bound; more power) or reading (argmax/top-k "
-                             "tokens, exact binomial)."),
-    top_k: int = typer.Option(64, help="distribution: tokens per context read; reading: "
-                              "tokens per context scored is --reading-k."),
-    reading_k: int = typer.Option(1, help="reading: tokens per context scored (1 = argmax)."),
-    min_prob: float = typer.Option(0.0, help="reading: score only those of the --reading-k "
-                                   "tokens with at least this probability."),
-    weighting: str = typer.Option("auto", help="distribution: coverage (a cell weighs the "
-                                  "chance that one sampled token per context draws it: the "
-                                  "black-box test's statistic without its sampling noise), "
-                                  "window (each distinct window of the key weighs one), context "
-                                  "(each distinct context weighs one), or auto: coverage, "
-                                  "window for a key with h = 0."),
-    batch_size: int = typer.Option(8, help="Sequences per forward pass."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
-    seed: int = typer.Option(0, help="Random seed of --generate."),
-    alpha: float = typer.Option(DEFAULT_ALPHA, help="Significance level of the verdict."),
-    min_scored: int = typer.Option(DEFAULT_MIN_SCORED, help="Fewer scored cells than this is "
-                                   "'insufficient evidence'."),
-    max_bytes: int = typer.Option(DEFAULT_MAX_BYTES, help="Refuse a --text larger than this."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+    model: Annotated[str, typer.Option(
+        "--model", "-m", help="The suspect model: a Hugging Face model directory or a GGUF file "
+        "(required).")],
+    key: KeyRingOption,
+    text: Annotated[str | None, typer.Option(
+        "--text", help="Contexts to read the model on: a text file, or .jsonl with a 'text' "
+        "field per line; must not carry the watermark. Default: --generate.")] = None,
+    generate: Annotated[int | None, typer.Option(
+        "--generate", help=f"Read the model on N sequences it samples itself (default "
+        f"{DEFAULT_GENERATE} when no --text).")] = None,
+    context_len: Annotated[int, typer.Option(
+        help="Tokens per context sequence (--text: cut to this; --generate: sampled length).")
+    ] = 256,
+    mode: Annotated[str, typer.Option(
+        help="distribution (probability mass on green cells, Chernoff bound; more power) or "
+             "reading (argmax/top-k tokens, exact binomial).")] = "distribution",
+    top_k: Annotated[int, typer.Option(
+        help="distribution: tokens per context read; reading: tokens per context scored is "
+             "--reading-k.")] = 64,
+    reading_k: Annotated[int, typer.Option(
+        help="reading: tokens per context scored (1 = argmax).")] = 1,
+    min_prob: Annotated[float, typer.Option(
+        help="reading: score only those of the --reading-k tokens with at least this "
+             "probability.")] = 0.0,
+    weighting: Annotated[str, typer.Option(
+        help="distribution: coverage (a cell weighs the chance that one sampled token per "
+             "context draws it: the black-box test's statistic without its sampling noise), "
+             "window (each distinct window of the key weighs one), context (each distinct "
+             "context weighs one), or auto: coverage, window for a key with h = 0.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    seed: Annotated[int, typer.Option(help="Random seed of --generate.")] = 0,
+    alpha: AlphaOption = DEFAULT_ALPHA,
+    min_scored: Annotated[int, min_scored_option("scored cells")] = DEFAULT_MIN_SCORED,
+    max_bytes: Annotated[int, max_bytes_option(
+        "Refuse a --text larger than this.")] = DEFAULT_MAX_BYTES,
+    as_json: JsonResultOption = False,
 ) -> None:
     """Test a model's weights for the watermark of KEY.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -28,7 +28,7 @@ from distillmark.watermark import (
 from distillmark.watermark.engines import load_generator, resolve_engine
 
 from .common import EXIT_FOUND, EXIT_NOT_FOUND, errors_exit, info
-from .options import ENGINE_HELP, MODEL_HELP
+from .options import EngineOption, ModelOption, alpha_option, json_option
 
 #: Teacher answers per student (the first ones are the demo's own four) and held-out probe
 #: prompts of the demo's distillation story. Four answers suffice for a clear result (the
@@ -45,25 +45,25 @@ DEMO_PROMPTS = [
 
 
 def demo(
-    model: str | None = typer.Option(None, help=MODEL_HELP),
-    engine: str = typer.Option("auto", help=ENGINE_HELP),
-    max_new_tokens: int = typer.Option(120, help="Tokens per answer."),
-    temperature: float = typer.Option(1.0, help="Sampling temperature."),
-    alpha: float = typer.Option(DEFAULT_ALPHA, help="Significance level of the verdicts."),
-    seed: int = typer.Option(0, help="Random seed of the sampler."),
-    students: bool = typer.Option(True, "--students/--no-students",
-                                  help="Then train a student on the watermarked answers and "
-                                  "a control student on the unwatermarked ones, probe both "
-                                  "on loopback and audit their weights (needs the serve "
-                                  "extra)."),
-    train_answers: int = typer.Option(DEMO_TRAIN_ANSWERS, help="Teacher answers each student "
-                                      "learns from: the demo's own four, then answers to "
-                                      "further built-in prompts."),
-    probe_prompts: int = typer.Option(DEMO_PROBE_PROMPTS, help="Held-out prompts each student "
-                                      "is probed with."),
-    samples: int = typer.Option(4, help="Answers per probe prompt."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per answer, then one "
-                                 "per student."),
+    model: ModelOption = None,
+    engine: EngineOption = "auto",
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 120,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
+    alpha: Annotated[float, alpha_option("Significance level of the verdicts.")] = DEFAULT_ALPHA,
+    seed: Annotated[int, typer.Option(help="Random seed of the sampler.")] = 0,
+    students: Annotated[bool, typer.Option(
+        "--students/--no-students",
+        help="Then train a student on the watermarked answers and a control student on the "
+             "unwatermarked ones, probe both on loopback and audit their weights (needs the "
+             "serve extra).")] = True,
+    train_answers: Annotated[int, typer.Option(
+        help="Teacher answers each student learns from: the demo's own four, then answers to "
+             "further built-in prompts.")] = DEMO_TRAIN_ANSWERS,
+    probe_prompts: Annotated[int, typer.Option(
+        help="Held-out prompts each student is probed with.")] = DEMO_PROBE_PROMPTS,
+    samples: Annotated[int, typer.Option(help="Answers per probe prompt.")] = 4,
+    as_json: Annotated[bool, json_option(
+        "One JSON object per answer, then one per student.")] = False,
 ) -> None:
     """Make a key, generate watermarked answers and unwatermarked controls, detect them all;
     then the distillation story: was a model trained on our answers?

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -29,6 +29,14 @@ from .common import (
     read_text,
     require_open_unit,
 )
+from .options import (
+    AlphaOption,
+    KeyRingOption,
+    TokenizerOverrideOption,
+    json_option,
+    max_bytes_option,
+    min_scored_option,
+)
 
 
 def _fmt_key(result: DetectionResult | KeyRingResult) -> str:
@@ -50,18 +58,18 @@ def _fmt_score(result: DetectionResult | KeyRingResult) -> str:
 
 
 def detect(
-    files: list[str] = typer.Argument(None, help="Text files to test; - or nothing: stdin."),
-    key: list[Path] = typer.Option(..., "--key", "-k", help="The watermark key (spec file); "
-                                   "repeat it to test several keys (Bonferroni-corrected)."),
-    alpha: float = typer.Option(DEFAULT_ALPHA, help="Significance level of the verdict."),
-    min_scored: int = typer.Option(DEFAULT_MIN_SCORED, help="Fewer scored tokens than this "
-                                   "is 'insufficient evidence'."),
-    tokenizer: str | None = typer.Option(None, help="Tokenizer to use instead of the one "
-                                            "recorded in the key (must match it)."),
-    prompt: str | None = typer.Option(None, help="The prompt the text answers (context "
-                                         "for its first tokens, never scored)."),
-    max_bytes: int = typer.Option(DEFAULT_MAX_BYTES, help="Refuse inputs larger than this."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per input."),
+    files: Annotated[list[str] | None, typer.Argument(
+        help="Text files to test; - or nothing: stdin.")] = None,
+    *,
+    key: KeyRingOption,
+    alpha: AlphaOption = DEFAULT_ALPHA,
+    min_scored: Annotated[int, min_scored_option("scored tokens")] = DEFAULT_MIN_SCORED,
+    tokenizer: TokenizerOverrideOption = None,
+    prompt: Annotated[str | None, typer.Option(
+        help="The prompt the text answers (context for its first tokens, never scored).")] = None,
+    max_bytes: Annotated[int, max_bytes_option(
+        "Refuse inputs larger than this.")] = DEFAULT_MAX_BYTES,
+    as_json: Annotated[bool, json_option("One JSON object per input.")] = False,
 ) -> None:
     """Test texts for the watermark of KEY with an exact p-value."""
     require_open_unit("--alpha", alpha)
@@ -89,6 +97,7 @@ def detect(
         if as_json:
             typer.echo(json.dumps({"source": label, **result.to_dict(alpha)}))
         else:
-            typer.echo(f"{label}: {result.verdict(alpha)} (p = {format_pvalue(result.pvalue, result.log10_pvalue)}; "
-                       f"{_fmt_score(result)}; {_fmt_key(result)})")
+            p = format_pvalue(result.pvalue, result.log10_pvalue)
+            typer.echo(f"{label}: {result.verdict(alpha)} (p = {p}; {_fmt_score(result)}; "
+                       f"{_fmt_key(result)})")
     raise typer.Exit(EXIT_ERROR if errors else EXIT_FOUND if found else EXIT_NOT_FOUND)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -11,22 +12,22 @@ from distillmark.watermark import InputError, load_spec, scheme_for
 from distillmark.watermark.engines import load_generator, resolve_engine
 
 from .common import errors_exit, info
-from .options import ENGINE_HELP, MODEL_HELP
+from .options import EngineOption, ModelOption, json_option, key_option, no_watermark_option
 
 
 def generate(
-    prompts: list[str] = typer.Argument(..., help="Prompts to answer."),
-    key: Path | None = typer.Option(None, "--key", "-k", help="The watermark key."),
-    no_watermark: bool = typer.Option(False, "--no-watermark",
-                                      help="Generate without a watermark (a control text)."),
-    model: str | None = typer.Option(None, help=MODEL_HELP),
-    engine: str = typer.Option("auto", help=ENGINE_HELP),
-    max_new_tokens: int = typer.Option(128, help="Tokens to generate per answer."),
-    temperature: float = typer.Option(1.0, help="Sampling temperature (0 = greedy)."),
-    top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
-    batch_size: int = typer.Option(8, help="Prompts generated together."),
-    seed: int | None = typer.Option(None, help="Random seed of the sampler."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per answer."),
+    prompts: Annotated[list[str], typer.Argument(help="Prompts to answer.")],
+    key: Annotated[Path | None, key_option("The watermark key.")] = None,
+    no_watermark: Annotated[bool, no_watermark_option(
+        "Generate without a watermark (a control text).")] = False,
+    model: ModelOption = None,
+    engine: EngineOption = "auto",
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per answer.")] = 128,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
+    batch_size: Annotated[int, typer.Option(help="Prompts generated together.")] = 8,
+    seed: Annotated[int | None, typer.Option(help="Random seed of the sampler.")] = None,
+    as_json: Annotated[bool, json_option("One JSON object per answer.")] = False,
 ) -> None:
     """Answer PROMPTS with a language model, watermarked with KEY."""
     with errors_exit():

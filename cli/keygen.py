@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -21,6 +21,7 @@ from distillmark.watermark import (
 )
 
 from .common import errors_exit
+from .options import json_option
 
 
 def _parse_params(items: list[str]) -> dict[str, Any]:
@@ -37,44 +38,51 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
 
 
 def keygen(
-    out: Path = typer.Option(..., "--out", "-o", help="Where to write the key (mode 0600)."),
-    scheme_name: str | None = typer.Option(None, "--scheme", help="Scheme, with its default "
-                                           "parameters: " + ", ".join(SCHEMES) + "."),
-    preset: str = typer.Option("greenlist", help="Parameter preset: " + ", ".join(PRESETS)),
-    param: list[str] = typer.Option([], "--param", help="A scheme parameter NAME=VALUE (VALUE "
-                                    "read as JSON when it parses); repeatable."),
-    gamma: float | None = typer.Option(None, help="Green fraction of the vocabulary "
-                                       "(dipmark: detection's threshold, default 0.5)."),
-    alpha: float | None = typer.Option(None, help="dipmark: reweighting strength in [0, 0.5] "
-                                       "(default 0.45)."),
-    delta: float | None = typer.Option(None, help="Logit bias of green tokens."),
-    context_width: int | None = typer.Option(None, "--context-width",
-                                                help="Tokens before a token that pick its list "
-                                                "(or row)."),
-    seeding: str | None = typer.Option(None, help="lefthash or selfhash."),
-    combine: str | None = typer.Option(None, help="hash or min (windows of 2+ tokens)."),
-    n_lists: int | None = typer.Option(None, help="Number of green lists (power of two)."),
-    hashing_key: int | None = typer.Option(None, help="transformers-kgw: WatermarkingConfig's "
-                                           "hashing_key (the secret)."),
-    greenlist_ratio: float | None = typer.Option(None, help="transformers-kgw: greenlist_ratio."),
-    bias: float | None = typer.Option(None, help="transformers-kgw: bias."),
-    seeding_scheme: str | None = typer.Option(None, help="transformers-kgw: lefthash or selfhash."),
-    vocab_size: int | None = typer.Option(None, help="transformers-kgw: the model's vocab size."),
-    dedup_by: str | None = typer.Option(None, help="transformers-kgw: seed (exact, default) or "
-                                        "ngram (transformers' counts)."),
-    keys: str | None = typer.Option(None, help="transformers-synthid: comma-separated keys (the "
-                                    "secret)."),
-    ngram_len: int | None = typer.Option(None, help="transformers-synthid: ngram_len."),
-    sampling_table_size: int | None = typer.Option(None, help="transformers-synthid."),
-    sampling_table_seed: int | None = typer.Option(None, help="transformers-synthid."),
-    context_history_size: int | None = typer.Option(None, help="transformers-synthid."),
-    tokenizer: str = typer.Option(BUILTIN_SMOLLM2, help="tokenizer.json, a model directory, "
-                                  "or builtin:NAME."),
-    derive_from: Path | None = typer.Option(None, help="Derive an account key from this "
-                                               "master key (with --account)."),
-    account: str | None = typer.Option(None, help="Account id for --derive-from."),
-    force: bool = typer.Option(False, help="Replace an existing key file."),
-    as_json: bool = typer.Option(False, "--json", help="Print the key's public fields as JSON."),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the key (mode 0600).")],
+    scheme_name: Annotated[str | None, typer.Option(
+        "--scheme", help="Scheme, with its default parameters: " + ", ".join(SCHEMES) + ".")
+    ] = None,
+    preset: Annotated[str, typer.Option(
+        help="Parameter preset: " + ", ".join(PRESETS))] = "greenlist",
+    param: Annotated[list[str] | None, typer.Option(
+        "--param", help="A scheme parameter NAME=VALUE (VALUE read as JSON when it parses); "
+        "repeatable.")] = None,
+    gamma: Annotated[float | None, typer.Option(
+        help="Green fraction of the vocabulary (dipmark: detection's threshold, default 0.5).")
+    ] = None,
+    alpha: Annotated[float | None, typer.Option(
+        help="dipmark: reweighting strength in [0, 0.5] (default 0.45).")] = None,
+    delta: Annotated[float | None, typer.Option(help="Logit bias of green tokens.")] = None,
+    context_width: Annotated[int | None, typer.Option(
+        "--context-width", help="Tokens before a token that pick its list (or row).")] = None,
+    seeding: Annotated[str | None, typer.Option(help="lefthash or selfhash.")] = None,
+    combine: Annotated[str | None, typer.Option(help="hash or min (windows of 2+ tokens).")] = None,
+    n_lists: Annotated[int | None, typer.Option(
+        help="Number of green lists (power of two).")] = None,
+    hashing_key: Annotated[int | None, typer.Option(
+        help="transformers-kgw: WatermarkingConfig's hashing_key (the secret).")] = None,
+    greenlist_ratio: Annotated[float | None, typer.Option(
+        help="transformers-kgw: greenlist_ratio.")] = None,
+    bias: Annotated[float | None, typer.Option(help="transformers-kgw: bias.")] = None,
+    seeding_scheme: Annotated[str | None, typer.Option(
+        help="transformers-kgw: lefthash or selfhash.")] = None,
+    vocab_size: Annotated[int | None, typer.Option(
+        help="transformers-kgw: the model's vocab size.")] = None,
+    dedup_by: Annotated[str | None, typer.Option(
+        help="transformers-kgw: seed (exact, default) or ngram (transformers' counts).")] = None,
+    keys: Annotated[str | None, typer.Option(
+        help="transformers-synthid: comma-separated keys (the secret).")] = None,
+    ngram_len: Annotated[int | None, typer.Option(help="transformers-synthid: ngram_len.")] = None,
+    sampling_table_size: Annotated[int | None, typer.Option(help="transformers-synthid.")] = None,
+    sampling_table_seed: Annotated[int | None, typer.Option(help="transformers-synthid.")] = None,
+    context_history_size: Annotated[int | None, typer.Option(help="transformers-synthid.")] = None,
+    tokenizer: Annotated[str, typer.Option(
+        help="tokenizer.json, a model directory, or builtin:NAME.")] = BUILTIN_SMOLLM2,
+    derive_from: Annotated[Path | None, typer.Option(
+        help="Derive an account key from this master key (with --account).")] = None,
+    account: Annotated[str | None, typer.Option(help="Account id for --derive-from.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing key file.")] = False,
+    as_json: Annotated[bool, json_option("Print the key's public fields as JSON.")] = False,
 ) -> None:
     """Make a new watermark key (a spec file), or derive an account's key from a master key."""
     with errors_exit():
@@ -93,7 +101,7 @@ def keygen(
                 if scheme is None or params is None:
                     raise InputError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
             params = dict(params)
-            params.update(_parse_params(param))
+            params.update(_parse_params(param or []))
             try:
                 key_list = ([int(k) for k in keys.split(",") if k.strip()]
                             if keys is not None else None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -12,7 +13,7 @@ from distillmark.watermark.engines import load_generator, resolve_engine
 from distillmark.watermark.models import DEFAULT_MODEL_FILE
 
 from .common import errors_exit, info
-from .options import ENGINE_HELP, MODEL_HELP
+from .options import EngineOption, ModelOption, key_option, no_watermark_option
 
 DEFAULT_MODEL_NAME = DEFAULT_MODEL_FILE.split(".")[0]  # SmolLM2-135M-Instruct
 
@@ -25,29 +26,30 @@ def _model_name(model: str | None) -> str:
 
 
 def serve(
-    key: Path | None = typer.Option(None, "--key", "-k", help="Watermark every answer with "
-                                    "this key (spec file)."),
-    no_watermark: bool = typer.Option(False, "--no-watermark",
-                                      help="Serve without a watermark (a control model)."),
-    accounts: Path | None = typer.Option(None, help="JSON object mapping API keys to account "
-                                         "ids: requests need one of the keys (Bearer), and "
-                                         "each account's answers carry its own key, derived "
-                                         "from --key."),
-    model: str | None = typer.Option(None, help=MODEL_HELP),
-    engine: str = typer.Option("auto", help=ENGINE_HELP),
-    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
-    port: int = typer.Option(8000, help="Port to listen on (0: any free port)."),
-    served_model_name: str | None = typer.Option(
-        None, help="Model id clients ask for (default: the model file's or directory's name; "
-        f"{DEFAULT_MODEL_NAME} for the embedded model)."),
-    max_batch: int | None = typer.Option(None, help="Most prompts generated together "
-                                         "(default: 8 on transformers, 1 on llama.cpp)."),
-    max_tokens: int = typer.Option(256, help="max_tokens of a request that gives none."),
-    max_tokens_limit: int = typer.Option(4096, help="Largest max_tokens accepted."),
-    max_n: int = typer.Option(8, help="Largest n (choices per request) accepted."),
-    threads: int | None = typer.Option(None, help="CPU threads for generation (default: all "
-                                       "this process may use)."),
-    log_level: str = typer.Option("info", help="debug, info, warning or error."),
+    key: Annotated[Path | None, key_option(
+        "Watermark every answer with this key (spec file).")] = None,
+    no_watermark: Annotated[bool, no_watermark_option(
+        "Serve without a watermark (a control model).")] = False,
+    accounts: Annotated[Path | None, typer.Option(
+        help="JSON object mapping API keys to account ids: requests need one of the keys "
+             "(Bearer), and each account's answers carry its own key, derived from --key.")
+    ] = None,
+    model: ModelOption = None,
+    engine: EngineOption = "auto",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8000,
+    served_model_name: Annotated[str | None, typer.Option(
+        help="Model id clients ask for (default: the model file's or directory's name; "
+             f"{DEFAULT_MODEL_NAME} for the embedded model).")] = None,
+    max_batch: Annotated[int | None, typer.Option(
+        help="Most prompts generated together (default: 8 on transformers, 1 on llama.cpp).")
+    ] = None,
+    max_tokens: Annotated[int, typer.Option(help="max_tokens of a request that gives none.")] = 256,
+    max_tokens_limit: Annotated[int, typer.Option(help="Largest max_tokens accepted.")] = 4096,
+    max_n: Annotated[int, typer.Option(help="Largest n (choices per request) accepted.")] = 8,
+    threads: Annotated[int | None, typer.Option(
+        help="CPU threads for generation (default: all this process may use).")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API, watermarking every answer.
 
