@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from distillmark.verify import DEFAULT_ALPHA, Detector
+from distillmark.verify import DEFAULT_ALPHA, DetectionResult, Detector
 from distillmark.verify.stats import format_pvalue
 from distillmark.watermark import (
     BUILTIN_SMOLLM2,
@@ -25,7 +25,7 @@ from distillmark.watermark import (
     save_spec,
     scheme_for,
 )
-from distillmark.watermark.engines import load_generator, resolve_engine
+from distillmark.watermark.engines import Completion, load_generator, resolve_engine
 
 from .common import EXIT_FOUND, EXIT_NOT_FOUND, errors_exit, info
 from .options import EngineOption, ModelOption, alpha_option, json_option
@@ -113,7 +113,7 @@ def demo(
                 raise InputError("the students' stage serves and probes them: it needs "
                                  "the serve extra (pip install 'distillmark[serve]'), or "
                                  "pass --no-students") from None
-        rows = []
+        rows: list[tuple[str, Completion, DetectionResult | None]] = []
         for label, sch in (("watermarked", scheme), ("control", None)):
             info(f"generating {len(DEMO_PROMPTS)} {label} answers…", as_json)
             outs = gen.generate(DEMO_PROMPTS, scheme=sch, max_new_tokens=max_new_tokens,

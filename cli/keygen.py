@@ -91,15 +91,16 @@ def keygen(
         if derive_from is not None and account is not None:
             spec = derive_account_spec(load_spec(derive_from), account)
         else:
+            params: dict[str, Any]
             if scheme_name is not None:
                 if scheme_name not in SCHEMES:
                     raise InputError(f"unknown scheme {scheme_name!r}; known: "
                                      f"{', '.join(SCHEMES)}")
                 scheme, params = scheme_name, {}
+            elif preset in PRESETS:
+                scheme, params = PRESETS[preset]
             else:
-                scheme, params = PRESETS.get(preset, (None, None))
-                if scheme is None or params is None:
-                    raise InputError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+                raise InputError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
             params = dict(params)
             params.update(_parse_params(param or []))
             try:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from distillmark.watermark import InputError, load_spec
-from distillmark.watermark.engines import load_generator, resolve_engine
+from distillmark.watermark.engines import Generator, load_generator, resolve_engine
 from distillmark.watermark.models import DEFAULT_MODEL_FILE
 
 from .common import errors_exit, info
@@ -80,6 +80,7 @@ def serve(
                                  max_tokens_limit=max_tokens_limit, max_n=max_n)
         sock = srv.bind_socket(host, port)  # before loading: a busy port fails at once
         info(f"loading {name} ({resolved})…")
+        gen: Generator
         if resolved == "llama.cpp":
             from distillmark.watermark import llamacpp
 
