@@ -122,7 +122,7 @@ def audit(
             contexts = au.generate_contexts(lm, n, length=context_len, seed=seed,
                                             batch_size=batch_size)
         info(f"reading the model over {sum(c.size for c in contexts)} context tokens…",
-              as_json)
+             as_json)
         readings = au.read_model(lm, contexts, top_k=max(top_k, reading_k),
                                  batch_size=batch_size)
         result, _ = au.audit_specs(readings, specs, mode=mode, top_k=top_k,

@@ -81,7 +81,7 @@ def demo(
     with errors_exit():
         resolve_engine(engine, model)
         info("loading the model (a first transformers run converts it once, about a "
-              "minute)…", as_json)
+             "minute)…", as_json)
         gen = load_generator(engine, model)
         # the key and its tokenizer live here until the end of the demo (both stages)
         workspace = tempfile.TemporaryDirectory(prefix="distillmark-demo-")
@@ -90,7 +90,8 @@ def demo(
             tok_source: str | Path = BUILTIN_SMOLLM2
         elif gen.engine == "transformers":
             tok_source = Path(tmp) / "tokenizer.json"
-            tok_source.write_text(gen.tokenizer_json(), encoding="utf-8")  # type: ignore[attr-defined]
+            tok_json = gen.tokenizer_json()  # type: ignore[attr-defined]
+            tok_source.write_text(tok_json, encoding="utf-8")
         else:
             raise InputError("demo with --model needs --engine transformers (to read the "
                              "model's tokenizer)")
@@ -98,7 +99,7 @@ def demo(
         spec = new_spec("greenlist", {}, tok_info)
         key_path = save_spec(spec, Path(tmp) / "demo-key.json")
         info(f"made key {spec.key_id} ({key_path.name}, mode 0600, deleted after the demo)",
-              as_json)
+             as_json)
         gen.check_tokenizer(spec)
         scheme = scheme_for(spec)
         detector = Detector(load_spec(key_path), tokenizer=tok_source)
@@ -130,7 +131,8 @@ def demo(
             d = {"kind": label, "prompt": o.prompt, "text": o.text}
             d.update(r.to_dict(alpha) if r is not None else {"verdict": "empty answer"})
             typer.echo(json.dumps(d))
-    table = Table(box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False, title=f"distillmark demo ({gen.engine}): key {spec.key_id}, greenlist "
+    table = Table(box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False,
+                  title=f"distillmark demo ({gen.engine}): key {spec.key_id}, greenlist "
                         f"γ={spec.params['gamma']} δ={spec.params['delta']} "
                         f"h={spec.params['context_width']}, alpha={alpha:g}")
     for col in ("answer", "prompt", "tokens", "scored", "green", "p-value", "verdict"):
@@ -145,9 +147,8 @@ def demo(
         if r is None:
             table.add_row(label, o.prompt, "0", "0", "-", "-", "empty answer")
             continue
-        table.add_row(label, o.prompt,
-                      str(r.n_tokens), str(r.n_scored), f"{r.score_mean:.0%}", format_pvalue(r.pvalue, r.log10_pvalue),
-                      r.verdict(alpha))
+        table.add_row(label, o.prompt, str(r.n_tokens), str(r.n_scored), f"{r.score_mean:.0%}",
+                      format_pvalue(r.pvalue, r.log10_pvalue), r.verdict(alpha))
     console = Console(stderr=as_json)
     console.print(table)
     console.print(f"{correct}/{len(rows)} answers classified correctly: watermarked answers "

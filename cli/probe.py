@@ -29,8 +29,8 @@ from .options import (
 )
 
 PROBE_EXIT_HELP = ("Exit status: 0 if the watermark was found in the answers, 1 if not (or the "
-              "evidence was insufficient), 2 on a usage or input error or an endpoint that "
-              "cannot be used (answers already received stay in --cache: rerun to resume).")
+                   "evidence was insufficient), 2 on a usage or input error or an endpoint that "
+                   "cannot be used (answers already received stay in --cache: rerun to resume).")
 
 
 def render(result: ProbeResult, alpha: float) -> str:
@@ -170,7 +170,7 @@ def probe_command(
                            progress=progress)
     if result.queries.n_failed and not as_json:
         info(f"{result.queries.n_failed} of {result.queries.n_wanted} answers were not obtained"
-              + (" (the request budget ran out)" if result.queries.budget_exhausted else ""))
+             + (" (the request budget ran out)" if result.queries.budget_exhausted else ""))
     if as_json:
         typer.echo(json.dumps(result.to_dict(alpha)))
     else:

@@ -120,6 +120,7 @@ def scan(
 
 
 def rejects_path(out: Path | None, rejects: Path | None, skip_bad: bool) -> Path | None:
+    """Where the records ``--skip-bad`` skipped went: ``--rejects``, else OUT.rejects.jsonl."""
     if rejects is not None:
         return rejects
     if out is not None and skip_bad:
@@ -137,8 +138,8 @@ def _human(result: Any, alpha: float, rejects: Path | None) -> str:
     else:
         score = (f"{a.n_scored:,} distinct tuples, mean score {a.score_mean:.4g}, "
                  f"{a.null_mean:.4g} expected without the key")
-    lines = [(f"dataset: {result.verdict(alpha)} (p = {format_pvalue(result.pvalue, result.log10_pvalue)}; "
-              f"{score}; {keys})")]
+    p = format_pvalue(result.pvalue, result.log10_pvalue)
+    lines = [f"dataset: {result.verdict(alpha)} (p = {p}; {score}; {keys})"]
     skipped = f"{result.n_records_skipped:,} skipped"
     if result.n_records_skipped and rejects is not None:
         skipped += f" (see {rejects})"

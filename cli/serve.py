@@ -99,6 +99,6 @@ def serve(
                     f" (each of {len(accts.account_ids)} accounts with its own derived key)"
                     if accts is not None else ""))
         info(f"serving {name} ({gen.engine}) at http://{host}:{real_port}/v1, {mark}; "
-              "Ctrl-C stops")
+             "Ctrl-C stops")
         logging.basicConfig(level=log_level.upper(), format="distillmark: %(message)s")
         srv.run_server_on(app, sock, log_level=log_level)
