@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED
+from distillmark.verify.stats import format_pvalue
 from distillmark.watermark import InputError, load_spec
 
-from .main import (
+from .common import (
     DEFAULT_MAX_BYTES,
-    EXIT_ERROR,
     EXIT_FOUND,
     EXIT_NOT_FOUND,
-    _err,
-    _errors_exit,
-    _info,
-    _read_text,
+    errors_exit,
+    info,
+    input_label,
+    read_text,
+    require_open_unit,
+)
+from .options import (
+    AlphaOption,
+    JsonResultOption,
+    KeyRingOption,
+    max_bytes_option,
+    min_scored_option,
 )
 
 DEFAULT_GENERATE = 64
@@ -26,8 +34,8 @@ DEFAULT_GENERATE = 64
 
 def _texts(name: str, max_bytes: int) -> list[str]:
     """A text file, or JSON Lines with a ``text`` field (``name:line`` on a broken line)."""
-    raw = _read_text(name, max_bytes)
-    label = "<stdin>" if name == "-" else name
+    raw = read_text(name, max_bytes)
+    label = input_label(name)
     if not name.endswith(".jsonl"):
         return [raw]
     out = []
@@ -45,50 +53,51 @@ def _texts(name: str, max_bytes: int) -> list[str]:
 
 
 def audit(
-    model: str = typer.Option(..., "--model", "-m", help="The suspect model: a Hugging Face "
-                              "model directory or a GGUF file (required)."),
-    key: list[Path] = typer.Option(..., "--key", "-k", help="The watermark key (spec file); "
-                                   "repeat it to test several keys (Bonferroni-corrected)."),
-    text: str | None = typer.Option(None, "--text", help="Contexts to read the model on: a "
-                                    "text file, or .jsonl with a 'text' field per line; must "
-                                    "not carry the watermark. Default: --generate."),
-    generate: int | None = typer.Option(None, "--generate", help="Read the model on N "
-                                        f"sequences it samples itself (default {DEFAULT_GENERATE}"
-                                        " when no --text)."),
-    context_len: int = typer.Option(256, help="Tokens per context sequence (--text: cut to "
-                                    "this; --generate: sampled length)."),
-    mode: str = typer.Option("distribution", help="distribution (probability mass on green "
-                             "cells, Chernoff bound; more power) or reading (argmax/top-k "
-                             "tokens, exact binomial)."),
-    top_k: int = typer.Option(64, help="distribution: tokens per context read; reading: "
-                              "tokens per context scored is --reading-k."),
-    reading_k: int = typer.Option(1, help="reading: tokens per context scored (1 = argmax)."),
-    min_prob: float = typer.Option(0.0, help="reading: score only those of the --reading-k "
-                                   "tokens with at least this probability."),
-    weighting: str = typer.Option("auto", help="distribution: coverage (a cell weighs the "
-                                  "chance that one sampled token per context draws it: the "
-                                  "black-box test's statistic without its sampling noise), "
-                                  "window (each distinct window of the key weighs one), context "
-                                  "(each distinct context weighs one), or auto: coverage, "
-                                  "window for a key with h = 0."),
-    batch_size: int = typer.Option(8, help="Sequences per forward pass."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
-    seed: int = typer.Option(0, help="Random seed of --generate."),
-    alpha: float = typer.Option(DEFAULT_ALPHA, help="Significance level of the verdict."),
-    min_scored: int = typer.Option(DEFAULT_MIN_SCORED, help="Fewer scored cells than this is "
-                                   "'insufficient evidence'."),
-    max_bytes: int = typer.Option(DEFAULT_MAX_BYTES, help="Refuse a --text larger than this."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+    model: Annotated[str, typer.Option(
+        "--model", "-m", help="The suspect model: a Hugging Face model directory or a GGUF file "
+        "(required).")],
+    key: KeyRingOption,
+    text: Annotated[str | None, typer.Option(
+        "--text", help="Contexts to read the model on: a text file, or .jsonl with a 'text' "
+        "field per line; must not carry the watermark. Default: --generate.")] = None,
+    generate: Annotated[int | None, typer.Option(
+        "--generate", help=f"Read the model on N sequences it samples itself (default "
+        f"{DEFAULT_GENERATE} when no --text).")] = None,
+    context_len: Annotated[int, typer.Option(
+        help="Tokens per context sequence (--text: cut to this; --generate: sampled length).")
+    ] = 256,
+    mode: Annotated[str, typer.Option(
+        help="distribution (probability mass on green cells, Chernoff bound; more power) or "
+             "reading (argmax/top-k tokens, exact binomial).")] = "distribution",
+    top_k: Annotated[int, typer.Option(
+        help="distribution: tokens per context read; reading: tokens per context scored is "
+             "--reading-k.")] = 64,
+    reading_k: Annotated[int, typer.Option(
+        help="reading: tokens per context scored (1 = argmax).")] = 1,
+    min_prob: Annotated[float, typer.Option(
+        help="reading: score only those of the --reading-k tokens with at least this "
+             "probability.")] = 0.0,
+    weighting: Annotated[str, typer.Option(
+        help="distribution: coverage (a cell weighs the chance that one sampled token per "
+             "context draws it: the black-box test's statistic without its sampling noise), "
+             "window (each distinct window of the key weighs one), context (each distinct "
+             "context weighs one), or auto: coverage, window for a key with h = 0.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    seed: Annotated[int, typer.Option(help="Random seed of --generate.")] = 0,
+    alpha: AlphaOption = DEFAULT_ALPHA,
+    min_scored: Annotated[int, min_scored_option("scored cells")] = DEFAULT_MIN_SCORED,
+    max_bytes: Annotated[int, max_bytes_option(
+        "Refuse a --text larger than this.")] = DEFAULT_MAX_BYTES,
+    as_json: JsonResultOption = False,
 ) -> None:
     """Test a model's weights for the watermark of KEY.
 
     Do its next-token distributions favour the key's green tokens more than chance allows? A
     negative result is not proof that the model never saw watermarked text.
     """
-    if not 0.0 < alpha < 1.0:
-        _err(f"--alpha must be in (0, 1), got {alpha}")
-        raise typer.Exit(EXIT_ERROR)
-    with _errors_exit():
+    require_open_unit("--alpha", alpha)
+    with errors_exit():
         from distillmark.verify import audit as au
 
         if text is not None and generate is not None:
@@ -105,15 +114,15 @@ def audit(
                                         source="<stdin>" if text == "-" else str(text))
             for s in specs[1:]:  # a ring: the text must be free of every key's mark
                 au.text_contexts(texts, s, context_len=context_len, source=str(text))
-        _info(f"loading {model}…", as_json)
+        info(f"loading {model}…", as_json)
         lm = au.load_suspect(model, specs, device=device)
         if texts is None:
             n = generate if generate is not None else DEFAULT_GENERATE
-            _info(f"sampling {n} sequences of {context_len} tokens from the model…", as_json)
+            info(f"sampling {n} sequences of {context_len} tokens from the model…", as_json)
             contexts = au.generate_contexts(lm, n, length=context_len, seed=seed,
                                             batch_size=batch_size)
-        _info(f"reading the model over {sum(c.size for c in contexts)} context tokens…",
-              as_json)
+        info(f"reading the model over {sum(c.size for c in contexts)} context tokens…",
+             as_json)
         readings = au.read_model(lm, contexts, top_k=max(top_k, reading_k),
                                  batch_size=batch_size)
         result, _ = au.audit_specs(readings, specs, mode=mode, top_k=top_k,
@@ -122,7 +131,7 @@ def audit(
     if as_json:
         typer.echo(json.dumps({"source": model, **result.to_dict(alpha)}))
     else:
-        p = f"{result.pvalue:.3g}" if result.pvalue > 0 else f"1e{result.log10_pvalue:.1f}"
+        p = format_pvalue(result.pvalue, result.log10_pvalue)
         if result.mode == "reading":
             what = "green share of the predicted cells"
         elif result.weighting == "coverage":

@@ -9,29 +9,28 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from distillmark.cli.main import (
-    EXIT_ERROR,
-    EXIT_FOUND,
-    EXIT_NOT_FOUND,
-    _err,
-    _errors_exit,
-    _info,
-)
 from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, Detector
 from distillmark.verify.probe import ProbeResult, SamplingParams, probe, read_reference
 from distillmark.verify.prompts import builtin_prompts, read_prompts
+from distillmark.verify.stats import format_pvalue
 from distillmark.watermark import InputError, load_spec
 
-_EXIT_HELP = ("Exit status: 0 if the watermark was found in the answers, 1 if not (or the "
-              "evidence was insufficient), 2 on a usage or input error or an endpoint that "
-              "cannot be used (answers already received stay in --cache: rerun to resume).")
+from .common import EXIT_FOUND, EXIT_NOT_FOUND, errors_exit, info, require_open_unit
+from .options import (
+    AlphaOption,
+    TokenizerOverrideOption,
+    json_option,
+    key_option,
+    min_scored_option,
+)
 
-
-def _fmt_p(pvalue: float, log10_pvalue: float) -> str:
-    return f"{pvalue:.3g}" if pvalue > 0 else f"1e{log10_pvalue:.1f}"
+PROBE_EXIT_HELP = ("Exit status: 0 if the watermark was found in the answers, 1 if not (or the "
+                   "evidence was insufficient), 2 on a usage or input error or an endpoint that "
+                   "cannot be used (answers already received stay in --cache: rerun to resume).")
 
 
 def render(result: ProbeResult, alpha: float) -> str:
@@ -42,7 +41,7 @@ def render(result: ProbeResult, alpha: float) -> str:
              f"{a.n_scored} scored tuples, mean score {a.score_mean:.3g}, {a.null_mean:.3g} "
              "expected without the key")
     head = (f"{result.model} at {result.endpoint}: {result.verdict(alpha)} "
-            f"(p = {_fmt_p(a.pvalue, a.log10_pvalue)}; {green}; key {a.key_id})")
+            f"(p = {format_pvalue(a.pvalue, a.log10_pvalue)}; {green}; key {a.key_id})")
     asked = (f"{q.n_prompts} prompts" if q.n_samples == 1 else
              f"{q.n_wanted} ({q.n_prompts} prompts x {q.n_samples} samples)")
     cost = (f"answers: {result.answers.n_answers} of {asked} "
@@ -88,47 +87,51 @@ def _progress(enabled: bool, total: int) -> Iterator[Callable[[int, int], None] 
 
 
 def probe_command(
-    endpoint: str = typer.Option(..., help="OpenAI-compatible server: http://HOST:PORT, its "
-                                 "/v1 URL or the full /v1/chat/completions URL."),
-    model: str = typer.Option(..., help="Model id to ask for."),
-    key: Path = typer.Option(..., "--key", "-k", help="The watermark key (spec file)."),
-    api_key_env: str | None = typer.Option(None, help="Environment variable holding the API "
-                                           "key (sent as Bearer; never printed)."),
-    prompts: Path | None = typer.Option(None, help="Prompts: one per line, or JSONL with a "
-                                        "'prompt' field (default: the built-in set)."),
-    n_prompts: int = typer.Option(200, help="How many built-in prompts to ask (without "
-                                  "--prompts)."),
-    samples: int = typer.Option(1, help="Answers per prompt, asked in one request (OpenAI's "
-                                "n; one request per answer where the endpoint returns fewer)."),
-    max_tokens: int = typer.Option(256, help="max_tokens of each query."),
-    temperature: float = typer.Option(1.0, help="Sampling temperature of each query."),
-    top_p: float = typer.Option(1.0, help="top_p of each query."),
-    seed: int | None = typer.Option(None, help="Send seed + i with the i-th prompt."),
-    concurrency: int = typer.Option(4, help="Requests in flight at once."),
-    max_requests: int | None = typer.Option(None, help="Request budget of this run, retries "
-                                            "included (cached answers are free)."),
-    retries: int = typer.Option(5, help="Retries after a 429, a 5xx, a timeout or a dropped "
-                                "connection (exponential backoff)."),
-    timeout: float = typer.Option(120.0, help="Seconds to wait for one answer."),
-    backoff: float = typer.Option(0.5, help="First retry delay in seconds (doubles each time)."),
-    cache: Path | None = typer.Option(None, help="Directory caching every answer: an "
-                                      "interrupted probe resumes without re-paying."),
-    reference: Path | None = typer.Option(None, help="Reference corpus (JSONL with a 'text' "
-                                          "field, or a text file): score only its tuples (the "
-                                          "supervised test). Exact only if it does not carry "
-                                          "the key: use the teacher's answers generated "
-                                          "without the watermark."),
-    allow_marked_reference: bool = typer.Option(False, "--allow-marked-reference",
-                                                help="Accept a --reference that "
-                                                "carries the key's watermark (the p-value is "
-                                                "then biased toward 'watermarked')."),
-    tokenizer: str | None = typer.Option(None, help="Tokenizer to use instead of the one "
-                                         "recorded in the key (must match it)."),
-    alpha: float = typer.Option(DEFAULT_ALPHA, help="Significance level of the verdict."),
-    min_scored: int = typer.Option(DEFAULT_MIN_SCORED, help="Fewer scored tuples than this "
-                                   "is 'insufficient evidence'."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object: detect's keys plus "
-                                 "the probe's (n_queries, n_cached, ...)."),
+    endpoint: Annotated[str, typer.Option(
+        help="OpenAI-compatible server: http://HOST:PORT, its /v1 URL or the full "
+             "/v1/chat/completions URL.")],
+    model: Annotated[str, typer.Option(help="Model id to ask for.")],
+    key: Annotated[Path, key_option("The watermark key (spec file).")],
+    api_key_env: Annotated[str | None, typer.Option(
+        help="Environment variable holding the API key (sent as Bearer; never printed).")
+    ] = None,
+    prompts: Annotated[Path | None, typer.Option(
+        help="Prompts: one per line, or JSONL with a 'prompt' field (default: the built-in "
+             "set).")] = None,
+    n_prompts: Annotated[int, typer.Option(
+        help="How many built-in prompts to ask (without --prompts).")] = 200,
+    samples: Annotated[int, typer.Option(
+        help="Answers per prompt, asked in one request (OpenAI's n; one request per answer "
+             "where the endpoint returns fewer).")] = 1,
+    max_tokens: Annotated[int, typer.Option(help="max_tokens of each query.")] = 256,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature of each query.")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="top_p of each query.")] = 1.0,
+    seed: Annotated[int | None, typer.Option(help="Send seed + i with the i-th prompt.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 4,
+    max_requests: Annotated[int | None, typer.Option(
+        help="Request budget of this run, retries included (cached answers are free).")
+    ] = None,
+    retries: Annotated[int, typer.Option(
+        help="Retries after a 429, a 5xx, a timeout or a dropped connection (exponential "
+             "backoff).")] = 5,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for one answer.")] = 120.0,
+    backoff: Annotated[float, typer.Option(
+        help="First retry delay in seconds (doubles each time).")] = 0.5,
+    cache: Annotated[Path | None, typer.Option(
+        help="Directory caching every answer: an interrupted probe resumes without "
+             "re-paying.")] = None,
+    reference: Annotated[Path | None, typer.Option(
+        help="Reference corpus (JSONL with a 'text' field, or a text file): score only its "
+             "tuples (the supervised test). Exact only if it does not carry the key: use the "
+             "teacher's answers generated without the watermark.")] = None,
+    allow_marked_reference: Annotated[bool, typer.Option(
+        "--allow-marked-reference", help="Accept a --reference that carries the key's "
+        "watermark (the p-value is then biased toward 'watermarked').")] = False,
+    tokenizer: TokenizerOverrideOption = None,
+    alpha: AlphaOption = DEFAULT_ALPHA,
+    min_scored: Annotated[int, min_scored_option("scored tuples")] = DEFAULT_MIN_SCORED,
+    as_json: Annotated[bool, json_option(
+        "One JSON object: detect's keys plus the probe's (n_queries, n_cached, ...).")] = False,
 ) -> None:
     """Query a suspect model through its API and test all its answers for KEY's watermark.
 
@@ -136,10 +139,8 @@ def probe_command(
     uses); repeated (context, token) tuples count once across all answers; tuples found in the
     prompts are left out; the p-value is exact.
     """
-    if not 0.0 < alpha < 1.0:
-        _err(f"--alpha must be in (0, 1), got {alpha}")
-        raise typer.Exit(EXIT_ERROR)
-    with _errors_exit():
+    require_open_unit("--alpha", alpha)
+    with errors_exit():
         api_key = None
         if api_key_env is not None:
             api_key = os.environ.get(api_key_env)
@@ -168,8 +169,8 @@ def probe_command(
                            cache=cache, retries=retries, timeout=timeout, backoff=backoff,
                            progress=progress)
     if result.queries.n_failed and not as_json:
-        _info(f"{result.queries.n_failed} of {result.queries.n_wanted} answers were not obtained"
-              + (" (the request budget ran out)" if result.queries.budget_exhausted else ""))
+        info(f"{result.queries.n_failed} of {result.queries.n_wanted} answers were not obtained"
+             + (" (the request budget ran out)" if result.queries.budget_exhausted else ""))
     if as_json:
         typer.echo(json.dumps(result.to_dict(alpha)))
     else:

@@ -9,75 +9,94 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED
+from distillmark.verify.stats import format_pvalue
+
+from .common import (
+    EXIT_ERROR,
+    EXIT_FOUND,
+    EXIT_NOT_FOUND,
+    err,
+    errors_exit,
+    require_open_unit,
+)
+from .options import (
+    JsonResultOption,
+    TokenizerOverrideOption,
+    alpha_option,
+    key_option,
+    min_scored_option,
+)
 
 _FMT_HELP = "Input format: auto (from file names), jsonl, parquet, csv, text, hf."
 
 
 def scan(
-    inputs: list[str] = typer.Argument(..., help="Files and directories to scan: JSON Lines "
-                                       "(.jsonl, .gz, .zst), Parquet, CSV, text files, "
-                                       "datasets save_to_disk folders."),
-    key: list[Path] = typer.Option(..., "--key", "-k", help="The watermark key; repeat it to "
-                                   "test several keys (Bonferroni-corrected)."),
-    field: str | None = typer.Option(None, help="Dotted path of the text in each record "
-                                     "(e.g. response, output.text)."),
-    chat: str | None = typer.Option(None, help="Dotted path of OpenAI-style chat messages: "
-                                    "only assistant turns are scored."),
-    fmt: str = typer.Option("auto", "--format", help=_FMT_HELP),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Per-record results, .jsonl "
-                                    "or .parquet (written atomically)."),
-    fdr: float = typer.Option(0.05, help="False-discovery rate of the per-record flags "
-                              "(Benjamini-Hochberg)."),
-    alpha: float = typer.Option(DEFAULT_ALPHA, help="Significance level of the dataset "
-                                "verdict."),
-    min_scored: int = typer.Option(DEFAULT_MIN_SCORED, help="Fewer distinct scored tuples "
-                                   "than this is 'insufficient evidence'."),
-    effect: float | None = typer.Option(None, help="Standardised per-tuple effect of "
-                                        "watermarked text (power statement, fraction floor)."),
-    confidence: float = typer.Option(0.95, help="Confidence of the fraction interval."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip bad records (counted, and "
-                                  "written to the rejects file) instead of stopping."),
-    rejects: Path | None = typer.Option(None, help="Rejects file of --skip-bad (default "
-                                        "OUT.rejects.jsonl)."),
-    max_record_bytes: int = typer.Option(8 << 20, help="Longer records are bad records."),
-    report: Path | None = typer.Option(None, help="Write a self-contained HTML report."),
-    resume: bool = typer.Option(False, help="Checkpoint, and continue an interrupted scan "
-                                "from its checkpoint."),
-    state_dir: Path | None = typer.Option(None, help="Checkpoint folder of --resume "
-                                          "(default OUT.scan-state)."),
-    engine: str = typer.Option("local", help="local, or dask (a cluster: --scheduler, else "
-                               "a LocalCluster)."),
-    scheduler: str | None = typer.Option(None, help="Dask scheduler address, tcp://HOST:PORT."),
-    workers: int = typer.Option(2, help="Workers of the LocalCluster (dask without "
-                                "--scheduler)."),
-    shard_mb: float = typer.Option(64.0, help="Shard size for the dask engine (MB)."),
-    tokenizer: str | None = typer.Option(None, help="Tokenizer to use instead of the one "
-                                         "recorded in the key (must match it)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+    inputs: Annotated[list[str], typer.Argument(
+        help="Files and directories to scan: JSON Lines (.jsonl, .gz, .zst), Parquet, CSV, text "
+             "files, datasets save_to_disk folders.")],
+    key: Annotated[list[Path], key_option(
+        "The watermark key; repeat it to test several keys (Bonferroni-corrected).")],
+    field: Annotated[str | None, typer.Option(
+        help="Dotted path of the text in each record (e.g. response, output.text).")] = None,
+    chat: Annotated[str | None, typer.Option(
+        help="Dotted path of OpenAI-style chat messages: only assistant turns are scored.")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help=_FMT_HELP)] = "auto",
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Per-record results, .jsonl or .parquet (written atomically).")
+    ] = None,
+    fdr: Annotated[float, typer.Option(
+        help="False-discovery rate of the per-record flags (Benjamini-Hochberg).")] = 0.05,
+    alpha: Annotated[float, alpha_option(
+        "Significance level of the dataset verdict.")] = DEFAULT_ALPHA,
+    min_scored: Annotated[int, min_scored_option(
+        "distinct scored tuples")] = DEFAULT_MIN_SCORED,
+    effect: Annotated[float | None, typer.Option(
+        help="Standardised per-tuple effect of watermarked text (power statement, fraction "
+             "floor).")] = None,
+    confidence: Annotated[float, typer.Option(help="Confidence of the fraction interval.")] = 0.95,
+    skip_bad: Annotated[bool, typer.Option(
+        "--skip-bad", help="Skip bad records (counted, and written to the rejects file) instead "
+        "of stopping.")] = False,
+    rejects: Annotated[Path | None, typer.Option(
+        help="Rejects file of --skip-bad (default OUT.rejects.jsonl).")] = None,
+    max_record_bytes: Annotated[int, typer.Option(
+        help="Longer records are bad records.")] = 8 << 20,
+    report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report.")] = None,
+    resume: Annotated[bool, typer.Option(
+        help="Checkpoint, and continue an interrupted scan from its checkpoint.")] = False,
+    state_dir: Annotated[Path | None, typer.Option(
+        help="Checkpoint folder of --resume (default OUT.scan-state).")] = None,
+    engine: Annotated[str, typer.Option(
+        help="local, or dask (a cluster: --scheduler, else a LocalCluster).")] = "local",
+    scheduler: Annotated[str | None, typer.Option(
+        help="Dask scheduler address, tcp://HOST:PORT.")] = None,
+    workers: Annotated[int, typer.Option(
+        help="Workers of the LocalCluster (dask without --scheduler).")] = 2,
+    shard_mb: Annotated[float, typer.Option(help="Shard size for the dask engine (MB).")] = 64.0,
+    tokenizer: TokenizerOverrideOption = None,
+    as_json: JsonResultOption = False,
 ) -> None:
     """Scan a dataset for the watermark of KEY.
 
     Every record tested, flags at a controlled FDR, one exact test of the whole dataset (tuples
     deduplicated across records), and the estimated fraction of watermarked records.
     """
-    from distillmark.cli.main import EXIT_ERROR, EXIT_FOUND, EXIT_NOT_FOUND, _err, _errors_exit
     from distillmark.verify.scan import scan as run_scan
     from distillmark.watermark import load_spec
 
     for name, value in (("--alpha", alpha), ("--fdr", fdr), ("--confidence", confidence)):
-        if not 0.0 < value < 1.0:
-            _err(f"{name} must be in (0, 1), got {value}")
-            raise typer.Exit(EXIT_ERROR)
+        require_open_unit(name, value)
     if (field is None) == (chat is None):
-        _err("give one of --field PATH or --chat PATH")
+        err("give one of --field PATH or --chat PATH")
         raise typer.Exit(EXIT_ERROR)
     show = not as_json and sys.stderr.isatty()
-    with _errors_exit():
+    with errors_exit():
         specs = [load_spec(k) for k in key]
         with _progress(show) as progress:
             try:
@@ -91,7 +110,7 @@ def scan(
                     progress=progress)
             except KeyboardInterrupt:
                 hint = "; run it again with --resume to continue" if resume else ""
-                _err(f"interrupted{hint}")
+                err(f"interrupted{hint}")
                 raise typer.Exit(130) from None
     if as_json:
         typer.echo(json.dumps(result.to_dict(alpha)))
@@ -101,15 +120,12 @@ def scan(
 
 
 def rejects_path(out: Path | None, rejects: Path | None, skip_bad: bool) -> Path | None:
+    """Where the records ``--skip-bad`` skipped went: ``--rejects``, else OUT.rejects.jsonl."""
     if rejects is not None:
         return rejects
     if out is not None and skip_bad:
         return out.with_name(out.name + ".rejects.jsonl")
     return None
-
-
-def _p(pvalue: float, log10_pvalue: float) -> str:
-    return f"{pvalue:.3g}" if pvalue > 0 else f"1e{log10_pvalue:.1f}"
 
 
 def _human(result: Any, alpha: float, rejects: Path | None) -> str:
@@ -122,8 +138,8 @@ def _human(result: Any, alpha: float, rejects: Path | None) -> str:
     else:
         score = (f"{a.n_scored:,} distinct tuples, mean score {a.score_mean:.4g}, "
                  f"{a.null_mean:.4g} expected without the key")
-    lines = [(f"dataset: {result.verdict(alpha)} (p = {_p(result.pvalue, result.log10_pvalue)}; "
-              f"{score}; {keys})")]
+    p = format_pvalue(result.pvalue, result.log10_pvalue)
+    lines = [f"dataset: {result.verdict(alpha)} (p = {p}; {score}; {keys})"]
     skipped = f"{result.n_records_skipped:,} skipped"
     if result.n_records_skipped and rejects is not None:
         skipped += f" (see {rejects})"

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from distillmark.cli.main import _ENGINE_HELP, _MODEL_HELP, _errors_exit, _info
 from distillmark.watermark import InputError, load_spec
-from distillmark.watermark.engines import load_generator, resolve_engine
+from distillmark.watermark.engines import Generator, load_generator, resolve_engine
 from distillmark.watermark.models import DEFAULT_MODEL_FILE
+
+from .common import errors_exit, info
+from .options import EngineOption, ModelOption, key_option, no_watermark_option
 
 DEFAULT_MODEL_NAME = DEFAULT_MODEL_FILE.split(".")[0]  # SmolLM2-135M-Instruct
 
@@ -23,36 +26,37 @@ def _model_name(model: str | None) -> str:
 
 
 def serve(
-    key: Path | None = typer.Option(None, "--key", "-k", help="Watermark every answer with "
-                                    "this key (spec file)."),
-    no_watermark: bool = typer.Option(False, "--no-watermark",
-                                      help="Serve without a watermark (a control model)."),
-    accounts: Path | None = typer.Option(None, help="JSON object mapping API keys to account "
-                                         "ids: requests need one of the keys (Bearer), and "
-                                         "each account's answers carry its own key, derived "
-                                         "from --key."),
-    model: str | None = typer.Option(None, help=_MODEL_HELP),
-    engine: str = typer.Option("auto", help=_ENGINE_HELP),
-    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
-    port: int = typer.Option(8000, help="Port to listen on (0: any free port)."),
-    served_model_name: str | None = typer.Option(
-        None, help="Model id clients ask for (default: the model file's or directory's name; "
-        f"{DEFAULT_MODEL_NAME} for the embedded model)."),
-    max_batch: int | None = typer.Option(None, help="Most prompts generated together "
-                                         "(default: 8 on transformers, 1 on llama.cpp)."),
-    max_tokens: int = typer.Option(256, help="max_tokens of a request that gives none."),
-    max_tokens_limit: int = typer.Option(4096, help="Largest max_tokens accepted."),
-    max_n: int = typer.Option(8, help="Largest n (choices per request) accepted."),
-    threads: int | None = typer.Option(None, help="CPU threads for generation (default: all "
-                                       "this process may use)."),
-    log_level: str = typer.Option("info", help="debug, info, warning or error."),
+    key: Annotated[Path | None, key_option(
+        "Watermark every answer with this key (spec file).")] = None,
+    no_watermark: Annotated[bool, no_watermark_option(
+        "Serve without a watermark (a control model).")] = False,
+    accounts: Annotated[Path | None, typer.Option(
+        help="JSON object mapping API keys to account ids: requests need one of the keys "
+             "(Bearer), and each account's answers carry its own key, derived from --key.")
+    ] = None,
+    model: ModelOption = None,
+    engine: EngineOption = "auto",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8000,
+    served_model_name: Annotated[str | None, typer.Option(
+        help="Model id clients ask for (default: the model file's or directory's name; "
+             f"{DEFAULT_MODEL_NAME} for the embedded model).")] = None,
+    max_batch: Annotated[int | None, typer.Option(
+        help="Most prompts generated together (default: 8 on transformers, 1 on llama.cpp).")
+    ] = None,
+    max_tokens: Annotated[int, typer.Option(help="max_tokens of a request that gives none.")] = 256,
+    max_tokens_limit: Annotated[int, typer.Option(help="Largest max_tokens accepted.")] = 4096,
+    max_n: Annotated[int, typer.Option(help="Largest n (choices per request) accepted.")] = 8,
+    threads: Annotated[int | None, typer.Option(
+        help="CPU threads for generation (default: all this process may use).")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API, watermarking every answer.
 
     POST /v1/chat/completions (JSON or "stream": true), GET /v1/models, GET /health. Runs until
     interrupted; exit status 2 if it cannot start (bad key, model, accounts file or address).
     """
-    with _errors_exit():
+    with errors_exit():
         if no_watermark == (key is not None):
             raise InputError("give --key KEY to watermark the answers, or --no-watermark to "
                              "serve without one")
@@ -75,7 +79,8 @@ def serve(
                                  default_max_tokens=max_tokens,
                                  max_tokens_limit=max_tokens_limit, max_n=max_n)
         sock = srv.bind_socket(host, port)  # before loading: a busy port fails at once
-        _info(f"loading {name} ({resolved})…")
+        info(f"loading {name} ({resolved})…")
+        gen: Generator
         if resolved == "llama.cpp":
             from distillmark.watermark import llamacpp
 
@@ -93,7 +98,7 @@ def serve(
                 f"watermarked with key {spec.key_id}" + (
                     f" (each of {len(accts.account_ids)} accounts with its own derived key)"
                     if accts is not None else ""))
-        _info(f"serving {name} ({gen.engine}) at http://{host}:{real_port}/v1, {mark}; "
-              "Ctrl-C stops")
+        info(f"serving {name} ({gen.engine}) at http://{host}:{real_port}/v1, {mark}; "
+             "Ctrl-C stops")
         logging.basicConfig(level=log_level.upper(), format="distillmark: %(message)s")
         srv.run_server_on(app, sock, log_level=log_level)

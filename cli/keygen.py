@@ -1,0 +1,130 @@
+"""``distillmark keygen``: make a watermark key, or derive an account's key from a master key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from distillmark.watermark import (
+    BUILTIN_SMOLLM2,
+    PRESETS,
+    SCHEMES,
+    InputError,
+    derive_account_spec,
+    load_spec,
+    load_tokenizer,
+    new_spec,
+    save_spec,
+)
+
+from .common import errors_exit
+from .options import json_option
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"--param must be NAME=VALUE, got {item!r}")
+        try:
+            out[name.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[name.strip()] = raw
+    return out
+
+
+def keygen(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the key (mode 0600).")],
+    scheme_name: Annotated[str | None, typer.Option(
+        "--scheme", help="Scheme, with its default parameters: " + ", ".join(SCHEMES) + ".")
+    ] = None,
+    preset: Annotated[str, typer.Option(
+        help="Parameter preset: " + ", ".join(PRESETS))] = "greenlist",
+    param: Annotated[list[str] | None, typer.Option(
+        "--param", help="A scheme parameter NAME=VALUE (VALUE read as JSON when it parses); "
+        "repeatable.")] = None,
+    gamma: Annotated[float | None, typer.Option(
+        help="Green fraction of the vocabulary (dipmark: detection's threshold, default 0.5).")
+    ] = None,
+    alpha: Annotated[float | None, typer.Option(
+        help="dipmark: reweighting strength in [0, 0.5] (default 0.45).")] = None,
+    delta: Annotated[float | None, typer.Option(help="Logit bias of green tokens.")] = None,
+    context_width: Annotated[int | None, typer.Option(
+        "--context-width", help="Tokens before a token that pick its list (or row).")] = None,
+    seeding: Annotated[str | None, typer.Option(help="lefthash or selfhash.")] = None,
+    combine: Annotated[str | None, typer.Option(help="hash or min (windows of 2+ tokens).")] = None,
+    n_lists: Annotated[int | None, typer.Option(
+        help="Number of green lists (power of two).")] = None,
+    hashing_key: Annotated[int | None, typer.Option(
+        help="transformers-kgw: WatermarkingConfig's hashing_key (the secret).")] = None,
+    greenlist_ratio: Annotated[float | None, typer.Option(
+        help="transformers-kgw: greenlist_ratio.")] = None,
+    bias: Annotated[float | None, typer.Option(help="transformers-kgw: bias.")] = None,
+    seeding_scheme: Annotated[str | None, typer.Option(
+        help="transformers-kgw: lefthash or selfhash.")] = None,
+    vocab_size: Annotated[int | None, typer.Option(
+        help="transformers-kgw: the model's vocab size.")] = None,
+    dedup_by: Annotated[str | None, typer.Option(
+        help="transformers-kgw: seed (exact, default) or ngram (transformers' counts).")] = None,
+    keys: Annotated[str | None, typer.Option(
+        help="transformers-synthid: comma-separated keys (the secret).")] = None,
+    ngram_len: Annotated[int | None, typer.Option(help="transformers-synthid: ngram_len.")] = None,
+    sampling_table_size: Annotated[int | None, typer.Option(help="transformers-synthid.")] = None,
+    sampling_table_seed: Annotated[int | None, typer.Option(help="transformers-synthid.")] = None,
+    context_history_size: Annotated[int | None, typer.Option(help="transformers-synthid.")] = None,
+    tokenizer: Annotated[str, typer.Option(
+        help="tokenizer.json, a model directory, or builtin:NAME.")] = BUILTIN_SMOLLM2,
+    derive_from: Annotated[Path | None, typer.Option(
+        help="Derive an account key from this master key (with --account).")] = None,
+    account: Annotated[str | None, typer.Option(help="Account id for --derive-from.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing key file.")] = False,
+    as_json: Annotated[bool, json_option("Print the key's public fields as JSON.")] = False,
+) -> None:
+    """Make a new watermark key (a spec file), or derive an account's key from a master key."""
+    with errors_exit():
+        if (derive_from is None) != (account is None):
+            raise InputError("--derive-from and --account go together")
+        if derive_from is not None and account is not None:
+            spec = derive_account_spec(load_spec(derive_from), account)
+        else:
+            params: dict[str, Any]
+            if scheme_name is not None:
+                if scheme_name not in SCHEMES:
+                    raise InputError(f"unknown scheme {scheme_name!r}; known: "
+                                     f"{', '.join(SCHEMES)}")
+                scheme, params = scheme_name, {}
+            elif preset in PRESETS:
+                scheme, params = PRESETS[preset]
+            else:
+                raise InputError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+            params = dict(params)
+            params.update(_parse_params(param or []))
+            try:
+                key_list = ([int(k) for k in keys.split(",") if k.strip()]
+                            if keys is not None else None)
+            except ValueError:
+                raise InputError(f"--keys must be comma-separated integers, got {keys!r}") from None
+            for name, value in [("gamma", gamma), ("alpha", alpha), ("delta", delta),
+                                ("context_width", context_width), ("seeding", seeding),
+                                ("combine", combine), ("n_lists", n_lists),
+                                ("hashing_key", hashing_key),
+                                ("greenlist_ratio", greenlist_ratio), ("bias", bias),
+                                ("seeding_scheme", seeding_scheme), ("vocab_size", vocab_size),
+                                ("dedup_by", dedup_by), ("keys", key_list),
+                                ("ngram_len", ngram_len),
+                                ("sampling_table_size", sampling_table_size),
+                                ("sampling_table_seed", sampling_table_seed),
+                                ("context_history_size", context_history_size)]:
+                if value is not None:
+                    params[name] = value
+            _, info = load_tokenizer(tokenizer)
+            spec = new_spec(scheme, params, info)
+        save_spec(spec, out, overwrite=force)
+    if as_json:
+        typer.echo(json.dumps(spec.public_dict()))
+    else:
+        typer.echo(f"wrote {out} (key id {spec.key_id}, scheme {spec.scheme}); keep it secret")
