@@ -163,10 +163,13 @@ def demo(
             info("\nNow the distillation story: was a model trained on our answers?", as_json)
             given = tuple([o for label, o, _ in rows if label == kind][:train_answers]
                           for kind in ("watermarked", "control"))
-            story = _demo_story(gen, spec, Path(tmp), given, train_answers=train_answers,
-                                probe_prompts=probe_prompts, samples=samples,
-                                max_new_tokens=max_new_tokens, temperature=temperature,
-                                seed=seed, quiet=as_json)
+            from distillmark.verify.lab import demo_story
+
+            story = demo_story(gen, spec, Path(tmp) / "students", given,
+                               train_answers=train_answers, probe_prompts=probe_prompts,
+                               samples=samples, max_new_tokens=max_new_tokens,
+                               temperature=temperature, seed=seed,
+                               progress=lambda m: info(m, as_json))
         if as_json:
             for st in story.students:
                 typer.echo(json.dumps({"kind": "student", **st.to_dict(alpha)}))
@@ -174,27 +177,6 @@ def demo(
         right = right and story.is_right(alpha)
     workspace.cleanup()
     raise typer.Exit(EXIT_FOUND if right else EXIT_NOT_FOUND)
-
-
-def _demo_story(gen: Any, spec: Any, tmp: Path, given: tuple[Any, ...], *, train_answers: int,
-                probe_prompts: int, samples: int, max_new_tokens: int, temperature: float,
-                seed: int, quiet: bool) -> Any:
-    """The demo's second stage: two students, probed and audited (verify.students)."""
-    from distillmark.verify.prompts import builtin_prompts
-    from distillmark.verify.students import default_tokenizer_dir, distillation_story
-
-    source = Path(gen.source)
-    if gen.engine == "transformers" and (source / "tokenizer.json").is_file():
-        tok_dir = source  # a model directory: the teacher's own tokenizer files
-    else:  # a GGUF model (the embedded one by default): its transformers copy holds them
-        tok_dir = default_tokenizer_dir(source if source.suffix == ".gguf" else None)
-    extra = train_answers - len(given[0])
-    prompts = builtin_prompts(extra + probe_prompts)
-    return distillation_story(gen, spec, prompts[:extra], prompts[extra:], tmp / "students",
-                              answers=(given[0], given[1]), tokenizer_dir=tok_dir,
-                              max_new_tokens=max_new_tokens, temperature=temperature,
-                              seed=seed, samples=samples,
-                              progress=lambda m: info(m, quiet))
 
 
 def _render_story(console: Any, story: Any, alpha: float) -> None:

@@ -1,4 +1,4 @@
-"""``distillmark keygen``: make a watermark key, or derive an account's key from a master key."""
+"""``distillmark keygen``: make a watermark key (by default with an account layer)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,11 @@ from distillmark.watermark import (
     PRESETS,
     SCHEMES,
     InputError,
-    derive_account_spec,
-    load_spec,
     load_tokenizer,
     new_spec,
     save_spec,
 )
+from distillmark.watermark.accounts import AccountLayerParams
 
 from .common import errors_exit
 from .options import json_option
@@ -78,51 +77,60 @@ def keygen(
     context_history_size: Annotated[int | None, typer.Option(help="transformers-synthid.")] = None,
     tokenizer: Annotated[str, typer.Option(
         help="tokenizer.json, a model directory, or builtin:NAME.")] = BUILTIN_SMOLLM2,
-    derive_from: Annotated[Path | None, typer.Option(
-        help="Derive an account key from this master key (with --account).")] = None,
-    account: Annotated[str | None, typer.Option(help="Account id for --derive-from.")] = None,
+    account_layer: Annotated[bool | None, typer.Option(
+        "--account-layer/--no-account-layer",
+        help="Give the key an account layer, so that answers served for accounts name their "
+             "account (default: yes for green-list keys with lefthash seeding, the only ones "
+             "that take one).")] = None,
+    account_gamma: Annotated[float, typer.Option(
+        help="Account layer: share of cells green for an account, 0.25 or 0.5.")] = 0.25,
+    account_delta: Annotated[float, typer.Option(
+        help="Account layer: logit bias of an account's green tokens.")] = 2.0,
     force: Annotated[bool, typer.Option(help="Replace an existing key file.")] = False,
     as_json: Annotated[bool, json_option("Print the key's public fields as JSON.")] = False,
 ) -> None:
-    """Make a new watermark key (a spec file), or derive an account's key from a master key."""
+    """Make a new watermark key (a spec file, mode 0600).
+
+    A green-list key gets an account layer by default: served with `serve --accounts`, every
+    answer carries the key's own mark, the same for every account, and its account's number,
+    which `attribute` recovers (docs/schemes/accounts.md).
+    """
     with errors_exit():
-        if (derive_from is None) != (account is None):
-            raise InputError("--derive-from and --account go together")
-        if derive_from is not None and account is not None:
-            spec = derive_account_spec(load_spec(derive_from), account)
+        params: dict[str, Any]
+        if scheme_name is not None:
+            if scheme_name not in SCHEMES:
+                raise InputError(f"unknown scheme {scheme_name!r}; known: "
+                                 f"{', '.join(SCHEMES)}")
+            scheme, params = scheme_name, {}
+        elif preset in PRESETS:
+            scheme, params = PRESETS[preset]
         else:
-            params: dict[str, Any]
-            if scheme_name is not None:
-                if scheme_name not in SCHEMES:
-                    raise InputError(f"unknown scheme {scheme_name!r}; known: "
-                                     f"{', '.join(SCHEMES)}")
-                scheme, params = scheme_name, {}
-            elif preset in PRESETS:
-                scheme, params = PRESETS[preset]
-            else:
-                raise InputError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-            params = dict(params)
-            params.update(_parse_params(param or []))
-            try:
-                key_list = ([int(k) for k in keys.split(",") if k.strip()]
-                            if keys is not None else None)
-            except ValueError:
-                raise InputError(f"--keys must be comma-separated integers, got {keys!r}") from None
-            for name, value in [("gamma", gamma), ("alpha", alpha), ("delta", delta),
-                                ("context_width", context_width), ("seeding", seeding),
-                                ("combine", combine), ("n_lists", n_lists),
-                                ("hashing_key", hashing_key),
-                                ("greenlist_ratio", greenlist_ratio), ("bias", bias),
-                                ("seeding_scheme", seeding_scheme), ("vocab_size", vocab_size),
-                                ("dedup_by", dedup_by), ("keys", key_list),
-                                ("ngram_len", ngram_len),
-                                ("sampling_table_size", sampling_table_size),
-                                ("sampling_table_seed", sampling_table_seed),
-                                ("context_history_size", context_history_size)]:
-                if value is not None:
-                    params[name] = value
-            _, info = load_tokenizer(tokenizer)
-            spec = new_spec(scheme, params, info)
+            raise InputError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        params = dict(params)
+        params.update(_parse_params(param or []))
+        try:
+            key_list = ([int(k) for k in keys.split(",") if k.strip()]
+                        if keys is not None else None)
+        except ValueError:
+            raise InputError(f"--keys must be comma-separated integers, got {keys!r}") from None
+        for name, value in [("gamma", gamma), ("alpha", alpha), ("delta", delta),
+                            ("context_width", context_width), ("seeding", seeding),
+                            ("combine", combine), ("n_lists", n_lists),
+                            ("hashing_key", hashing_key),
+                            ("greenlist_ratio", greenlist_ratio), ("bias", bias),
+                            ("seeding_scheme", seeding_scheme), ("vocab_size", vocab_size),
+                            ("dedup_by", dedup_by), ("keys", key_list),
+                            ("ngram_len", ngram_len),
+                            ("sampling_table_size", sampling_table_size),
+                            ("sampling_table_seed", sampling_table_seed),
+                            ("context_history_size", context_history_size)]:
+            if value is not None:
+                params[name] = value
+        _, info = load_tokenizer(tokenizer)
+        takes_layer = scheme == "greenlist" and params.get("seeding", "lefthash") == "lefthash"
+        layer = (AccountLayerParams(gamma=account_gamma, delta=account_delta)
+                 if (takes_layer if account_layer is None else account_layer) else None)
+        spec = new_spec(scheme, params, info, accounts=layer)
         save_spec(spec, out, overwrite=force)
     if as_json:
         typer.echo(json.dumps(spec.public_dict()))

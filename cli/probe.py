@@ -15,7 +15,7 @@ import typer
 
 from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, Detector
 from distillmark.verify.probe import ProbeResult, SamplingParams, probe, read_reference
-from distillmark.verify.prompts import builtin_prompts, read_prompts
+from distillmark.verify.prompts import builtin_prompts, prompts_from_log, read_prompts
 from distillmark.verify.stats import format_pvalue
 from distillmark.watermark import InputError, load_spec
 
@@ -98,6 +98,11 @@ def probe_command(
     prompts: Annotated[Path | None, typer.Option(
         help="Prompts: one per line, or JSONL with a 'prompt' field (default: the built-in "
              "set).")] = None,
+    prompts_from: Annotated[Path | None, typer.Option(
+        help="Ask the prompts of a server's request log (serve --log): what a campaign asked.")
+    ] = None,
+    account: Annotated[str | None, typer.Option(
+        help="With --prompts-from: only this account's prompts.")] = None,
     n_prompts: Annotated[int, typer.Option(
         help="How many built-in prompts to ask (without --prompts).")] = 200,
     samples: Annotated[int, typer.Option(
@@ -147,8 +152,14 @@ def probe_command(
             if not api_key:
                 raise InputError(f"environment variable {api_key_env} (--api-key-env) is not "
                                  "set or empty")
+        if prompts is not None and prompts_from is not None:
+            raise InputError("give --prompts or --prompts-from, not both")
+        if account is not None and prompts_from is None:
+            raise InputError("--account selects prompts of --prompts-from LOG")
         if prompts is not None:
             asked = read_prompts(prompts)
+        elif prompts_from is not None:
+            asked = prompts_from_log(prompts_from, account=account)
         else:
             asked = builtin_prompts(n_prompts)
         detector = Detector(load_spec(key), tokenizer=tokenizer, min_scored=min_scored)

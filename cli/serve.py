@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -31,9 +32,23 @@ def serve(
     no_watermark: Annotated[bool, no_watermark_option(
         "Serve without a watermark (a control model).")] = False,
     accounts: Annotated[Path | None, typer.Option(
-        help="JSON object mapping API keys to account ids: requests need one of the keys "
-             "(Bearer), and each account's answers carry its own key, derived from --key.")
+        help="JSON object mapping API keys to accounts: requests need one of the keys "
+             "(Bearer), and each account's answers carry --key's mark and the account's "
+             "number (--key needs an account layer).")
     ] = None,
+    log: Annotated[Path | None, typer.Option(
+        "--log", help="Append every answered request to this JSON Lines file (rotated).")
+    ] = None,
+    log_hashes: Annotated[bool, typer.Option(
+        "--log-hashes", help="Log SHA-256 digests of messages and answers, not their text.")
+    ] = False,
+    log_max_bytes: Annotated[int, typer.Option(
+        help="Rotate the log before it passes this size.")] = 256 << 20,
+    log_keep: Annotated[int, typer.Option(help="Rotated log files kept.")] = 8,
+    max_body_bytes: Annotated[int, typer.Option(
+        help="Largest request body read (413 beyond).")] = 8 << 20,
+    max_messages: Annotated[int, typer.Option(
+        help="Most messages in one request.")] = 1024,
     model: ModelOption = None,
     engine: EngineOption = "auto",
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -77,7 +92,8 @@ def serve(
         config = srv.ServeConfig(model_name=name, spec=spec, accounts=accts,
                                  max_batch=max_batch or (8 if resolved == "transformers" else 1),
                                  default_max_tokens=max_tokens,
-                                 max_tokens_limit=max_tokens_limit, max_n=max_n)
+                                 max_tokens_limit=max_tokens_limit, max_n=max_n,
+                                 max_body_bytes=max_body_bytes, max_messages=max_messages)
         sock = srv.bind_socket(host, port)  # before loading: a busy port fails at once
         info(f"loading {name} ({resolved})…")
         gen: Generator
@@ -92,11 +108,16 @@ def serve(
             gen = load_generator(resolved, model)
         if spec is not None:
             gen.check_tokenizer(spec)
+        if log is not None:  # opened last: a server that cannot start leaves no log behind
+            from distillmark.watermark.serve.log import RequestLog
+
+            config = replace(config, log=RequestLog(log, max_bytes=log_max_bytes, keep=log_keep,
+                                                    hashes_only=log_hashes))
         app = srv.create_app(gen, config)
         real_port = sock.getsockname()[1]
         mark = ("without a watermark" if spec is None else
                 f"watermarked with key {spec.key_id}" + (
-                    f" (each of {len(accts.account_ids)} accounts with its own derived key)"
+                    f" and, for each of {len(accts.accounts)} accounts, its number"
                     if accts is not None else ""))
         info(f"serving {name} ({gen.engine}) at http://{host}:{real_port}/v1, {mark}; "
              "Ctrl-C stops")

@@ -140,3 +140,77 @@ def test_candidate_files(tmp_path: Path):
         with pytest.raises(InputError) as exc:
             Candidates.read(numbered)
         assert str(exc.value).endswith(message), str(exc.value)
+
+
+def _run(*args: object):
+    from typer.testing import CliRunner
+
+    from distillmark.cli.main import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_attribute_command(tmp_path: Path, master, served, human_texts):
+    import json
+
+    from distillmark.watermark import save_spec
+    from distillmark.watermark.serve.log import RequestLog
+
+    key = save_spec(master, tmp_path / "k.json")
+    ids = tmp_path / "accounts.txt"
+    ids.write_text("".join(f"acct-{i}\n" for i in range(1, 11)))
+    answer = tmp_path / "answer.txt"
+    answer.write_text(served[7][0])
+    log = RequestLog(tmp_path / "requests.jsonl")
+    log.record(request_id="r", account="acct-7", number=7, key_id=master.key_id, model="m",
+               messages=[{"role": "user", "content": "q"}], answers=[served[7][0]], usage={})
+    log.close()
+    r = _run("attribute", "--key", key, "--accounts", ids, "--log", tmp_path / "requests.jsonl",
+             "--alpha", "1e-4", answer)
+    assert r.exit_code == 0, r.output
+    assert f"{answer}: attributed to acct-7 (p = " in r.stdout
+    assert "in the request log" in r.stdout
+
+    data = tmp_path / "leak.jsonl"
+    rows = served[3] + [t[:1500] for t in human_texts[:12]]
+    data.write_text("".join(json.dumps({"response": t}) + "\n" for t in rows)
+                    + "not json\n")
+    r = _run("attribute", "--key", key, "--accounts", ids, "--field", "response", "--json",
+             "--skip-bad", "--alpha", "1e-4", data)
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    per, summary = lines[:-1], lines[-1]
+    assert len(per) == len(rows) and summary["summary"] is True
+    assert {d["account"] for d in per[:4]} == {"acct-3"}
+    assert all(d["account"] is None for d in per[4:])
+    assert set(per[0]) >= {"source", "statistic", "pvalue", "n_scored", "verdict", "account"}
+    assert summary["accounts_found"] == ["acct-3"] and summary["n_skipped"] == 1
+    assert f"skipped {data}:{len(rows) + 1}:" in r.stderr
+
+    out = tmp_path / "per-record.jsonl"
+    r = _run("attribute", "--key", key, "--account-space", 10, "--field", "response",
+             "--skip-bad", "--out", out, data)
+    assert r.exit_code == 0 and len(out.read_text().splitlines()) == len(rows)
+    assert "dataset: 3 found" in r.stdout
+
+    human = tmp_path / "human.txt"
+    human.write_text(human_texts[0])
+    r = _run("attribute", "--key", key, "--account-space", 10, human)
+    assert r.exit_code == 1 and "not attributed" in r.stdout
+
+
+def test_attribute_errors_are_one_line(tmp_path: Path, tokenizer_info):
+    from distillmark.watermark import save_spec
+
+    plain = save_spec(new_spec("greenlist", {}, tokenizer_info), tmp_path / "plain.json")
+    text = tmp_path / "t.txt"
+    text.write_text("some text")
+    for args, message in [
+        (("--key", plain, text), "give the candidate accounts: --accounts FILE or "
+                                 "--account-space N"),
+        (("--key", plain, "--account-space", 5, text), "has no account layer"),
+        (("--key", plain, "--accounts", tmp_path / "none.txt", text), "does not exist"),
+    ]:
+        r = _run("attribute", *args)
+        assert r.exit_code == 2, r.output
+        assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr

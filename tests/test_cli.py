@@ -27,13 +27,13 @@ from distillmark.watermark import (
     PRESETS,
     GreenList,
     WatermarkSpec,
-    derive_account_spec,
     load_spec,
     load_tokenizer,
     new_spec,
     save_spec,
     scheme_for,
 )
+from distillmark.watermark.accounts import AccountLayerParams
 from distillmark.watermark.tokenizer import builtin_tokenizer_path, fingerprint
 
 #: Fixed key of the detection tests (keygen's own keys are random: only their form is tested).
@@ -164,7 +164,8 @@ def test_keygen_json_prints_public_fields_only(tmp_path: Path) -> None:
     assert secret_b64 not in result.stdout and secret_b64 not in result.stderr
     assert len(result.stdout.splitlines()) == 1
     public = json.loads(result.stdout)
-    assert set(public) == {"key_id", "scheme", "params", "tokenizer"}
+    assert set(public) == {"key_id", "scheme", "params", "tokenizer", "accounts"}
+    assert public["accounts"] == on_file["accounts"] == {"gamma": 0.25, "delta": 2.0}
     assert public["key_id"] == on_file["key_id"]
     assert public["params"] == on_file["params"]
     assert public["tokenizer"] == on_file["tokenizer"]
@@ -259,51 +260,26 @@ def test_keygen_bad_destination(tmp_path: Path) -> None:
     assert result.stderr == error_line(f"directory {missing.parent} does not exist")
 
 
-def test_keygen_derive_account_key(tmp_path: Path) -> None:
-    master = tmp_path / "master.json"
-    assert run("keygen", "-o", master, "--preset", "unigram").exit_code == 0
-    a1, a2, b = tmp_path / "a1.json", tmp_path / "a2.json", tmp_path / "b.json"
-    result = run("keygen", "-o", a1, "--derive-from", master, "--account", "alice", "--json")
-    assert result.exit_code == 0, result.stderr
-    assert run("keygen", "-o", a2, "--derive-from", master, "--account", "alice").exit_code == 0
-    assert run("keygen", "-o", b, "--derive-from", master, "--account", "bob").exit_code == 0
-    m, alice, alice2, bob = (load_spec(p) for p in (master, a1, a2, b))
-    assert alice.account_id == "alice" and alice.parent_key_id == m.key_id
-    assert alice.secret == derive_account_spec(m, "alice").secret == alice2.secret
-    assert bob.secret != alice.secret and alice.secret != m.secret
-    assert alice.params == m.params and alice.params["context_width"] == 0
-    public = json.loads(result.stdout)
-    assert public["account_id"] == "alice" and public["parent_key_id"] == m.key_id
-    assert public["key_id"] == alice.key_id
-    secrets = [json.loads(p.read_text())["secret"] for p in (master, a1)]
-    assert not any(s in result.stdout + result.stderr for s in secrets)
-    assert stat.S_IMODE(a1.stat().st_mode) == 0o600
-    # an account key is not a master
-    result = run("keygen", "-o", tmp_path / "c.json", "--derive-from", a1, "--account", "carol")
-    assert result.exit_code == 2
-    assert result.stderr == error_line(f"spec {alice.key_id} is already an account spec; "
-                                       "derive from the master")
-
-
-@pytest.mark.parametrize("which", ["derive-from only", "account only"])
-def test_keygen_derive_from_and_account_go_together(tmp_path: Path, which: str) -> None:
-    master = tmp_path / "master.json"
-    assert run("keygen", "-o", master).exit_code == 0
-    args = ["--derive-from", master] if which == "derive-from only" else ["--account", "alice"]
+def test_keygen_gives_green_list_keys_an_account_layer(tmp_path: Path) -> None:
     out = tmp_path / "k.json"
-    result = run("keygen", "-o", out, *args)
+    assert run("keygen", "-o", out).exit_code == 0
+    assert load_spec(out).accounts == AccountLayerParams(gamma=0.25, delta=2.0)
+    custom = tmp_path / "c.json"
+    result = run("keygen", "-o", custom, "--account-gamma", "0.5", "--account-delta", "3")
+    assert result.exit_code == 0, result.stderr
+    assert load_spec(custom).accounts == AccountLayerParams(gamma=0.5, delta=3.0)
+    none = tmp_path / "n.json"
+    assert run("keygen", "-o", none, "--no-account-layer").exit_code == 0
+    assert load_spec(none).accounts is None
+    gumbel = tmp_path / "g.json"
+    assert run("keygen", "-o", gumbel, "--scheme", "gumbel").exit_code == 0
+    assert load_spec(gumbel).accounts is None  # a sampling scheme takes no account layer
+    result = run("keygen", "-o", tmp_path / "x.json", "--scheme", "gumbel", "--account-layer")
     assert result.exit_code == 2
-    assert result.stderr == error_line("--derive-from and --account go together")
-    assert not out.exists()
-
-
-def test_keygen_derive_from_missing_master(tmp_path: Path) -> None:
-    missing = tmp_path / "nope.json"
-    result = run("keygen", "-o", tmp_path / "k.json", "--derive-from", missing,
-                 "--account", "alice")
+    assert "rides on a green-list key with lefthash seeding" in result.stderr
+    result = run("keygen", "-o", tmp_path / "y.json", "--account-gamma", "0.3")
     assert result.exit_code == 2
-    assert result.stderr == error_line(f"key file {missing} does not exist (make one with "
-                                       "`distillmark keygen`)")
+    assert result.stderr == error_line("account layer `gamma` must be 0.25 or 0.5, got 0.3")
 
 
 # --------------------------------------------------------------------------------------------

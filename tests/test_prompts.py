@@ -47,3 +47,25 @@ def test_read_prompts_errors_name_file_and_line(tmp_path: Path, content: bytes,
         read_prompts(path)
     with pytest.raises(InputError, match="no such prompts file"):
         read_prompts(tmp_path / "missing.txt")
+
+
+def test_prompts_from_a_request_log(tmp_path):
+    from distillmark.verify.prompts import prompts_from_log
+    from distillmark.watermark.serve.log import RequestLog
+
+    log = RequestLog(tmp_path / "r.jsonl")
+    for account, question in [("a", "q1"), ("b", "q2"), ("a", "q3"), ("a", "q1")]:
+        log.record(request_id="r", account=account, number=1, key_id="k", model="m",
+                   messages=[{"role": "system", "content": "be brief"},
+                             {"role": "user", "content": question}], answers=["x"], usage={})
+    log.close()
+    assert prompts_from_log(tmp_path / "r.jsonl", account="a") == ["q1", "q3"]
+    assert prompts_from_log(tmp_path / "r.jsonl") == ["q1", "q2", "q3"]
+    with pytest.raises(InputError, match="holds no prompts of account 'c' \\(0 requests\\)"):
+        prompts_from_log(tmp_path / "r.jsonl", account="c")
+    hashed = RequestLog(tmp_path / "h.jsonl", hashes_only=True)
+    hashed.record(request_id="r", account="a", number=1, key_id="k", model="m",
+                  messages=[{"role": "user", "content": "q"}], answers=["x"], usage={})
+    hashed.close()
+    with pytest.raises(InputError, match="keeps only digests"):
+        prompts_from_log(tmp_path / "h.jsonl")

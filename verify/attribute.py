@@ -141,31 +141,45 @@ class Attributor:
         seqs = [self.detector.encode(t) for t in texts]
         cells, _ = self.distinct_cells(seqs)
         n_tokens = int(sum(s.size for s in seqs))
-        return self._results(cells, np.zeros(cells.size, dtype=np.int64), 1,
+        return self.results(cells, np.zeros(cells.size, dtype=np.int64), 1,
                              np.array([n_tokens]), [source])[0]
 
     def attribute_ids(self, seqs: Sequence[np.ndarray], *,
                       prompt_lens: Sequence[int] | None = None,
-                      sources: Sequence[str] | None = None) -> list[AttributionResult]:
-        """Attribute many token sequences at once, each on its own distinct cells."""
+                      sources: Sequence[str] | None = None,
+                      records: Sequence[int] | None = None) -> list[AttributionResult]:
+        """Attribute many token sequences at once: each on its own distinct cells, or, with
+        ``records`` (the record of each sequence, ``0 .. r - 1``, non-decreasing), each
+        record on the distinct cells of its sequences (``sources`` then names records)."""
         plens = [0] * len(seqs) if prompt_lens is None else list(prompt_lens)
-        cells, groups = self.distinct_cells(seqs, prompt_lens=plens)
-        n_tokens = np.array([np.asarray(s).size - p for s, p in zip(seqs, plens)],
-                            dtype=np.int64)
-        names = list(sources) if sources is not None else [""] * len(seqs)
-        return self._results(cells, groups, len(seqs), n_tokens, names)
+        rec = (np.arange(len(seqs), dtype=np.int64) if records is None
+               else np.asarray(records, dtype=np.int64))
+        n_rec = int(rec.max()) + 1 if rec.size else 0
+        cells, groups = self.distinct_cells(seqs, prompt_lens=plens, records=rec)
+        n_tokens = np.bincount(rec, weights=[np.asarray(s).size - p for s, p in
+                                             zip(seqs, plens)], minlength=n_rec).astype(np.int64)
+        names = list(sources) if sources is not None else [""] * n_rec
+        return self.results(cells, groups, n_rec, n_tokens, names)
 
     def distinct_cells(self, seqs: Sequence[np.ndarray], *,
-                       prompt_lens: Sequence[int] | None = None
-                       ) -> tuple[np.ndarray, np.ndarray]:
-        """The distinct cells of each sequence: ``(cells (n,) uint64, groups (n,) int64)``,
-        ``groups`` the sequence of each (the first ``prompt_lens[j]`` tokens are context)."""
+                       prompt_lens: Sequence[int] | None = None,
+                       records: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct cells of each sequence (or of each record, ``records`` giving the
+        record of every sequence): ``(cells (n,) uint64, groups (n,) int64)``; the first
+        ``prompt_lens[j]`` tokens of sequence ``j`` are context."""
         keys, owner = batch_tuple_keys(seqs, self.scheme, prompt_lens=prompt_lens)
-        d = group_distinct(keys, owner, len(seqs), self.scheme.n_cells)
+        n_groups = len(seqs)
+        if records is not None:
+            rec = np.asarray(records, dtype=np.int64)
+            owner = rec[owner]
+            n_groups = int(rec.max()) + 1 if rec.size else 0
+        d = group_distinct(keys, owner, max(n_groups, 1), self.scheme.n_cells)
         return d.keys, d.groups
 
-    def _results(self, cells: np.ndarray, groups: np.ndarray, n_groups: int,
-                 n_tokens: np.ndarray, sources: Sequence[str]) -> list[AttributionResult]:
+    def results(self, cells: np.ndarray, groups: np.ndarray, n_groups: int,
+                n_tokens: np.ndarray, sources: Sequence[str]) -> list[AttributionResult]:
+        """One result per group from its distinct ``cells`` (``groups`` in ``0 ..
+        n_groups - 1``), its tokens and its name."""
         best = self.layer.best(cells, groups, n_groups, self.candidates.numbers)
         values = self.layer.cell_values(cells)
         named = self.candidates.numbers[best.index][groups]

@@ -14,7 +14,7 @@ from distillmark.watermark.errors import InputError
 
 from .textfiles import json_line, read_input, text_line
 
-__all__ = ["TEMPLATES", "TOPICS", "builtin_prompts", "read_prompts"]
+__all__ = ["TEMPLATES", "TOPICS", "builtin_prompts", "prompts_from_log", "read_prompts"]
 
 TEMPLATES: tuple[str, ...] = (
     "Explain {t} to a curious teenager.",
@@ -109,3 +109,25 @@ def read_prompts(path: str | Path, *, field: str = "prompt") -> list[str]:
     if not out:
         raise InputError(f"{p}: no prompts in the file")
     return out
+
+
+def prompts_from_log(path: str | Path, *, account: str | None = None) -> list[str]:
+    """The distinct last user messages a server's request log holds (only ``account``'s when
+    given), in the order first asked: what a campaign asked, to ask a suspect again."""
+    from distillmark.watermark.serve.log import read_log
+
+    seen: dict[str, None] = {}
+    n_records = 0
+    for rec in read_log(path, account=account):
+        n_records += 1
+        if rec.messages is None:
+            raise InputError(f"request log {path} keeps only digests of the messages "
+                             "(--log-hashes): it holds no prompts to ask again")
+        users = [m["content"] for m in rec.messages if m.get("role") == "user"]
+        if users and users[-1].strip():
+            seen.setdefault(users[-1], None)
+    if not seen:
+        who = f" of account {account!r}" if account is not None else ""
+        raise InputError(f"request log {path} holds no prompts{who} ({n_records} requests)")
+    return list(seen)
+
