@@ -15,6 +15,7 @@ import typer
 
 from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED
 from distillmark.verify.stats import format_pvalue
+from distillmark.watermark import InputError
 
 from .common import (
     EXIT_ERROR,
@@ -80,6 +81,12 @@ def scan(
         help="Workers of the LocalCluster (dask without --scheduler).")] = 2,
     shard_mb: Annotated[float, typer.Option(help="Shard size for the dask engine (MB).")] = 64.0,
     tokenizer: TokenizerOverrideOption = None,
+    accounts: Annotated[Path | None, typer.Option(
+        help="Also attribute every record to one of these accounts (the server's accounts "
+             "file, or account ids one per line) with the first key's account layer; the "
+             "summary lists the accounts the dataset points to.")] = None,
+    account_space: Annotated[int | None, typer.Option(
+        help="Or attribute among every account number 1..N.")] = None,
     as_json: JsonResultOption = False,
 ) -> None:
     """Scan a dataset for the watermark of KEY.
@@ -98,6 +105,14 @@ def scan(
     show = not as_json and sys.stderr.isatty()
     with errors_exit():
         specs = [load_spec(k) for k in key]
+        cands = None
+        if accounts is not None or account_space is not None:
+            from distillmark.verify.candidates import Candidates
+
+            if accounts is not None and account_space is not None:
+                raise InputError("give --accounts or --account-space, not both")
+            cands = (Candidates.read(accounts) if accounts is not None
+                     else Candidates.space(int(account_space or 0)))
         with _progress(show) as progress:
             try:
                 result = run_scan(
@@ -107,7 +122,7 @@ def scan(
                     tokenizer=tokenizer, resume=resume, state_dir=state_dir, engine=engine,
                     scheduler=scheduler, n_workers=workers,
                     shard_bytes=max(1, int(shard_mb * 1e6)), report=report, alpha=alpha,
-                    progress=progress)
+                    progress=progress, accounts=cands)
             except KeyboardInterrupt:
                 hint = "; run it again with --resume to continue" if resume else ""
                 err(f"interrupted{hint}")
@@ -160,6 +175,11 @@ def _human(result: Any, alpha: float, rejects: Path | None) -> str:
                       f"watermarked dataset at alpha {alpha:g}")
         lines.append(f"evidence: {power}; at most {f.ci_high:.2%} of those {f.n_records:,} "
                      f"records are watermarked ({f.confidence:.0%} upper bound)")
+    if result.accounts is not None:
+        found = result.accounts.found(alpha)
+        lines.append(f"accounts: {len(found)} found among {result.accounts.n_candidates:,}"
+                     + "".join(f"; {a.account} ({a.n_records:,} records, p = "
+                               f"{format_pvalue(a.pvalue, a.log10_pvalue)})" for a in found))
     return "\n".join(lines)
 
 

@@ -214,3 +214,30 @@ def test_attribute_errors_are_one_line(tmp_path: Path, tokenizer_info):
         r = _run("attribute", *args)
         assert r.exit_code == 2, r.output
         assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
+
+
+def test_scan_with_accounts(tmp_path: Path, master, served, human_texts):
+    import json
+
+    from distillmark.verify.scan import scan
+    from distillmark.watermark import save_spec
+
+    data = tmp_path / "leak.jsonl"
+    rows = served[7] + [t[:1500] for t in human_texts[:8]] + served[3]
+    data.write_text("".join(json.dumps({"response": t}) + "\n" for t in rows))
+    out = tmp_path / "rows.jsonl"
+    res = scan([data], [master], field="response", out=out, alpha=1e-4,
+               accounts=_candidates())
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [d["account"] for d in lines] == ["acct-7"] * 4 + [None] * 8 + ["acct-3"] * 4
+    assert all(d["account_log10_pvalue"] <= 0 for d in lines)
+    assert {a.account for a in res.accounts.found(1e-4)} == {"acct-3", "acct-7"}
+    assert res.to_dict(1e-4)["accounts"]["n_records"] == len(rows)
+    key = save_spec(master, tmp_path / "k.json")
+    r = _run("scan", "--key", key, "--field", "response", "--account-space", 10,
+             "--alpha", "1e-4", data)
+    assert r.exit_code == 0, r.output
+    assert "accounts: 2 found among 10; " in r.stdout
+    r = _run("scan", "--key", key, "--field", "response", "--account-space", 10,
+             "--engine", "dask", data)
+    assert r.exit_code == 2 and "--accounts works with the local engine" in r.stderr

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from distillmark.verify.probe import (
 )
 from distillmark.verify.prompts import builtin_prompts
 from distillmark.watermark import InputError, ParameterError, WatermarkSpec, new_spec, save_spec
+from distillmark.watermark.accounts import AccountLayerParams
 from distillmark.watermark.keys import SECRET_BYTES
 from distillmark.watermark.serve import start_server
 from distillmark.watermark.tokenizer import TokenizerInfo
@@ -286,7 +288,8 @@ def test_probe_p_values_are_calibrated_over_keys(plain_pairs: list[tuple[str, st
 def test_probe_needs_the_api_key_of_an_accounts_server(spec: WatermarkSpec,
                                                        tmp_path: Path) -> None:
     key = save_spec(spec, tmp_path / "wm.json")
-    with serving(tiny_generator(), spec=spec, accounts={"sk-probe-1": "acct"}) as url:
+    served = replace(spec, accounts=AccountLayerParams())  # accounts need an account layer
+    with serving(tiny_generator(), spec=served, accounts={"sk-probe-1": "acct"}) as url:
         args = ("probe", "--endpoint", url, "--model", MODEL_NAME, "--key", key,
                 "--n-prompts", 3, "--max-tokens", 8)
         r = cli(*args)

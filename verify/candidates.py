@@ -21,7 +21,7 @@ from distillmark.watermark.serve.accounts import MAX_FILE_BYTES, Accounts, parse
 __all__ = ["Candidates"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Candidates:
     """Candidate accounts: ``numbers (N,) uint64`` (distinct, increasing) and their names."""
 

@@ -15,6 +15,8 @@ from distillmark.watermark.errors import DistillmarkError, InputError, Parameter
 from distillmark.watermark.files import atomic_write
 from distillmark.watermark.keys import WatermarkSpec
 
+from ..attribute_dataset import DatasetAccumulator
+from ..candidates import Candidates
 from ..decision import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, check_alpha
 from ..sources import DEFAULT_MAX_RECORD_BYTES, Shard, plan_shards
 from .checkpoint import WorkFolder, plan_fingerprint
@@ -39,7 +41,8 @@ def scan(inputs: Sequence[str | Path], specs: Sequence[WatermarkSpec], *,
          batch_chars: int = DEFAULT_BATCH_CHARS, checkpoint_seconds: float = 30.0,
          report: str | Path | None = None, alpha: float = DEFAULT_ALPHA,
          progress: Callable[[ScanProgress], None] | None = None,
-         on_checkpoint: Callable[[int], None] | None = None) -> ScanResult:
+         on_checkpoint: Callable[[int], None] | None = None,
+         accounts: Candidates | None = None) -> ScanResult:
     """Scan a dataset for the watermark of ``specs`` (see the module doc).
 
     Args:
@@ -63,6 +66,9 @@ def scan(inputs: Sequence[str | Path], specs: Sequence[WatermarkSpec], *,
         alpha: level of the verdict shown in the report.
         progress: called after each chunk; on_checkpoint: called after each checkpoint with
             their count.
+        accounts: candidate accounts: every record is also attributed with the first key's
+            account layer (named at ``alpha``), and the result holds the accounts the dataset
+            points to (local engine, without ``resume``).
     """
     if engine not in ("local", "dask"):
         raise InputError(f"--engine must be local or dask, got {engine!r}")
@@ -80,9 +86,12 @@ def scan(inputs: Sequence[str | Path], specs: Sequence[WatermarkSpec], *,
         raise InputError(f"--out {out_p}: folder {out_p.parent} does not exist")
     if resume and engine != "local":
         raise InputError("--resume works with the local engine only")
+    if accounts is not None and (resume or engine != "local"):
+        raise InputError("--accounts works with the local engine, without --resume")
     config = ScanConfig(specs=tuple(specs), field=field, chat=chat,
                         max_record_bytes=max_record_bytes, skip_bad=skip_bad,
-                        tokenizer=tokenizer, batch_chars=batch_chars, rows=out_p is not None)
+                        tokenizer=tokenizer, batch_chars=batch_chars, rows=out_p is not None,
+                        accounts=accounts, alpha=alpha)
     rej_p = (Path(rejects) if rejects is not None
              else out_p.with_name(out_p.name + ".rejects.jsonl") if out_p is not None and skip_bad
              else None)
@@ -90,6 +99,8 @@ def scan(inputs: Sequence[str | Path], specs: Sequence[WatermarkSpec], *,
                          shard_bytes=shard_bytes if engine == "dask" else None)
     w = Worker.of(config)
     state = ScanState(w.schemes)
+    if w.attributor is not None:
+        state.accounts = DatasetAccumulator(w.attributor)
     if resume:
         folder = Path(state_dir) if state_dir is not None else (
             out_p.with_name(out_p.name + ".scan-state") if out_p is not None

@@ -32,8 +32,10 @@ def _json_str(s: str) -> str:
     return f'"{s}"' if _PLAIN.match(s) else json.dumps(s)
 
 
-def result_lines(locs: list[str], per_key: list[RecordScores], key_ids: list[str]) -> str:
-    """One JSON line per record: the best key's result, p-values corrected for the keys."""
+def result_lines(locs: list[str], per_key: list[RecordScores], key_ids: list[str], *,
+                 accounts: list[tuple[str | None, float]] | None = None) -> str:
+    """One JSON line per record: the best key's result, p-values corrected for the keys; with
+    ``accounts``, each record's named account (or null) and its corrected log10 p-value."""
     n_keys = len(per_key)
     if n_keys == 1:
         rs = per_key[0]
@@ -54,11 +56,15 @@ def result_lines(locs: list[str], per_key: list[RecordScores], key_ids: list[str
         kid = [key_ids[b] for b in best.tolist()]
     integral = bool(np.all(np.mod(stats_, 1.0) == 0.0))
     st = stats_.astype(np.int64).tolist() if integral else [_fmt_num(x) for x in stats_.tolist()]
+    tails = (["}\n"] * len(locs) if accounts is None else
+             [f', "account": {"null" if a is None else _json_str(a)}, '
+              f'"account_log10_pvalue": {_fmt_num(p)}}}\n' for a, p in accounts])
     return "".join(
         f'{{"location": {_json_str(loc)}, "n_tokens": {a}, "n_scored": {b}, "statistic": {c}, '
-        f'"pvalue": {d!r}, "log10_pvalue": {e!r}, "score_mean": {f!r}, "key_id": "{k}"}}\n'
-        for loc, a, b, c, d, e, f, k in zip(locs, nt.tolist(), ns.tolist(), st, pv.tolist(),
-                                            lg.tolist(), sm.tolist(), kid))
+        f'"pvalue": {d!r}, "log10_pvalue": {e!r}, "score_mean": {f!r}, "key_id": "{k}"{t}'
+        for loc, a, b, c, d, e, f, k, t in zip(locs, nt.tolist(), ns.tolist(), st,
+                                               pv.tolist(), lg.tolist(), sm.tolist(), kid,
+                                               tails))
 
 
 def write_results(rows_path: Path, flags: np.ndarray, out: Path) -> None:
@@ -84,11 +90,17 @@ def _write_parquet(rows_path: Path, flags: np.ndarray, dest: IO[bytes]) -> None:
     except ImportError:
         raise MissingDependencyError("--out .parquet needs pyarrow: pip install "
                                      "'distillmark[scale]'") from None
+    with open(rows_path, "rb") as src:
+        first = src.readline()
+    accounts = b'"account"' in first
+    columns = _COLUMNS + (("account", "account_log10_pvalue") if accounts else ())
     schema = pa.schema([("location", pa.string()), ("n_tokens", pa.int64()),
                         ("n_scored", pa.int64()), ("statistic", pa.float64()),
                         ("pvalue", pa.float64()), ("log10_pvalue", pa.float64()),
-                        ("score_mean", pa.float64()), ("key_id", pa.string()),
-                        ("flagged", pa.bool_())])
+                        ("score_mean", pa.float64()), ("key_id", pa.string())]
+                       + ([("account", pa.string()), ("account_log10_pvalue", pa.float64())]
+                          if accounts else [])
+                       + [("flagged", pa.bool_())])
     with pq.ParquetWriter(dest, schema) as writer, open(rows_path, "rb") as src:
         start = 0
         while True:
@@ -96,7 +108,7 @@ def _write_parquet(rows_path: Path, flags: np.ndarray, dest: IO[bytes]) -> None:
             if not lines:
                 break
             recs = [json.loads(ln) for ln in lines]
-            cols = {c: [r[c] for r in recs] for c in _COLUMNS}
+            cols = {c: [r[c] for r in recs] for c in columns}
             cols["flagged"] = flags[start:start + len(recs)].tolist()
             writer.write_table(pa.table(cols, schema=schema))
             start += len(recs)

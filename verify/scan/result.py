@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..aggregate import AggregateResult
+from ..attribute_dataset import DatasetAttribution
 from ..decision import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, CorrectedDecision
 from ..fraction import FractionEstimate, binomial_mixture, pvalue_mixture, theta_floor
 from ..nulls import BINOMIAL_TESTS
@@ -39,6 +40,8 @@ class ScanResult(CorrectedDecision):
         n_flagged: records flagged.
         bh_log10_threshold: largest flagged log10 p-value (``-inf``: none).
         fraction: estimated fraction of watermarked records and its interval (best key).
+        accounts: with candidate accounts, the accounts the records point to (the dataset
+            attribution: :mod:`~distillmark.verify.attribute_dataset`); None without.
     """
 
     aggregate: AggregateResult
@@ -53,6 +56,7 @@ class ScanResult(CorrectedDecision):
     n_flagged: int
     bh_log10_threshold: float
     fraction: FractionEstimate
+    accounts: DatasetAttribution | None = None
 
     best_field: ClassVar[str] = "aggregate"
     power_statement: ClassVar[bool] = True
@@ -68,13 +72,15 @@ class ScanResult(CorrectedDecision):
         d = super().fields_dict()
         for f in fields(self):
             if f.name in ("aggregate", "pvalue", "log10_pvalue", "n_keys", "per_key",
-                          "fraction"):
+                          "fraction", "accounts"):
                 continue
             v = getattr(self, f.name)
             d[f.name] = v if not (isinstance(v, float) and math.isinf(v)) else None
         for k, v in self.fraction.to_dict().items():
             d[f"fraction_{k}" if k != "estimate" else "fraction"] = v
         d["per_key"] = [r.to_dict() for r in self.per_key]
+        if self.accounts is not None:
+            d["accounts"] = self.accounts.to_dict()
         return d
 
 
@@ -112,5 +118,6 @@ def finish(state: ScanState, *, fdr: float = DEFAULT_FDR, min_scored: int = DEFA
         per_key=per_key, n_records_read=state.n_read,
         n_records_scored=state.n_scored_records, n_records_skipped=state.n_skipped, fdr=fdr,
         n_flagged=int(flags.sum()), bh_log10_threshold=t,
-        fraction=_fraction(state.keys[b], agg, confidence))
+        fraction=_fraction(state.keys[b], agg, confidence),
+        accounts=state.accounts.result() if state.accounts is not None else None)
     return res, rec, flags

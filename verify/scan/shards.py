@@ -77,10 +77,28 @@ def _score_chunk(w: Worker, chunk: _Chunk, state: ScanState) -> str:
         rs, pooled = score_tokens(ids, lens, plens, seq_rec, n_rec, ks.scheme)
         ks.add(rs, pooled)
         per_key.append(rs)
+    named = _attribute_chunk(w, ids, lens, plens, seq_rec, n_rec, state)
     state.n_read += n_rec
     if not w.config.rows:
         return ""
-    return result_lines(chunk.locs, per_key, [k.scheme.key_id for k in state.keys])
+    return result_lines(chunk.locs, per_key, [k.scheme.key_id for k in state.keys],
+                        accounts=named)
+
+
+def _attribute_chunk(w: Worker, ids: np.ndarray, lens: np.ndarray, plens: np.ndarray,
+                     seq_rec: np.ndarray, n_rec: int, state: ScanState
+                     ) -> list[tuple[str | None, float]] | None:
+    """With candidate accounts: each record's account named at the scan's level (or None) and
+    its corrected log10 p-value; the records' cells go to the dataset attribution."""
+    att = w.attributor
+    if att is None or state.accounts is None:
+        return None
+    seqs = np.split(ids, np.cumsum(lens)[:-1]) if lens.size else []
+    cells, groups = att.distinct_cells(seqs, prompt_lens=plens.tolist(), records=seq_rec)
+    state.accounts.add(cells, groups, n_rec)
+    n_tok = np.bincount(seq_rec, weights=lens - plens, minlength=n_rec).astype(np.int64)
+    results = att.results(cells, groups, n_rec, n_tok, [""] * n_rec)
+    return [(r.account_at(w.config.alpha), r.log10_pvalue) for r in results]
 
 
 @dataclass

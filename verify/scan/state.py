@@ -12,6 +12,7 @@ import numpy as np
 from distillmark.watermark.registry import Scheme
 
 from ..aggregate import AggregateAccumulator, TupleSet
+from ..attribute_dataset import DatasetAccumulator
 from ..fraction import PairCounts
 from ..nulls import BINOMIAL_TESTS
 from .scoring import Pooled, RecordScores
@@ -134,6 +135,8 @@ class ScanState:
         self.n_read = 0
         self.n_skipped = 0
         self.n_chars = 0  # text characters scored: progress only, not checkpointed
+        #: the dataset attribution, when records are also attributed (local engine only)
+        self.accounts: DatasetAccumulator | None = None
 
     @property
     def n_scored_records(self) -> int:

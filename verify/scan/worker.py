@@ -16,6 +16,9 @@ from distillmark.watermark.keys import WatermarkSpec
 from distillmark.watermark.registry import scheme_for
 from distillmark.watermark.tokenizer import tokenizer_for
 
+from ..attribute import Attributor
+from ..candidates import Candidates
+from ..decision import DEFAULT_ALPHA
 from ..detect import CHUNK_CHARS, text_chunks
 from ..sources import DEFAULT_MAX_RECORD_BYTES, Selector
 
@@ -39,6 +42,8 @@ class ScanConfig:
         tokenizer: tokenizer path replacing the keys' recorded one (must match it).
         batch_chars: text per tokenizer batch.
         rows: produce per-record result lines (off when no per-record file is wanted).
+        accounts: candidate accounts: each record is also attributed with the first key's
+            account layer (:mod:`~distillmark.verify.attribute`), named at ``alpha``.
     """
 
     specs: tuple[WatermarkSpec, ...]
@@ -49,6 +54,8 @@ class ScanConfig:
     tokenizer: str | None = None
     batch_chars: int = DEFAULT_BATCH_CHARS
     rows: bool = True
+    accounts: Candidates | None = None
+    alpha: float = DEFAULT_ALPHA
 
     def __post_init__(self) -> None:
         if not self.specs:
@@ -69,7 +76,9 @@ class ScanConfig:
         """What the results depend on (no secret): for checkpoints."""
         return {"keys": [s.key_id for s in self.specs], "field": self.field, "chat": self.chat,
                 "max_record_bytes": self.max_record_bytes, "skip_bad": self.skip_bad,
-                "tokenizer": self.specs[0].tokenizer.sha256, "rows": self.rows}
+                "tokenizer": self.specs[0].tokenizer.sha256, "rows": self.rows,
+                "accounts": None if self.accounts is None else self.accounts.names,
+                "alpha": self.alpha}
 
 
 class Worker:
@@ -82,6 +91,9 @@ class Worker:
         self.selector = Selector(config.field, config.chat)
         self.tokenizer = tokenizer_for(config.specs[0].tokenizer, config.tokenizer)
         self.schemes = [scheme_for(s) for s in config.specs]
+        self.attributor = (Attributor(config.specs[0], config.accounts,
+                                      tokenizer=config.tokenizer)
+                           if config.accounts is not None else None)
         self.columns: list[str] = list(dict.fromkeys([self.selector.parts[0],
                                                       str(self.selector.path)]))
 
@@ -89,7 +101,7 @@ class Worker:
     def of(cls, config: ScanConfig) -> Worker:
         key = (tuple((s.key_id, s.scheme, json.dumps(dict(s.params), sort_keys=True,
                                                      default=str)) for s in config.specs),
-               config.field, config.chat, config.tokenizer)
+               config.field, config.chat, config.tokenizer, id(config.accounts))
         w = cls._cache.get(key)
         if w is None:
             w = cls(config)
