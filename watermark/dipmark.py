@@ -287,16 +287,15 @@ class DiPmark(RowScheme):
     def _high_words(self, cells: np.ndarray) -> np.ndarray:
         """Top 32 bits of the cells ``row * V + t``: ``(n,) uint64 -> (n,) uint32``.
 
-        Element ``c`` of the little-endian ``uint64`` stream is ``uint32`` elements ``2c`` (low
-        half) and ``2c + 1`` (high half): one AES block per cell, or the stream read in bulk
-        above a few hundred thousand cells (same values).
+        One AES block per cell, or the stream read in bulk above a few hundred thousand cells
+        (same values).
         """
         cells = np.asarray(cells, dtype=np.uint64).ravel()
         if cells.size and int(cells.max()) >= self.n_rows * self.vocab_size:
             raise ParameterError(f"cell {int(cells.max())} is outside the table of "
                                  f"{self.n_rows} x {self.vocab_size} cells")
         if cells.size <= _BULK_THRESHOLD:
-            return prf.u32_at(self._table_key, cells * np.uint64(2) + np.uint64(1))
+            return (prf.u64_at(self._table_key, cells) >> np.uint64(32)).astype(np.uint32)
         order = np.argsort(cells, kind="stable")
         srt = cells[order]
         out = np.empty(cells.size, dtype=np.uint32)

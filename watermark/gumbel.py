@@ -93,17 +93,6 @@ def uniforms_from_u64(u: np.ndarray) -> np.ndarray:
     return (2.0 * k + 1.0) * _TWO_M53
 
 
-def _u64_at(subkey: bytes, index: np.ndarray) -> np.ndarray:
-    """Random access into the keyed ``uint64`` stream: ``index (n,) -> (n,) uint64``.
-
-    Element ``i`` of the little-endian ``uint64`` view is ``uint32`` elements ``2i`` (low half)
-    and ``2i + 1`` (high half).
-    """
-    idx = np.asarray(index, dtype=np.uint64).ravel() * np.uint64(2)
-    halves = prf.u32_at(subkey, np.concatenate([idx, idx + np.uint64(1)])).astype(np.uint64)
-    return halves[:idx.size] | (halves[idx.size:] << np.uint64(32))
-
-
 @dataclass(frozen=True)
 class GumbelParams:
     """Parameters of the Gumbel-max scheme (validated on construction).
@@ -193,7 +182,7 @@ class Gumbel(RowScheme):
     def uniforms(self, cells: np.ndarray) -> np.ndarray:
         """Exact keyed uniforms of table cells ``row * V + token``: ``(n,) int -> (n,) float64``.
 
-        One AES block pair per cell; above a few hundred thousand cells the stream is read in
+        One AES block per cell; above a few hundred thousand cells the stream is read in
         bulk instead (same values).
         """
         cells = np.asarray(cells, dtype=np.uint64).ravel()
@@ -201,7 +190,7 @@ class Gumbel(RowScheme):
             raise ParameterError(f"cell {int(cells.max())} is outside the table of "
                                  f"{self.n_rows} x {self.vocab_size} cells")
         if cells.size <= _BULK_THRESHOLD:
-            return uniforms_from_u64(_u64_at(self._table_key, cells))
+            return uniforms_from_u64(prf.u64_at(self._table_key, cells))
         order = np.argsort(cells, kind="stable")
         srt = cells[order]
         out = np.empty(cells.size, dtype=np.float64)

@@ -268,17 +268,16 @@ class Tournament(RowScheme):
         """Keyed cell of each tuple key: ``(n,) uint64 -> (n,) uint64``; bit ``l`` is ``g_l``.
 
         The stream element, reduced to its low 32 bits when ``depth <= 32`` (only bits below
-        ``depth`` are ever read). Random access: one AES block per key and 32 bits.
+        ``depth`` are ever read). Random access: one AES block per key.
         """
         keys = np.asarray(keys, dtype=np.uint64).ravel()
         if keys.size and int(keys.max()) >= self.n_rows * self.vocab_size:
             raise ParameterError(f"tuple key {int(keys.max())} is outside the table "
                                  f"({self.n_rows} rows x {self.vocab_size} tokens)")
-        low = prf.u32_at(self._table_key, keys * np.uint64(2)).astype(np.uint64)
+        cells = prf.u64_at(self._table_key, keys)
         if self.depth <= 32:
-            return low
-        high = prf.u32_at(self._table_key, keys * np.uint64(2) + np.uint64(1))
-        return low | (high.astype(np.uint64) << np.uint64(32))
+            return cells & np.uint64(0xFFFFFFFF)
+        return cells
 
     def row_cells(self, row: int) -> np.ndarray:
         """The cells of one row, every token: ``(V,) uint32`` (depth <= 32) or ``uint64``.
