@@ -60,34 +60,26 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import prf
-from .context import COMBINES as _COMBINES
-from .context import ContextRows, RowScheme
+from .context import RowParams, RowScheme
 from .errors import ParameterError
 from .sampling import check_process_args, sampling_distribution
 
 __all__ = ["SCHEME_NAME", "DiPmark", "DiPmarkParams", "reweight_factors", "reweight_log_factors"]
 
 SCHEME_NAME = "dipmark"
-_MAX_WIDTH = 8
 _MAX_LISTS = 65536
 # Permutations kept for generation (each row: order and rank, 8 bytes per token: 50 MB for 128
 # rows at V = 49,152).
 _ROW_CACHE = 128
-# Detection: above this many tuple keys, stream the table's cells in bulk instead of one AES
-# block per key.
-_BULK_THRESHOLD = 262_144
-_TABLE_CHUNK_CELLS = 1 << 22
 
 
 @dataclass(frozen=True)
-class DiPmarkParams:
+class DiPmarkParams(RowParams):
     """Parameters of the DiPmark scheme (validated on construction).
 
     Attributes:
@@ -101,6 +93,8 @@ class DiPmarkParams:
         n_lists: rows (permutations) of the keyed table, a power of two <= 65536.
     """
 
+    scheme_name = SCHEME_NAME
+
     alpha: float = 0.45
     gamma: float = 0.5
     context_width: int = 1
@@ -108,46 +102,13 @@ class DiPmarkParams:
     n_lists: int = 256
 
     def __post_init__(self) -> None:
-        def num(name: str) -> float:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ParameterError(f"`{name}` must be a finite number, got {v!r}")
-            return float(v)
-
-        def integer(name: str) -> int:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ParameterError(f"`{name}` must be an integer, got {v!r}")
-            return v
-
-        if not 0.0 <= num("alpha") <= 0.5:
+        if not 0.0 <= self.number("alpha") <= 0.5:
             raise ParameterError(f"`alpha` must be in [0, 0.5], got {self.alpha}")
-        if not 0.0 < num("gamma") < 1.0:
-            raise ParameterError(f"`gamma` must be in (0, 1), got {self.gamma}")
-        if not 0 < round(self.gamma * 2.0**32) < 2**32:
-            raise ParameterError(f"`gamma` must be representable at 32-bit precision "
-                                 f"(2**-32 .. 1 - 2**-32), got {self.gamma}")
-        if not 0 <= integer("context_width") <= _MAX_WIDTH:
-            raise ParameterError(f"`context_width` must be in 0..{_MAX_WIDTH}, "
-                                 f"got {self.context_width}")
-        if self.combine not in _COMBINES:
-            raise ParameterError(f"`combine` must be one of {', '.join(_COMBINES)}, "
-                                 f"got {self.combine!r}")
-        n = integer("n_lists")
-        if n < 1 or n > _MAX_LISTS or n & (n - 1):
-            raise ParameterError(f"`n_lists` must be a power of two in 1..{_MAX_LISTS}, got {n}")
-        object.__setattr__(self, "alpha", float(self.alpha))
-        object.__setattr__(self, "gamma", float(self.gamma))
-
-    @classmethod
-    def from_mapping(cls, params: Mapping[str, Any]) -> DiPmarkParams:
-        unknown = set(params) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ParameterError(f"unknown dipmark parameter(s): {', '.join(sorted(unknown))}")
-        return cls(**dict(params))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        self.check_gamma()
+        self.check_context_width()
+        self.check_rows(_MAX_LISTS)
+        self._store("alpha", float(self.alpha))
+        self._store("gamma", float(self.gamma))
 
 
 def _straddlers(q: np.ndarray, alpha: float) -> tuple[np.ndarray, list[tuple[int, float]]]:
@@ -235,23 +196,13 @@ class DiPmark(RowScheme):
 
     def __init__(self, secret: bytes, params: DiPmarkParams, vocab_size: int, *,
                  key_id: str = "") -> None:
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
-            raise ParameterError(f"`vocab_size` must be an integer >= 2, got {vocab_size!r}")
-        self.params = params
-        self.vocab_size = vocab_size
-        self.key_id = key_id
+        super().__init__(secret, params, vocab_size, key_id=key_id)
         self.alpha = params.alpha
-        self._table_key = prf.derive_subkey(secret, f"{SCHEME_NAME}/table")
-        self._token_key = prf.derive_subkey(secret, f"{SCHEME_NAME}/token-values")
         #: Green when the cell's top 32 bits are >= this.
         self.threshold = round(params.gamma * 2.0**32)
         #: The exact probability that a cell is green: the binomial test's null parameter.
         self.p_green = (2**32 - self.threshold) / 2.0**32
         self.test_params = {"p": self.p_green}
-        self.n_rows = 1 if params.context_width == 0 else params.n_lists
-        self.context = ContextRows(self._token_key, vocab_size,
-                                   context_width=params.context_width, selfhash=False,
-                                   combine=params.combine, n_rows=self.n_rows)
         self._rows: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     # -- keyed values ------------------------------------------------------------------------
@@ -290,37 +241,9 @@ class DiPmark(RowScheme):
         One AES block per cell, or the stream read in bulk above a few hundred thousand cells
         (same values).
         """
-        cells = np.asarray(cells, dtype=np.uint64).ravel()
-        if cells.size and int(cells.max()) >= self.n_rows * self.vocab_size:
-            raise ParameterError(f"cell {int(cells.max())} is outside the table of "
-                                 f"{self.n_rows} x {self.vocab_size} cells")
-        if cells.size <= _BULK_THRESHOLD:
-            return (prf.u64_at(self._table_key, cells) >> np.uint64(32)).astype(np.uint32)
-        order = np.argsort(cells, kind="stable")
-        srt = cells[order]
-        out = np.empty(cells.size, dtype=np.uint32)
-        lo, n_cells = 0, self.n_rows * self.vocab_size
-        for start in range(0, n_cells, _TABLE_CHUNK_CELLS):
-            stop = min(n_cells, start + _TABLE_CHUNK_CELLS)
-            hi = int(np.searchsorted(srt, np.uint64(stop), side="left"))
-            if hi > lo:
-                u = prf.u64_stream(self._table_key, stop - start, start=start)
-                idx = (srt[lo:hi] - np.uint64(start)).astype(np.intp)
-                out[order[lo:hi]] = (u[idx] >> np.uint64(32)).astype(np.uint32)
-            lo = hi
-            if lo == srt.size:
-                break
-        return out
+        return (self.table_values(cells) >> np.uint64(32)).astype(np.uint32)
 
     # -- detection ---------------------------------------------------------------------------
-    def tuple_keys(self, ids: np.ndarray) -> np.ndarray:
-        """Tuple key (table cell) of every scorable token: ``ids (n,) -> (max(n - h, 0),) uint64``.
-
-        Entry ``i`` belongs to token ``ids[h + i]``; equal keys are the same cell, the same
-        green bit, which is what detection deduplicates on.
-        """
-        return self.context.tuple_keys(ids)
-
     def key_scores(self, keys: np.ndarray) -> np.ndarray:
         """Green bit of each tuple key: ``(n,) uint64 -> (n,) bool``."""
         return self._high_words(keys) >= np.uint32(self.threshold)

@@ -42,24 +42,21 @@ docs/schemes/greenlist.md gives the trade-off.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
 
 import numpy as np
 
 from . import prf
-from .context import COMBINES as _COMBINES
-from .context import ContextRows, RowScheme
+from .context import RowParams, RowScheme
 from .errors import ParameterError
 
 __all__ = ["SCHEME_NAME", "GreenList", "GreenListParams"]
 
 SCHEME_NAME = "greenlist"
 _SEEDINGS = ("lefthash", "selfhash")
-_MAX_WIDTH = 8
+_MAX_LISTS = 65536
 # Unique tuple keys above which detection builds the whole table instead of one AES block each.
 _TABLE_THRESHOLD = 262_144
 _TABLE_CHUNK_CELLS = 1 << 24
@@ -71,7 +68,7 @@ _ROW_CACHE = 4096
 
 
 @dataclass(frozen=True)
-class GreenListParams:
+class GreenListParams(RowParams):
     """Parameters of the green-list scheme (validated on construction).
 
     Attributes:
@@ -84,6 +81,8 @@ class GreenListParams:
         top_k: selfhash generation checks this many top candidates per step (as transformers).
     """
 
+    scheme_name = SCHEME_NAME
+
     gamma: float = 0.25
     delta: float = 2.0
     context_width: int = 1
@@ -93,53 +92,18 @@ class GreenListParams:
     top_k: int = 40
 
     def __post_init__(self) -> None:
-        def num(name: str) -> float:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ParameterError(f"`{name}` must be a finite number, got {v!r}")
-            return float(v)
-
-        def integer(name: str) -> int:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ParameterError(f"`{name}` must be an integer, got {v!r}")
-            return v
-
-        if not 0.0 < num("gamma") < 1.0:
-            raise ParameterError(f"`gamma` must be in (0, 1), got {self.gamma}")
-        if not 0 < round(self.gamma * 2.0**32) < 2**32:
-            raise ParameterError(f"`gamma` must be representable at 32-bit precision "
-                                 f"(2**-32 .. 1 - 2**-32), got {self.gamma}")
-        if num("delta") < 0.0:
+        self.check_gamma()
+        if self.number("delta") < 0.0:
             raise ParameterError(f"`delta` must be >= 0, got {self.delta}")
-        if not 0 <= integer("context_width") <= _MAX_WIDTH:
-            raise ParameterError(f"`context_width` must be in 0..{_MAX_WIDTH}, "
-                                 f"got {self.context_width}")
-        if self.seeding not in _SEEDINGS:
-            raise ParameterError(f"`seeding` must be one of {', '.join(_SEEDINGS)}, "
-                                 f"got {self.seeding!r}")
+        self.check_context_width()
+        self.choice("seeding", _SEEDINGS)
         if self.seeding == "selfhash" and self.context_width < 1:
             raise ParameterError("`context_width` must be >= 1 with seeding 'selfhash', got 0")
-        if self.combine not in _COMBINES:
-            raise ParameterError(f"`combine` must be one of {', '.join(_COMBINES)}, "
-                                 f"got {self.combine!r}")
-        n = integer("n_lists")
-        if n < 1 or n > 65536 or n & (n - 1):
-            raise ParameterError(f"`n_lists` must be a power of two in 1..65536, got {n}")
-        if integer("top_k") < 1:
+        self.check_rows(_MAX_LISTS)
+        if self.integer("top_k") < 1:
             raise ParameterError(f"`top_k` must be >= 1, got {self.top_k}")
-        object.__setattr__(self, "gamma", float(self.gamma))
-        object.__setattr__(self, "delta", float(self.delta))
-
-    @classmethod
-    def from_mapping(cls, params: Mapping[str, Any]) -> GreenListParams:
-        unknown = set(params) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ParameterError(f"unknown greenlist parameter(s): {', '.join(sorted(unknown))}")
-        return cls(**dict(params))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        self._store("gamma", float(self.gamma))
+        self._store("delta", float(self.delta))
 
 
 class GreenList(RowScheme):
@@ -165,35 +129,18 @@ class GreenList(RowScheme):
 
     def __init__(self, secret: bytes, params: GreenListParams, vocab_size: int, *,
                  key_id: str = "") -> None:
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
-            raise ParameterError(f"`vocab_size` must be an integer >= 2, got {vocab_size!r}")
-        self.params = params
-        self.vocab_size = vocab_size
-        self.key_id = key_id
-        self._table_key = prf.derive_subkey(secret, f"{SCHEME_NAME}/table")
-        self._token_key = prf.derive_subkey(secret, f"{SCHEME_NAME}/token-values")
+        super().__init__(secret, params, vocab_size, key_id=key_id,
+                         selfhash=params.seeding == "selfhash")
         self.threshold = round(params.gamma * 2.0**32)
         #: The exact probability that a cell is green: the binomial test's null parameter.
         self.gamma_effective = self.threshold / 2.0**32
         self.test_params = {"p": self.gamma_effective}
-        self.n_rows = 1 if params.context_width == 0 else params.n_lists
-        self.context = ContextRows(self._token_key, vocab_size,
-                                   context_width=params.context_width,
-                                   selfhash=params.seeding == "selfhash",
-                                   combine=params.combine, n_rows=self.n_rows)
 
     # -- keyed tables ------------------------------------------------------------------------
     @property
     def token_values(self) -> np.ndarray:
         """``P``: one keyed uint64 per token id, ``(V,) uint64``."""
         return self.context.token_values
-
-    def rows(self, windows: np.ndarray) -> np.ndarray:
-        """Row (green list) selected by each window: ``(..., w) int -> (...) int64``.
-
-        ``w`` must equal :attr:`window`; ``w = 0`` (unigram) selects row 0.
-        """
-        return self.context.rows(windows)
 
     @property
     def dense(self) -> bool:
@@ -221,13 +168,8 @@ class GreenList(RowScheme):
     def table(self) -> np.ndarray:
         """The green table: ``(n_rows, V) bool``, ``table[r, t]`` = token t green in list r
         (``n_rows * V`` bytes: with many lists, use :meth:`green_row` and :meth:`key_scores`)."""
-        n_cells = self.n_rows * self.vocab_size
-        out = np.empty(n_cells, dtype=bool)
-        for start in range(0, n_cells, _TABLE_CHUNK_CELLS):
-            n = min(_TABLE_CHUNK_CELLS, n_cells - start)
-            np.less(prf.u32_stream(self._table_key, n, start=start), self.threshold,
-                    out=out[start:start + n])
-        return out.reshape(self.n_rows, self.vocab_size)
+        return self.build_table(bool, _TABLE_CHUNK_CELLS, lambda start, n: prf.u32_stream(
+            self._table_key, n, start=start) < self.threshold)
 
     @cached_property
     def delta_table(self) -> np.ndarray:
@@ -239,14 +181,6 @@ class GreenList(RowScheme):
         return self.table.astype(np.float32) * np.float32(self.params.delta)
 
     # -- detection ---------------------------------------------------------------------------
-    def tuple_keys(self, ids: np.ndarray) -> np.ndarray:
-        """Tuple key of every scorable token: ``ids (n,) int -> (max(n - h, 0),) uint64``.
-
-        Entry ``i`` belongs to token ``ids[h + i]``; equal keys mean equal green bits (the same
-        table cell), which is what detection deduplicates on.
-        """
-        return self.context.tuple_keys(ids)
-
     def key_scores(self, keys: np.ndarray) -> np.ndarray:
         """Green bit of each tuple key: ``(n,) uint64 -> (n,) bool``."""
         keys = np.asarray(keys, dtype=np.uint64)

@@ -47,12 +47,17 @@ __all__ = [
     "u32_stream",
     "u64_at",
     "u64_stream",
+    "u64_take",
 ]
 
 #: Every HKDF ``info`` label starts with this; the version changes if the derivation does.
 LABEL_PREFIX = b"distillmark/v1/"
 
 _BLOCK = 16
+# u64_take: random access up to this many elements; above, the stream read in chunks of
+# _TAKE_CHUNK elements.
+_TAKE_RANDOM_ACCESS = 262_144
+_TAKE_CHUNK = 1 << 22
 
 
 def derive_subkey(secret: bytes, label: str, *, length: int = 32) -> bytes:
@@ -126,6 +131,28 @@ def u64_at(subkey: bytes, index: np.ndarray) -> np.ndarray:
     block per element instead of the whole prefix of the stream.
     """
     return _words_at(subkey, index, 8)
+
+
+def u64_take(subkey: bytes, index: np.ndarray) -> np.ndarray:
+    """``u64_stream(subkey, N)[index]`` for any ``N > max(index)``: ``(n,) int -> (n,) uint64``.
+
+    :func:`u64_at` for up to a few hundred thousand elements; for more, the stream itself is
+    read, in chunks of ``2**22`` elements and only the chunks that hold an index (same values).
+    """
+    idx = np.asarray(index, dtype=np.uint64).ravel()
+    if idx.size <= _TAKE_RANDOM_ACCESS:
+        return u64_at(subkey, idx)
+    order = np.argsort(idx, kind="stable")
+    srt = idx[order]
+    out = np.empty(idx.size, dtype=np.uint64)
+    lo = 0
+    while lo < srt.size:
+        start = int(srt[lo]) // _TAKE_CHUNK * _TAKE_CHUNK
+        hi = int(np.searchsorted(srt, np.uint64(start + _TAKE_CHUNK), side="left"))
+        chunk = u64_stream(subkey, int(srt[hi - 1]) - start + 1, start=start)
+        out[order[lo:hi]] = chunk[(srt[lo:hi] - np.uint64(start)).astype(np.intp)]
+        lo = hi
+    return out
 
 
 _M1 = np.uint64(0xFF51AFD7ED558CCD)

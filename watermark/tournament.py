@@ -52,15 +52,14 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from . import prf
-from .context import COMBINES as _COMBINES
-from .context import ContextRows, RowScheme
+from .context import RowParams, RowScheme
 from .errors import ParameterError
 from .sampling import check_process_args, sampling_distribution
 
@@ -71,7 +70,7 @@ SCHEME_NAME = "tournament"
 #: Detection scores (``TournamentParams.score``) -> test name in ``distillmark.verify.nulls``.
 SCORES = {"weighted": "tournament-weighted", "mean": "tournament-mean"}
 _MAX_DEPTH = 64
-_MAX_WIDTH = 8
+_MAX_LISTS = 65536
 _MAX_WEIGHT = 1024
 # Running probabilities below this stop counting towards the layer sums s_l (their share is
 # below 1e-195; as subnormals they would only slow float64 down).
@@ -86,7 +85,7 @@ _BYTE_BITS = ((np.arange(256)[None, :] >> np.arange(8)[:, None]) & 1).astype(np.
 
 
 @dataclass(frozen=True)
-class TournamentParams:
+class TournamentParams(RowParams):
     """Parameters of the tournament scheme (validated on construction).
 
     Attributes:
@@ -101,6 +100,9 @@ class TournamentParams:
         score: detection's test, ``"weighted"`` or ``"mean"``.
     """
 
+    scheme_name = SCHEME_NAME
+    numpy_integers = True
+
     depth: int = 30
     context_width: int = 4
     combine: str = "hash"
@@ -110,31 +112,14 @@ class TournamentParams:
     score: str = "weighted"
 
     def __post_init__(self) -> None:
-        def integer(name: str) -> int:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise ParameterError(f"`{name}` must be an integer, got {v!r}")
-            return int(v)
-
-        m = integer("depth")
+        m = self.integer("depth")
         if not 1 <= m <= _MAX_DEPTH:
             raise ParameterError(f"`depth` must be in 1..{_MAX_DEPTH} (one uint64 per cell "
                                  f"holds the layer bits), got {m}")
-        h = integer("context_width")
-        if not 0 <= h <= _MAX_WIDTH:
-            raise ParameterError(f"`context_width` must be in 0..{_MAX_WIDTH}, got {h}")
-        if self.combine not in _COMBINES:
-            raise ParameterError(f"`combine` must be one of {', '.join(_COMBINES)}, "
-                                 f"got {self.combine!r}")
-        n = integer("n_lists")
-        if n < 1 or n > 65536 or n & (n - 1):
-            raise ParameterError(f"`n_lists` must be a power of two in 1..65536, got {n}")
-        if not isinstance(self.mask_repeated_contexts, bool):
-            raise ParameterError(f"`mask_repeated_contexts` must be true or false, "
-                                 f"got {self.mask_repeated_contexts!r}")
-        if self.score not in SCORES:
-            raise ParameterError(f"`score` must be one of {', '.join(SCORES)}, "
-                                 f"got {self.score!r}")
+        self.check_context_width()
+        self.check_rows(_MAX_LISTS)
+        self.flag("mask_repeated_contexts")
+        self.choice("score", tuple(SCORES))
         w = self.weights
         if w is None:
             w = tuple(range(m, 0, -1))
@@ -143,27 +128,14 @@ class TournamentParams:
         if len(w) != m:
             raise ParameterError(f"`weights` must have one entry per layer (depth = {m}), "
                                  f"got {len(w)}: {list(w)!r}")
-        if any(isinstance(x, bool) or not isinstance(x, (int, np.integer))
-               or not 0 <= x <= _MAX_WEIGHT for x in w):
+        if any(not self.is_integer(x) or not 0 <= x <= _MAX_WEIGHT for x in w):
             raise ParameterError(f"`weights` must be integers in 0..{_MAX_WEIGHT}, "
                                  f"got {list(w)!r}")
         if not any(w):
             raise ParameterError(f"`weights` must not all be 0, got {list(w)!r}")
-        object.__setattr__(self, "weights", tuple(int(x) for x in w))
+        self._store("weights", tuple(int(x) for x in w))
         for name in ("depth", "context_width", "n_lists"):
-            object.__setattr__(self, name, int(getattr(self, name)))
-
-    @classmethod
-    def from_mapping(cls, params: Mapping[str, Any]) -> TournamentParams:
-        unknown = set(params) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ParameterError(f"unknown tournament parameter(s): {', '.join(sorted(unknown))}")
-        return cls(**dict(params))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["weights"] = list(self.weights or ())
-        return d
+            self._store(name, int(getattr(self, name)))
 
 
 def _byte_factors(mass: np.ndarray, first: int, depth: int) -> np.ndarray:
@@ -243,19 +215,9 @@ class Tournament(RowScheme):
 
     def __init__(self, secret: bytes, params: TournamentParams, vocab_size: int, *,
                  key_id: str = "") -> None:
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
-            raise ParameterError(f"`vocab_size` must be an integer >= 2, got {vocab_size!r}")
-        self.params = params
-        self.vocab_size = vocab_size
-        self.key_id = key_id
+        super().__init__(secret, params, vocab_size, key_id=key_id)
         self.depth = params.depth
         self.weights: tuple[int, ...] = tuple(params.weights or ())
-        self._table_key = prf.derive_subkey(secret, f"{SCHEME_NAME}/table")
-        self._token_key = prf.derive_subkey(secret, f"{SCHEME_NAME}/token-values")
-        self.n_rows = 1 if params.context_width == 0 else params.n_lists
-        self.context = ContextRows(self._token_key, vocab_size,
-                                   context_width=params.context_width, selfhash=False,
-                                   combine=params.combine, n_rows=self.n_rows)
         #: Detection's test (see ``distillmark.verify.nulls``) and its null parameters.
         self.test = SCORES[params.score]
         self.test_params: dict[str, Any] = (
@@ -308,14 +270,6 @@ class Tournament(RowScheme):
         return ((cells[:, None] >> shifts[None, :]) & np.uint64(1)).astype(np.uint8)
 
     # -- detection ---------------------------------------------------------------------------
-    def tuple_keys(self, ids: np.ndarray) -> np.ndarray:
-        """Tuple key of every scorable token: ``ids (n,) int -> (max(n - h, 0),) uint64``.
-
-        Entry ``i`` belongs to token ``ids[h + i]``; equal keys mean equal g-values (the same
-        cell), which is what detection deduplicates on.
-        """
-        return self.context.tuple_keys(ids)
-
     def key_scores(self, keys: np.ndarray) -> np.ndarray:
         """g-values of each tuple key: ``(n,) uint64 -> (n, m) uint8`` of 0/1."""
         return self.g_values(self.cells(keys))

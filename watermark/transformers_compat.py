@@ -62,15 +62,15 @@ integer-weighted sum against its exact null ("tournament-weighted"). The assumpt
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from .errors import DistillmarkError, MissingDependencyError, ParameterError
+from .params import SchemeParams
 
 if TYPE_CHECKING:
     from .keys import WatermarkSpec
@@ -151,7 +151,7 @@ def _windows(ids: np.ndarray, n: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class TransformersKGWParams:
+class TransformersKGWParams(SchemeParams):
     """transformers' ``WatermarkingConfig``, plus the model vocabulary and the dedup unit.
 
     Attributes:
@@ -171,6 +171,11 @@ class TransformersKGWParams:
             level for context_width >= 2 or selfhash; see docs/interop.md).
     """
 
+    scheme_name = KGW_SCHEME_NAME
+    required: ClassVar[Mapping[str, str]] = {"hashing_key": "the key of the WatermarkingConfig; transformers' default "
+                                             f"{TRANSFORMERS_PUBLIC_HASHING_KEY} is public"}
+    numpy_integers = True
+
     hashing_key: int = field(repr=False)
     greenlist_ratio: float = 0.25
     bias: float = 2.0
@@ -181,51 +186,27 @@ class TransformersKGWParams:
 
     def __post_init__(self) -> None:
         k = self.hashing_key
-        if not _is_int(k) or not 0 <= k <= _INT64_MAX:
+        if not self.is_integer(k) or not 0 <= k <= _INT64_MAX:
             raise ParameterError(f"`hashing_key` must be an integer in 0..2**63-1, got "
-                                 f"{type(k).__name__ if not _is_int(k) else 'out of range'}")
-        for name in ("greenlist_ratio", "bias"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ParameterError(f"`{name}` must be a finite number, got {v!r}")
-        if not 0.0 < self.greenlist_ratio < 1.0:
+                                 f"{'out of range' if self.is_integer(k) else type(k).__name__}")
+        ratio, bias = self.number("greenlist_ratio"), self.number("bias")
+        if not 0.0 < ratio < 1.0:
             raise ParameterError(f"`greenlist_ratio` must be in (0, 1), got {self.greenlist_ratio}")
-        if self.bias < 0.0:
+        if bias < 0.0:
             raise ParameterError(f"`bias` must be >= 0, got {self.bias}")
-        h = self.context_width
-        if not _is_int(h) or not 1 <= h <= 64:
-            raise ParameterError(f"`context_width` must be an integer in 1..64, got {h!r}")
-        if self.seeding_scheme not in _SEEDINGS:
-            raise ParameterError(f"`seeding_scheme` must be one of {', '.join(_SEEDINGS)}, "
-                                 f"got {self.seeding_scheme!r}")
+        h = self.integer("context_width", 1, 64)
+        self.choice("seeding_scheme", _SEEDINGS)
         v = self.vocab_size
-        if v is not None and (not _is_int(v) or not 2 <= v < 2**31):
+        if v is not None and (not self.is_integer(v) or not 2 <= v < 2**31):
             raise ParameterError(f"`vocab_size` must be an integer in 2..2**31-1 or null, "
                                  f"got {v!r}")
-        if self.dedup_by not in _DEDUP_BY:
-            raise ParameterError(f"`dedup_by` must be one of {', '.join(_DEDUP_BY)}, "
-                                 f"got {self.dedup_by!r}")
-        object.__setattr__(self, "hashing_key", int(k))
-        object.__setattr__(self, "greenlist_ratio", float(self.greenlist_ratio))
-        object.__setattr__(self, "bias", float(self.bias))
-        object.__setattr__(self, "context_width", int(h))
+        self.choice("dedup_by", _DEDUP_BY)
+        self._store("hashing_key", int(k))
+        self._store("greenlist_ratio", ratio)
+        self._store("bias", bias)
+        self._store("context_width", h)
         if v is not None:
-            object.__setattr__(self, "vocab_size", int(v))
-
-    @classmethod
-    def from_mapping(cls, params: Mapping[str, Any]) -> TransformersKGWParams:
-        unknown = set(params) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ParameterError(f"unknown {KGW_SCHEME_NAME} parameter(s): "
-                                 f"{', '.join(sorted(unknown))}")
-        if "hashing_key" not in params:
-            raise ParameterError(f"`hashing_key` is required for {KGW_SCHEME_NAME} (the key "
-                                 f"of the WatermarkingConfig; transformers' default "
-                                 f"{TRANSFORMERS_PUBLIC_HASHING_KEY} is public)")
-        return cls(**dict(params))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+            self._store("vocab_size", int(v))
 
 
 class TransformersKGW:
@@ -546,7 +527,7 @@ def synthid_default_weights(depth: int) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class TransformersSynthIDParams:
+class TransformersSynthIDParams(SchemeParams):
     """transformers' ``SynthIDTextWatermarkingConfig`` and the detection score.
 
     Attributes:
@@ -562,6 +543,11 @@ class TransformersSynthIDParams:
             default :func:`synthid_default_weights`.
     """
 
+    scheme_name = SYNTHID_SCHEME_NAME
+    required: ClassVar[Mapping[str, str]] = {
+        "keys": "the SynthIDTextWatermarkingConfig's keys, one per layer"}
+    numpy_integers = True
+
     keys: tuple[int, ...] = field(repr=False)
     ngram_len: int = 5
     sampling_table_size: int = 2**16
@@ -576,26 +562,15 @@ class TransformersSynthIDParams:
         if isinstance(keys, (str, bytes)) or not isinstance(keys, (Sequence, np.ndarray)) \
                 or len(keys) == 0:
             raise ParameterError("`keys` must be a non-empty list of integers (one per layer)")
-        if not all(_is_int(k) and _INT64_MIN <= k <= _INT64_MAX for k in keys):
+        if not all(self.is_integer(k) and _INT64_MIN <= k <= _INT64_MAX for k in keys):
             raise ParameterError("`keys` must hold integers in the int64 range")
         keys = tuple(int(k) for k in keys)
-
-        def integer(name: str, lo: int, hi: int) -> int:
-            v = getattr(self, name)
-            if not _is_int(v) or not lo <= v <= hi:
-                raise ParameterError(f"`{name}` must be an integer in {lo}..{hi}, got {v!r}")
-            return int(v)
-
-        integer("ngram_len", 1, 1024)
-        size = integer("sampling_table_size", 1, _SYNTHID_MAX_TABLE)
-        integer("sampling_table_seed", 0, _MASK64)
-        integer("context_history_size", 1, 2**31 - 1)
-        if not isinstance(self.skip_first_ngram_calls, bool):
-            raise ParameterError(f"`skip_first_ngram_calls` must be true or false, "
-                                 f"got {self.skip_first_ngram_calls!r}")
-        if self.score not in _SYNTHID_SCORES:
-            raise ParameterError(f"`score` must be one of {', '.join(_SYNTHID_SCORES)}, "
-                                 f"got {self.score!r}")
+        self.integer("ngram_len", 1, 1024)
+        size = self.integer("sampling_table_size", 1, _SYNTHID_MAX_TABLE)
+        self.integer("sampling_table_seed", 0, _MASK64)
+        self.integer("context_history_size", 1, 2**31 - 1)
+        self.flag("skip_first_ngram_calls")
+        self.choice("score", _SYNTHID_SCORES)
         # Layers whose keys agree modulo the table size (power of two) or modulo 2**64 draw
         # the same g-values: counting both would double the evidence.
         mod = size if size & (size - 1) == 0 else 2**64
@@ -611,28 +586,12 @@ class TransformersSynthIDParams:
             raise ParameterError("`weights` must be a list of positive integers")
         if len(weights) == 0:
             weights = synthid_default_weights(len(keys))
-        if len(weights) != len(keys) or not all(_is_int(w) and 1 <= w <= 1000 for w in weights):
+        if len(weights) != len(keys) or not all(self.is_integer(w) and 1 <= w <= 1000
+                                                for w in weights):
             raise ParameterError(f"`weights` must hold {len(keys)} integers in 1..1000 (one per "
                                  f"key), got {list(weights)!r}")
-        object.__setattr__(self, "keys", keys)
-        object.__setattr__(self, "weights", tuple(int(w) for w in weights))
-
-    @classmethod
-    def from_mapping(cls, params: Mapping[str, Any]) -> TransformersSynthIDParams:
-        unknown = set(params) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ParameterError(f"unknown {SYNTHID_SCHEME_NAME} parameter(s): "
-                                 f"{', '.join(sorted(unknown))}")
-        if "keys" not in params:
-            raise ParameterError(f"`keys` is required for {SYNTHID_SCHEME_NAME} (the "
-                                 "SynthIDTextWatermarkingConfig's keys, one per layer)")
-        return cls(**dict(params))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["keys"] = list(self.keys)
-        d["weights"] = list(self.weights)
-        return d
+        self._store("keys", keys)
+        self._store("weights", tuple(int(w) for w in weights))
 
 
 def _lcg(h: np.ndarray, x: np.ndarray) -> np.ndarray:
