@@ -63,6 +63,7 @@ import numpy as np
 from . import prf
 from .context import RowParams, RowScheme
 from .errors import ParameterError
+from .sampling import nucleus
 
 __all__ = ["SCHEME_NAME", "Gumbel", "GumbelParams", "uniforms_from_u64"]
 
@@ -73,8 +74,6 @@ _TABLE_CHUNK_CELLS = 1 << 22
 _DIRECT_SUPPORT = 4096
 # Relative slack of the float32 candidate search (float32 rounding is at most 2**-24).
 _CANDIDATE_SLACK = 2.0 ** -20
-# top-p: most likely tokens examined before falling back to sorting the whole vocabulary.
-_NUCLEUS_SCAN = 1024
 _TWO_M53 = 2.0 ** -53
 
 
@@ -198,10 +197,10 @@ class Gumbel(RowScheme):
         p /= p.sum(axis=1, keepdims=True)
         if top_p < 1.0:
             for b in range(p.shape[0]):
-                nucleus = _nucleus(p[b], top_p)
-                kept = p[b, nucleus]
+                keep = nucleus(p[b], top_p)
+                kept = p[b, keep]
                 p[b] = 0.0
-                p[b, nucleus] = kept / kept.sum()
+                p[b, keep] = kept / kept.sum()
         return p
 
     def context_rows(self, contexts: np.ndarray) -> np.ndarray:
@@ -278,28 +277,6 @@ class Gumbel(RowScheme):
         out = np.full(logits.shape, -np.inf, dtype=np.result_type(logits.dtype, np.float32))
         out[np.arange(logits.shape[0]), choice] = 0.0
         return out
-
-
-def _nucleus(p: np.ndarray, top_p: float) -> np.ndarray:
-    """Token ids of the nucleus of ``p (V,) float64``: the most likely tokens (ties: lower id
-    first) up to and including the one at which their mass reaches ``top_p``.
-
-    Looks at the ``_NUCLEUS_SCAN`` most likely tokens first and sorts the whole vocabulary only
-    when the nucleus may extend beyond them; both give the same set.
-    """
-    V = p.size
-    if V > _NUCLEUS_SCAN:
-        part = np.sort(np.argpartition(-p, _NUCLEUS_SCAN - 1)[:_NUCLEUS_SCAN])
-        order = part[np.argsort(-p[part], kind="stable")]
-        sp = p[order]
-        n_keep = int(np.count_nonzero(np.cumsum(sp) - sp < top_p))
-        # every token outside the scanned set has p <= sp[-1]: certain if the last kept token
-        # is strictly more likely than that
-        if n_keep < sp.size and sp[n_keep - 1] > sp[-1]:
-            return order[:n_keep]
-    order = np.argsort(-p, kind="stable")
-    sp = p[order]
-    return order[:int(np.count_nonzero(np.cumsum(sp) - sp < top_p))]
 
 
 def _check_sampling(temperature: float, top_p: float, *, allow_zero: bool) -> None:

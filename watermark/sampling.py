@@ -10,7 +10,7 @@ import numpy as np
 
 from .errors import ParameterError
 
-__all__ = ["check_process_args", "sampling_distribution"]
+__all__ = ["check_process_args", "nucleus", "sampling_distribution"]
 
 # Logits this far below the top are probability 0 (e^-700 < 1e-304).
 _MAX_NATS = 700.0
@@ -69,18 +69,30 @@ def sampling_distribution(logits: np.ndarray, temperature: float, top_p: float
         z = z[support]
     p = np.exp(z)
     if top_p < 1.0:
-        # The nucleus: tokens whose higher-ranked mass is below top_p. It usually lies within
-        # the top few hundred tokens: sort those alone when their mass reaches top_p.
-        total = p.sum()
-        order = None
-        if p.size > 2 * _NUCLEUS_GUESS:
-            head = np.sort(np.argpartition(-p, _NUCLEUS_GUESS)[:_NUCLEUS_GUESS])
-            if p[head].sum() >= top_p * total:
-                order = head[np.argsort(-p[head], kind="stable")]
-        if order is None:
-            order = np.argsort(-p, kind="stable")
-        before = np.cumsum(p[order]) - p[order]  # mass of the tokens ranked above
-        nucleus = np.sort(order[before < top_p * total])
-        support, z, p = support[nucleus], z[nucleus], p[nucleus]
+        keep = nucleus(p, top_p)
+        support, z, p = support[keep], z[keep], p[keep]
     total = p.sum()
     return support, p / total, z - math.log(total)
+
+
+def nucleus(p: np.ndarray, top_p: float) -> np.ndarray:
+    """The top-``p`` nucleus of weights ``p: (k,) float64`` (non-negative, any total): the
+    indices, ascending, of the entries whose higher-ranked mass is below ``top_p`` of the
+    total, ranked by weight with ties broken by lower index: ``(m,) int64``.
+
+    The nucleus usually lies within the top few hundred entries: those alone are sorted when
+    their mass reaches ``top_p`` and the last one kept is strictly heavier than every entry left
+    out of them (so that ties rank as in a full sort); otherwise the whole array is sorted.
+    """
+    threshold = top_p * p.sum()
+    if p.size > 2 * _NUCLEUS_GUESS:
+        head = np.sort(np.argpartition(-p, _NUCLEUS_GUESS)[:_NUCLEUS_GUESS])
+        if p[head].sum() >= threshold:
+            order = head[np.argsort(-p[head], kind="stable")]
+            ranked = p[order]
+            kept = np.cumsum(ranked) - ranked < threshold  # mass ranked above is below top_p
+            if not kept[-1] and ranked[kept][-1] > ranked[-1]:
+                return np.sort(order[kept])
+    order = np.argsort(-p, kind="stable")
+    ranked = p[order]
+    return np.sort(order[np.cumsum(ranked) - ranked < threshold])
