@@ -20,12 +20,8 @@ from .keys import WatermarkSpec, derive_account_spec, load_spec, new_spec, save_
 from .registry import PRESETS, SCHEMES, scheme_for
 from .tokenizer import BUILTIN_SMOLLM2, TokenizerInfo, load_tokenizer
 from .tournament import Tournament, TournamentParams
-from .transformers_compat import (
-                     TransformersKGW,
-                     TransformersKGWParams,
-                     TransformersSynthID,
-                     TransformersSynthIDParams,
-)
+from .transformers_kgw import TransformersKGW, TransformersKGWParams
+from .transformers_synthid import TransformersSynthID, TransformersSynthIDParams
 
 __all__ = [
                      "BUILTIN_SMOLLM2",

@@ -12,12 +12,8 @@ from .errors import ParameterError, SpecError
 from .greenlist import GreenList, GreenListParams
 from .gumbel import Gumbel, GumbelParams
 from .tournament import Tournament, TournamentParams
-from .transformers_compat import (
-    TransformersKGW,
-    TransformersKGWParams,
-    TransformersSynthID,
-    TransformersSynthIDParams,
-)
+from .transformers_kgw import TransformersKGW, TransformersKGWParams
+from .transformers_synthid import TransformersSynthID, TransformersSynthIDParams
 
 if TYPE_CHECKING:
     from .keys import WatermarkSpec
