@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from . import prf
 from .errors import DistillmarkError, ParameterError
 from .params import SchemeParams
 from .transformers_common import (
@@ -63,9 +64,6 @@ _SEED_MODULUS = 2**64 - 1
 _SELFHASH_TOP_K = 40
 _DEDUP_BY = ("ngram", "seed")
 _SEEDINGS = ("lefthash", "selfhash")
-#: Dense (per-call) tuple keys: the low 40 bits index the call's distinct n-grams, the high 24
-#: bits hold the call's generation number, checked by ``key_scores``.
-_DENSE_INDEX_BITS = 40
 _GREEN_CACHE = 4096
 
 
@@ -167,10 +165,8 @@ class TransformersKGW(TransformersScheme):
         #: Length of the n-grams transformers' detector scores.
         self.ngram_len = h if self.selfhash else h + 1
         self._bits = (self.vocab_size - 1).bit_length()
-        #: Whether an n-gram packs into one 64-bit tuple key (else keys are per-call dense ids).
+        #: Whether an n-gram packs into one 64-bit tuple key (else keys mix it; see tuple_keys).
         self.packed_keys = self.ngram_len * self._bits <= 64
-        self._dense_gen = 0
-        self._dense: tuple[int, np.ndarray] | None = None
         self._green_packed = lru_cache(maxsize=_GREEN_CACHE)(self._compute_green_packed)
 
     def __repr__(self) -> str:
@@ -210,12 +206,17 @@ class TransformersKGW(TransformersScheme):
         if not self.selfhash:
             K = self.params.hashing_key
             return np.array([K * int(t) for t in prefixes[:, -1]], dtype=object)
+        return self._selfhash_products(prefixes).min(axis=1)
+
+    def _selfhash_products(self, prefixes: np.ndarray) -> np.ndarray:
+        """selfhash's ``K * a * b`` of each of the last ``h`` tokens of each prefix, int64 with
+        wraparound: ``(k, w) -> (k, min(w, h)) int64``; the seed is their minimum."""
         win = prefixes[:, -self.params.context_width:]
         tab = self.table
         a = (tab[win % _KGW_TABLE_SIZE] + 1).astype(np.uint64)
         b = (tab[win[:, -1] % _KGW_TABLE_SIZE] + 1).astype(np.uint64)
         prod = (np.uint64(self.params.hashing_key) * a) * b[:, None]  # wraps modulo 2**64
-        return prod.view(np.int64).min(axis=1)
+        return prod.view(np.int64)
 
     def seeds(self, prefixes: np.ndarray) -> np.ndarray:
         """The seed given to ``manual_seed`` (``raw % (2**64 - 1)``) per prefix: ``(k,) uint64``."""
@@ -299,13 +300,22 @@ class TransformersKGW(TransformersScheme):
     def tuple_keys(self, ids: np.ndarray) -> np.ndarray:
         """Tuple key of every scored token: ``ids (n,) int -> (max(n - ngram_len + 1, 0),) uint64``.
 
-        Entry ``i`` belongs to token ``ids[ngram_len - 1 + i]``. ``dedup_by="ngram"``: equal
-        keys iff equal n-grams — the token ids packed into 64 bits when ``ngram_len *
-        bit_length(V - 1) <= 64`` (e.g. up to 4 tokens at V = 49,152), otherwise *dense ids*
-        of this call's distinct n-grams, valid only for ``key_scores`` on this object until the
-        next ``tuple_keys`` call (so not comparable across texts). ``dedup_by="seed"``:
-        ``(seed mod 2**32) << 32 | token`` (torch's CPU generator reads only the low 32 bits of
-        a seed; checked at run time).
+        Entry ``i`` belongs to token ``ids[ngram_len - 1 + i]``. A key is a function of its
+        n-gram alone, so keys from any texts and calls can be pooled and scored together.
+
+        ``dedup_by="ngram"``: equal keys for equal n-grams. When ``ngram_len * b <= 64``, ``b =
+        bit_length(V - 1)`` (up to 4 tokens at V = 49,152), the key is the n-gram's ids packed
+        ``b`` bits each, so distinct n-grams have distinct keys. Longer n-grams do not fit: the
+        key's low ``2 b`` bits then hold the two tokens the green bit depends on (see
+        :meth:`_seed_pairs`: the seed's token, then the scored token) and its high ``64 - 2 b``
+        bits those of a fixed mix of the whole n-gram, ``x <- fmix64(x XOR t)`` over its tokens
+        ``t`` from ``x = ngram_len`` (MurmurHash3's finaliser, :func:`~.prf.fmix64`). Two
+        distinct n-grams share a key only if they share those two tokens, hence their green
+        bit, and their mix's high bits: they are then counted once, which can only make the
+        test conservative.
+
+        ``dedup_by="seed"``: ``(seed mod 2**32) << 32 | token`` (torch's CPU generator reads
+        only the low 32 bits of a seed; checked at run time).
         """
         ids = check_ids(ids)
         self._check_vocab(ids)
@@ -314,30 +324,40 @@ class TransformersKGW(TransformersScheme):
             _check_seed_width()
             seeds, tokens = self._units(win)
             return ((seeds & np.uint64(0xFFFFFFFF)) << np.uint64(32)) | tokens.astype(np.uint64)
+        b = np.uint64(self._bits)
         if self.packed_keys:
             keys = np.zeros(win.shape[0], dtype=np.uint64)
             for j in range(self.ngram_len):
-                keys = (keys << np.uint64(self._bits)) | win[:, j].astype(np.uint64)
+                keys = (keys << b) | win[:, j].astype(np.uint64)
             return keys
-        uniq, inverse = np.unique(win, axis=0, return_inverse=True)
-        self._dense_gen = (self._dense_gen + 1) % (1 << (64 - _DENSE_INDEX_BITS))
-        self._dense = (self._dense_gen, uniq)
-        return (np.uint64(self._dense_gen) << np.uint64(_DENSE_INDEX_BITS)) | \
-            inverse.reshape(-1).astype(np.uint64)
+        mix = np.full(win.shape[0], self.ngram_len, dtype=np.uint64)
+        for j in range(self.ngram_len):
+            mix = prf.fmix64(mix ^ win[:, j].astype(np.uint64))
+        pairs = self._seed_pairs(win).astype(np.uint64)
+        return (mix >> (2 * b) << (2 * b)) | (pairs[:, 0] << b) | pairs[:, 1]
+
+    def _seed_pairs(self, ngrams: np.ndarray) -> np.ndarray:
+        """The two tokens of each n-gram ``(k, n)`` that its green bit depends on, as a 2-gram
+        with the same seed and scored token: ``(k, 2) int64``. lefthash: the token before the
+        scored one, which alone makes the seed. selfhash: the token of the window whose
+        ``K * a * b`` is the minimum, the seed (the scored token's own product is one of those
+        the minimum is taken over, so the 2-gram's minimum is the same)."""
+        if not self.selfhash:
+            return ngrams[:, -2:]
+        first = np.argmin(self._selfhash_products(ngrams), axis=1)[:, None]
+        window = ngrams[:, -self.params.context_width:]
+        return np.concatenate([np.take_along_axis(window, first, axis=1), ngrams[:, -1:]],
+                              axis=1)
 
     def _ngrams_of(self, keys: np.ndarray) -> np.ndarray:
-        if self.packed_keys:
-            mask = np.uint64((1 << self._bits) - 1)
-            cols = [(keys >> np.uint64(self._bits * (self.ngram_len - 1 - j))) & mask
-                    for j in range(self.ngram_len)]
-            return np.stack(cols, axis=1).astype(np.int64) if cols else np.zeros((0, 0))
-        gen = keys >> np.uint64(_DENSE_INDEX_BITS)
-        if self._dense is None or (keys.size and np.any(gen != np.uint64(self._dense[0]))):
-            raise ParameterError("these tuple keys are dense ids of another tuple_keys call "
-                                 f"(n-grams of {self.ngram_len} tokens do not pack into 64 "
-                                 "bits); score them right after the call that made them")
-        idx = (keys & np.uint64((1 << _DENSE_INDEX_BITS) - 1)).astype(np.intp)
-        return self._dense[1][idx]
+        """What :meth:`_units` reads of the n-grams of ``keys (k,) uint64``: the n-grams
+        themselves ``(k, n)`` when packed, else their seed pairs ``(k, 2)`` (same seeds and
+        scored tokens)."""
+        b = self._bits
+        mask = np.uint64((1 << b) - 1)
+        n = self.ngram_len if self.packed_keys else 2
+        cols = [(keys >> np.uint64(b * (n - 1 - j))) & mask for j in range(n)]
+        return np.stack(cols, axis=1).astype(np.int64)
 
     def key_scores(self, keys: np.ndarray) -> np.ndarray:
         """Green bit of each tuple key: ``(k,) uint64 -> (k,) bool``."""
