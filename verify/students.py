@@ -40,7 +40,7 @@ from distillmark.watermark.keys import WatermarkSpec
 from .detect import DEFAULT_ALPHA
 
 if TYPE_CHECKING:
-    from distillmark.watermark.engines import Completion, Generator
+    from distillmark.watermark.engine_types import Completion, Generator
 
     from .audit import AuditResult
     from .probe import ProbeResult

@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .context import ROTATION
-from .engines import Completion, Prompt, TextCallback, messages_of, plain_prompt_text, prompt_label
+from .engine_types import (
+    Completion,
+    Prompt,
+    TextCallback,
+    messages_of,
+    plain_prompt_text,
+    prompt_label,
+)
 from .errors import (
     InputError,
     MissingDependencyError,

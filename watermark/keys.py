@@ -30,6 +30,7 @@ from typing import Any
 
 from .errors import SpecError
 from .prf import derive_subkey
+from .registry import secret_params, validate_params
 from .tokenizer import TokenizerInfo
 
 __all__ = [
@@ -88,8 +89,6 @@ class WatermarkSpec:
                             "(the spec was edited or corrupted)")
         if not self.created:
             object.__setattr__(self, "created", _now())
-        from .registry import validate_params
-
         object.__setattr__(self, "params", validate_params(self.scheme, self.params))
 
     def __repr__(self) -> str:
@@ -111,8 +110,6 @@ class WatermarkSpec:
         ``keys``: the scheme's ``secret_params``) have those params shown as ``"<secret>"``:
         for them the params ARE the secret, and the 32-byte ``secret`` keys nothing.
         """
-        from .registry import secret_params
-
         hidden = secret_params(self.scheme)
         d: dict[str, Any] = {
             "key_id": self.key_id,
@@ -160,8 +157,6 @@ def derive_account_spec(master: WatermarkSpec, account_id: str) -> WatermarkSpec
                         f"got {account_id!r}")
     if master.account_id is not None:
         raise SpecError(f"spec {master.key_id} is already an account spec; derive from the master")
-    from .registry import secret_params
-
     if secret_params(master.scheme):
         raise SpecError(f"scheme {master.scheme!r} is keyed by its params, not by the spec's "
                         "secret: derived accounts would all carry the same watermark; make one "

@@ -1,9 +1,13 @@
-"""Scheme names -> implementations. Specs name a scheme; this turns the name into the object."""
+"""Scheme names -> implementations. Specs name a scheme; this turns the name into the object.
+
+The registry sits above the schemes and below the specs (:mod:`.keys`), which validate their
+params here; it reads a spec only through :class:`~.params.SchemeSource`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -11,12 +15,10 @@ from .dipmark import DiPmark, DiPmarkParams
 from .errors import ParameterError, SpecError
 from .greenlist import GreenList, GreenListParams
 from .gumbel import Gumbel, GumbelParams
+from .params import SchemeSource
 from .tournament import Tournament, TournamentParams
 from .transformers_kgw import TransformersKGW, TransformersKGWParams
 from .transformers_synthid import TransformersSynthID, TransformersSynthIDParams
-
-if TYPE_CHECKING:
-    from .keys import WatermarkSpec
 
 __all__ = ["SCHEMES", "Scheme", "scheme_for", "validate_params"]
 
@@ -80,8 +82,9 @@ def validate_params(scheme: str, params: Mapping[str, Any]) -> dict[str, Any]:
         raise SpecError(str(exc)) from None
 
 
-def scheme_for(spec: WatermarkSpec) -> Scheme:
-    """The scheme object of a spec (used for both generation and detection)."""
+def scheme_for(spec: SchemeSource) -> Scheme:
+    """The scheme object of a spec (a :class:`~distillmark.watermark.keys.WatermarkSpec`),
+    used for both generation and detection."""
     _, cls = SCHEMES[spec.scheme]
     return cls.from_spec(spec)  # type: ignore[attr-defined, no-any-return]
 

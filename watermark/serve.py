@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .engines import Completion, Generator, Prompt
+from .engine_types import Completion, Generator, Prompt
 from .errors import DistillmarkError, InputError, MissingDependencyError, ParameterError
 from .keys import WatermarkSpec, derive_account_spec
 from .registry import Scheme, scheme_for
@@ -413,7 +413,7 @@ def _prompt_counter(generator: Generator) -> Callable[[Prompt], int] | None:
     threads while one reconfigures it fails with "Already borrowed"). llama.cpp: its
     tokenizer only reads the vocabulary.
     """
-    from .engines import messages_of, plain_prompt_text
+    from .engine_types import messages_of, plain_prompt_text
 
     tok = getattr(generator, "tokenizer", None)
     if tok is not None and hasattr(tok, "backend_tokenizer"):  # transformers
