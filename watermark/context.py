@@ -180,20 +180,15 @@ class ContextRows:
 class RowParams(SchemeParams):
     """Base of the parameters of a scheme scored against a keyed table of rows: validators of
     the fields they all have, ``context_width`` (``h``), ``combine`` and ``n_lists``, and of a
-    green fraction ``gamma`` for those that have one."""
-
-    if TYPE_CHECKING:  # declared by each subclass, in its own field order
-        context_width: int
-        combine: str
-        n_lists: int
-        gamma: float
+    green fraction ``gamma`` for those that have one (each subclass declares the fields, in
+    its own order)."""
 
     def check_context_width(self) -> int:
         """``context_width`` in 0..8."""
         h = self.integer("context_width")
         if not 0 <= h <= MAX_CONTEXT_WIDTH:
             raise ParameterError(f"`context_width` must be in 0..{MAX_CONTEXT_WIDTH}, "
-                                 f"got {self.context_width}")
+                                 f"got {h}")
         return h
 
     def check_rows(self, max_lists: int) -> int:
@@ -208,7 +203,7 @@ class RowParams(SchemeParams):
     def check_gamma(self) -> float:
         """``gamma`` in (0, 1) and representable as a 32-bit threshold
         ``round(gamma * 2**32)`` strictly between 0 and ``2**32``."""
-        gamma, given = self.number("gamma"), self.gamma
+        gamma, given = self.number("gamma"), self.given("gamma")
         if not 0.0 < gamma < 1.0:
             raise ParameterError(f"`gamma` must be in (0, 1), got {given}")
         if not 0 < round(gamma * 2.0**32) < 2**32:
@@ -292,6 +287,11 @@ class RowScheme:
         same score, which is what detection deduplicates on.
         """
         return self.context.tuple_keys(ids)
+
+    def in_place_bias(self) -> RowScheme | None:
+        """None: engines drive the scheme through ``process`` (``Scheme.in_place_bias``; the
+        green list returns itself)."""
+        return None
 
     # -- the keyed table -----------------------------------------------------------------------
     def check_cells(self, cells: np.ndarray) -> np.ndarray:

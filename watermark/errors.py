@@ -44,3 +44,10 @@ class ModelNotFoundError(DistillmarkError, FileNotFoundError):
 
 class MissingDependencyError(DistillmarkError, ImportError):
     """An optional dependency (an extra) is needed but not installed."""
+
+    @classmethod
+    def extra(cls, extra: str, exc: ImportError) -> MissingDependencyError:
+        """The error for an import of the extra ``extra`` that failed with ``exc``: it names
+        the missing module and the install line."""
+        return cls(f"this needs the {extra!r} extra ({exc.name} is not installed): "
+                   f"pip install 'distillmark[{extra}]'")

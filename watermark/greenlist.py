@@ -22,8 +22,8 @@ Here the split is a keyed table of ``n_lists`` green lists, and a context select
 Why a table of rows: a green list for a fresh context would cost one PRF call per vocabulary
 entry per generated token (49,152 here), too slow for serving; a row of the precomputed table is
 one memory read. A table of more than 2**26 cells (more than 1,024 lists at V = 49,152) is not
-held whole: generation computes each row it meets (one AES-CTR run of ``V`` values, about
-0.4 ms) and keeps the last 4,096, detection computes one cell per distinct tuple key.
+held whole: generation computes each row it meets (one AES-CTR run of ``V`` values) and
+keeps the last 4,096, detection computes one cell per distinct tuple key.
 
 Why it keeps the test exact: the green bit depends on the context only through
 ``(row, token)``, the *tuple key* (:meth:`GreenList.tuple_keys`). Detection counts each distinct
@@ -259,6 +259,11 @@ class GreenList(RowScheme):
                 np.add(logits[b, :V], table[row_of(win)], out=logits[b, :V])
             else:
                 np.add(logits[b, :V], d, out=logits[b, :V], where=self.green_row(row_of(win)))
+
+    def in_place_bias(self) -> GreenList:
+        """The scheme itself: engines add its bias to their logits in place (:meth:`bias_`,
+        or on the logits' device), not through :meth:`process`."""
+        return self
 
     def process(self, logits: np.ndarray, contexts: np.ndarray, *, prompt_width: int = 0,
                 temperature: float = 1.0, top_p: float = 1.0) -> np.ndarray:

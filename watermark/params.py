@@ -85,9 +85,13 @@ class SchemeParams:
         """Replace a field's value (normalised) in the frozen instance."""
         object.__setattr__(self, name, value)
 
+    def given(self, name: str) -> Any:
+        """Field ``name`` as it was given (what messages show)."""
+        return getattr(self, name)
+
     def number(self, name: str) -> float:
         """Field ``name`` as a float; anything but a finite real number is refused."""
-        v = getattr(self, name)
+        v = self.given(name)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ParameterError(f"`{name}` must be a finite number, got {v!r}")
         return float(v)
@@ -100,7 +104,7 @@ class SchemeParams:
     def integer(self, name: str, lo: int | None = None, hi: int | None = None) -> int:
         """Field ``name`` as an int. With bounds, a value outside ``lo..hi`` is refused in the
         same line as a non-integer."""
-        v = getattr(self, name)
+        v = self.given(name)
         if lo is not None and hi is not None:
             if not self.is_integer(v) or not lo <= v <= hi:
                 raise ParameterError(f"`{name}` must be an integer in {lo}..{hi}, got {v!r}")
@@ -110,14 +114,14 @@ class SchemeParams:
 
     def choice(self, name: str, options: Sequence[str]) -> str:
         """Field ``name``, which must be one of ``options``."""
-        v = getattr(self, name)
+        v = self.given(name)
         if v not in options:
             raise ParameterError(f"`{name}` must be one of {', '.join(options)}, got {v!r}")
         return str(v)
 
     def flag(self, name: str) -> bool:
         """Field ``name``, which must be a bool."""
-        v = getattr(self, name)
+        v = self.given(name)
         if not isinstance(v, bool):
             raise ParameterError(f"`{name}` must be true or false, got {v!r}")
         return v

@@ -91,6 +91,9 @@ class TransformersScheme:
         self.vocab_size = vocab_size
         self.key_id = key_id
 
+    def in_place_bias(self) -> None:
+        """None: engines drive the scheme through ``process`` (``Scheme.in_place_bias``)."""
+
     @classmethod
     def from_spec(cls, spec: SchemeSource) -> Any:
         return cls(cls.params_class.from_mapping(spec.params), spec.vocab_size,
