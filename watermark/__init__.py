@@ -1,7 +1,9 @@
 """Watermark embedding: keys and specs, the keyed PRF, schemes, and serving-stack adapters.
 
-Heavy stacks (torch, transformers) are imported only by the adapter modules
-(:mod:`distillmark.watermark.hf`), never here.
+Heavy stacks are imported only by the modules that need them, never here: torch and
+transformers by the transformers adapter (:mod:`distillmark.watermark.hf`, with its processor and
+sampler modules), llama-cpp-python by :mod:`distillmark.watermark.llamacpp`, and torch, on first
+use, by the schemes that reproduce transformers' own watermarks.
 """
 
 from .dipmark import DiPmark, DiPmarkParams
