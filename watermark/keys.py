@@ -1,6 +1,6 @@
 """Watermark specs: the secret key, the scheme and its parameters, the tokenizer it is bound to.
 
-A spec is a small JSON file (mode 0600)::
+A spec is a small JSON file (mode 0600, written atomically)::
 
     {"distillmark_spec": 1, "key_id": "dmk-3f9c0a...", "secret": "<base64, 32 bytes>",
      "scheme": "greenlist", "params": {...},
@@ -18,9 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import secrets as _secrets
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpecError
+from .files import atomic_write, decode_json, read_bounded
 from .prf import derive_subkey
 from .registry import secret_params, validate_params
 from .tokenizer import TokenizerInfo
@@ -47,6 +46,8 @@ __all__ = [
 SPEC_VERSION = 1
 SECRET_BYTES = 32
 _FORMAT_FIELD = "distillmark_spec"
+#: A spec is a few hundred bytes; a file larger than this is not one.
+_MAX_SPEC_BYTES = 1 << 20
 
 
 def key_id_of(secret: bytes) -> str:
@@ -177,17 +178,8 @@ def save_spec(spec: WatermarkSpec, path: str | Path, *, overwrite: bool = False)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise SpecError(f"directory {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".distillmark-key-", dir=parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(spec.to_json())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, mode=0o600) as fh:
+        fh.write(spec.to_json())
     return path
 
 
@@ -207,12 +199,9 @@ def load_spec(path: str | Path) -> WatermarkSpec:
     where = f"key file {path}"
     if path.is_dir():
         raise SpecError(f"{where} is a directory, not a key file")
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise SpecError(f"{where} does not exist (make one with `distillmark keygen`)") from None
-    except OSError as exc:
-        raise SpecError(f"{where} cannot be read: {exc.strerror}") from None
+    if not path.exists():
+        raise SpecError(f"{where} does not exist (make one with `distillmark keygen`)")
+    raw = read_bounded(path, _MAX_SPEC_BYTES, what=where, error=SpecError)
     try:
         mode = path.stat().st_mode & 0o077
     except OSError:
@@ -220,13 +209,7 @@ def load_spec(path: str | Path) -> WatermarkSpec:
     if mode:
         warnings.warn(f"{where} is readable by other users (mode {oct(path.stat().st_mode & 0o777)});"
                       " chmod 600 it", stacklevel=2)
-    try:
-        d = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"{where} is not UTF-8 (byte offset {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} "
-                        f"column {exc.colno}") from None
+    d = decode_json(raw, what=where, error=SpecError)
     if not isinstance(d, dict):
         raise SpecError(f"{where} must hold a JSON object")
     if _FORMAT_FIELD not in d:
