@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     from .keys import WatermarkSpec
     from .registry import Scheme
 
-__all__ = ["Completion", "Generator", "Prompt", "TextCallback", "check_generate_args",
-           "messages_of", "plain_prompt_text", "prompt_label"]
+__all__ = ["Completion", "Generator", "Prompt", "TextCallback", "WatermarkHook",
+           "check_generate_args", "messages_of", "plain_prompt_text", "prompt_label",
+           "prompt_text"]
 
 #: A prompt: one user message's text, or a whole conversation as chat messages
 #: (``[{"role": "system", "content": ...}, {"role": "user", "content": ...}, ...]``).
@@ -49,6 +50,15 @@ def plain_prompt_text(prompt: Prompt) -> str:
     if isinstance(prompt, str):
         return prompt
     return "\n\n".join(str(m["content"]) for m in prompt)
+
+
+def prompt_text(prompt: Prompt, template: Callable[[list[dict[str, str]]], str] | None) -> str:
+    """The text a model is given for ``prompt``: its chat messages through ``template`` (the
+    model's chat template, generation prompt included), or, for a model without one, the
+    messages' contents in order (:func:`plain_prompt_text`)."""
+    if template is None:
+        return plain_prompt_text(prompt)
+    return template(messages_of(prompt))
 
 
 @dataclass(frozen=True)
@@ -93,3 +103,26 @@ def check_generate_args(prompts: Sequence[Prompt], *, max_new_tokens: int, tempe
     if temperature < 0 or not 0 < top_p <= 1:
         raise ParameterError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, "
                              f"{top_p}")
+
+
+class WatermarkHook:
+    """What an engine's logits processor keeps of the scheme it applies: the scheme, the
+    sampling settings a sampling scheme applies itself, the prompt's width (set by the engine's
+    processor) and the green-list bias it may add in place (``scheme.in_place_bias()``; None:
+    the processor calls ``scheme.process``).
+
+    Args:
+        scheme: the scheme (refused, in one line, if it is not one).
+        temperature, top_p: passed to ``process`` of a sampling scheme.
+    """
+
+    def __init__(self, scheme: Scheme, *, temperature: float = 1.0, top_p: float = 1.0) -> None:
+        for attr in ("process", "vocab_size", "context_width", "in_place_bias"):
+            if not hasattr(scheme, attr):
+                raise ParameterError(f"`scheme` must be a distillmark scheme, got "
+                                     f"{type(scheme).__name__}")
+        self.scheme = scheme
+        self.temperature = temperature
+        self.top_p = top_p
+        self._prompt_width: int | None = None
+        self._bias = scheme.in_place_bias()

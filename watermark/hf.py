@@ -30,9 +30,8 @@ from .engine_types import (
     Prompt,
     TextCallback,
     check_generate_args,
-    messages_of,
-    plain_prompt_text,
     prompt_label,
+    prompt_text,
 )
 from .errors import (
     MissingDependencyError,
@@ -44,12 +43,10 @@ from .hf_processor import WatermarkLogitsProcessor
 from .hf_sampler import InverseCDFSampler
 from .models import cache_root, default_model_path
 
-try:
+with MissingDependencyError.for_extra("hf"):
     import torch
     import transformers
     from huggingface_hub import constants as hub_constants
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise MissingDependencyError.extra("hf", exc) from None
 
 if TYPE_CHECKING:
     from .keys import WatermarkSpec
@@ -215,10 +212,11 @@ def load_model(model: str | Path | None = None, *, device: str | None = None) ->
 
 def _prompt_texts(tok: Any, prompts: Sequence[Prompt], chat: bool | None) -> list[str]:
     use_chat = bool(getattr(tok, "chat_template", None)) if chat is None else chat
-    if not use_chat:
-        return [plain_prompt_text(p) for p in prompts]
-    return [tok.apply_chat_template(messages_of(p), tokenize=False, add_generation_prompt=True)
-            for p in prompts]
+
+    def template(messages: list[dict[str, str]]) -> str:
+        return str(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+    return [prompt_text(p, template if use_chat else None) for p in prompts]
 
 
 class _TextStreamer:

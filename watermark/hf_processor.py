@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .context import ROTATION
+from .engine_types import WatermarkHook
 from .errors import MissingDependencyError, ParameterError
 
-try:
+with MissingDependencyError.for_extra("hf"):
     import torch
     from transformers import LogitsProcessor
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise MissingDependencyError.extra("hf", exc) from None
 
 if TYPE_CHECKING:
     from .greenlist import GreenList
@@ -41,7 +40,7 @@ _FMIX1 = _signed(0xFF51AFD7ED558CCD)
 _FMIX2 = _signed(0xC4CEB9FE1A85EC53)
 
 
-class WatermarkLogitsProcessor(LogitsProcessor):
+class WatermarkLogitsProcessor(WatermarkHook, LogitsProcessor):
     """A scheme's watermark for ``model.generate(..., logits_processor=[processor])``.
 
     ``input_ids (B, L)`` hold each row's prompt and generated tokens (left-padded in a batch;
@@ -56,17 +55,8 @@ class WatermarkLogitsProcessor(LogitsProcessor):
     """
 
     def __init__(self, scheme: Scheme, *, temperature: float = 1.0, top_p: float = 1.0) -> None:
-        for attr in ("process", "vocab_size", "context_width", "in_place_bias"):
-            if not hasattr(scheme, attr):
-                raise ParameterError(f"`scheme` must be a distillmark scheme, got "
-                                     f"{type(scheme).__name__}")
-        self.scheme = scheme
-        self.temperature = temperature
-        self.top_p = top_p
-        self._prompt_width: int | None = None
+        super().__init__(scheme, temperature=temperature, top_p=top_p)
         self._cache: dict[tuple[str, Any], Any] = {}
-        #: The green list whose bias is added here in torch; None: through ``process``.
-        self._bias = scheme.in_place_bias()
 
     def _on(self, g: GreenList, name: str, device: torch.device,
             dtype: torch.dtype | None = None) -> Any:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from .errors import MissingDependencyError, ParameterError
 
-try:
+with MissingDependencyError.for_extra("hf"):
     import torch
     from transformers import LogitsProcessor
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise MissingDependencyError.extra("hf", exc) from None
 
 __all__ = ["InverseCDFSampler"]
 

@@ -25,22 +25,15 @@ from .engine_types import (
     Completion,
     Prompt,
     TextCallback,
+    WatermarkHook,
     check_generate_args,
-    messages_of,
-    plain_prompt_text,
     prompt_label,
+    prompt_text,
 )
-from .errors import (
-    MissingDependencyError,
-    ModelNotFoundError,
-    ParameterError,
-    TokenizerMismatchError,
-)
+from .errors import MissingDependencyError, ModelNotFoundError, TokenizerMismatchError
 
-try:
+with MissingDependencyError.for_extra("llama"):
     import llama_cpp
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise MissingDependencyError.extra("llama", exc) from None
 
 if TYPE_CHECKING:
     from .keys import WatermarkSpec
@@ -54,18 +47,8 @@ _PROBE = ("The quick brown fox jumps over 13 lazy dogs; naïve café, Straße, �
           "привет мир. def f(x):\n    return x ** 2  # ok\n\n\tTabs, URLs http://a.b/c?d=1.")
 
 
-class LlamaCppWatermark:
+class LlamaCppWatermark(WatermarkHook):
     """``logits_processor`` for llama-cpp-python that applies the scheme's watermark."""
-
-    def __init__(self, scheme: Scheme, *, temperature: float = 1.0, top_p: float = 1.0) -> None:
-        if not hasattr(scheme, "process"):
-            raise ParameterError(f"`scheme` must be a distillmark scheme, got "
-                                 f"{type(scheme).__name__}")
-        self.scheme = scheme
-        self.temperature = temperature
-        self.top_p = top_p
-        self._prompt_width: int | None = None
-        self._bias = scheme.in_place_bias()
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """``input_ids: (n,) intc``, ``scores: (n_vocab,) float32`` -> ``(n_vocab,) float32``."""
@@ -131,12 +114,13 @@ class LlamaCppModel:
 
     def _prompt_text(self, prompt: Prompt) -> str:
         if not self.chat_template:
-            return plain_prompt_text(prompt)
+            return prompt_text(prompt, None)
         import jinja2
 
         env = jinja2.Environment(loader=jinja2.BaseLoader(), autoescape=False)
-        return env.from_string(self.chat_template).render(
-            messages=messages_of(prompt), add_generation_prompt=True)
+        template = env.from_string(self.chat_template)
+        return prompt_text(prompt, lambda messages: template.render(
+            messages=messages, add_generation_prompt=True))
 
     def generate(self, prompts: Sequence[Prompt], *, scheme: Scheme | None,
                  max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
