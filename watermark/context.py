@@ -217,8 +217,10 @@ class RowScheme:
     spec, the set-up of its keys and rows, its repr (never the secret), and the shape of its
     scoring (``h``, the window, rows).
 
-    A subclass sets ``name`` and ``params_class``, and in its own ``__init__`` calls this one
-    first, then adds what is its own. Its keyed values come from two sub-keys of the secret:
+    A subclass declares its facts in its class statement (``class GreenList(RowScheme,
+    name="greenlist", params_class=GreenListParams, default_effect=0.65, samples=False,
+    test="binomial")``; ``test`` may instead be set per instance) and in its own ``__init__``
+    calls this one first, then adds what is its own. Its keyed values come from two sub-keys of the secret:
     ``"<name>/table"`` (the table's cells) and ``"<name>/token-values"`` (the context hashing,
     :class:`ContextRows`).
 
@@ -233,8 +235,26 @@ class RowScheme:
 
     name: str
     params_class: type[RowParams]
+    #: Standardised per-unit effect of fully marked text (power statements only; measured
+    #: on SmolLM2 answers at temperature 0.7, docs/statistics.md).
+    default_effect: float
+    #: Whether ``process`` chooses or reweights the distribution itself (the engine then
+    #: samples its output at temperature 1, with no other warper) rather than biasing logits.
+    samples: bool
+    #: Detection's test (see ``distillmark.verify.nulls``), and its null parameters.
+    test: str
+    test_params: dict[str, Any]
     #: Params that are key material (none: table schemes are keyed by the spec's secret).
     secret_params: frozenset[str] = frozenset()
+
+    def __init_subclass__(cls, *, name: str, params_class: type[RowParams],
+                          default_effect: float, samples: bool, test: str | None = None,
+                          **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.name, cls.params_class = name, params_class
+        cls.default_effect, cls.samples = default_effect, samples
+        if test is not None:
+            cls.test = test
 
     def __init__(self, secret: bytes, params: Any, vocab_size: int, *, key_id: str = "",
                  selfhash: bool = False) -> None:

@@ -67,7 +67,7 @@ import numpy as np
 from . import prf
 from .context import RowParams, RowScheme
 from .errors import ParameterError
-from .sampling import check_process_args, sampling_distribution
+from .sampling import reweighted_log_probs
 
 __all__ = ["SCHEME_NAME", "DiPmark", "DiPmarkParams", "reweight_factors", "reweight_log_factors"]
 
@@ -173,26 +173,13 @@ def reweight_log_factors(q: np.ndarray, alpha: float) -> tuple[np.ndarray, float
     return log_f, math.log(mass / end)
 
 
-class DiPmark(RowScheme):
+class DiPmark(RowScheme, name=SCHEME_NAME, params_class=DiPmarkParams, default_effect=0.27,
+              samples=True, test="binomial"):
     """The DiPmark scheme for one spec: :meth:`process` for generation, tuple keys and green
     bits for detection. Both sides read the same keyed cells, so they cannot drift apart.
 
-    Args:
-        secret: the spec's 32-byte secret.
-        params: :class:`DiPmarkParams`.
-        vocab_size: ``V``, the size of the token-id space.
-        key_id: public id echoed in results.
+    Built as every :class:`~.context.RowScheme`, with :class:`DiPmarkParams`.
     """
-
-    params_class = DiPmarkParams
-    name = SCHEME_NAME
-    #: Standardised per-unit effect of fully marked text (power statements only; measured
-    #: on SmolLM2 answers at temperature 0.7, docs/statistics.md).
-    default_effect = 0.27
-    #: The scheme reweights the distribution itself: engines sample its output at temperature 1.
-    samples = True
-    #: Detection's test (see ``distillmark.verify.nulls``); its null parameter in test_params.
-    test = "binomial"
 
     def __init__(self, secret: bytes, params: DiPmarkParams, vocab_size: int, *,
                  key_id: str = "") -> None:
@@ -274,45 +261,31 @@ class DiPmark(RowScheme):
 
     def process(self, logits: np.ndarray, contexts: np.ndarray, *, prompt_width: int = 0,
                 temperature: float = 1.0, top_p: float = 1.0) -> np.ndarray:
-        """The engine-neutral generation hook: the watermarked next-token log-probabilities.
+        """The engine-neutral generation hook: the watermarked next-token log-probabilities
+        ``(B, W)`` of ``logits (B, W)`` after ``contexts (B, L)``, as
+        :func:`~distillmark.watermark.sampling.reweighted_log_probs` describes them (the
+        engine samples them at temperature 1 with no other filter).
 
-        Args:
-            logits: ``(B, W) float``, the model's scores, ``W >= V``.
-            contexts: ``(B, L) int``, each row's tokens so far (prompt included, left-padded in
-                a batch); the last ``h`` select the row.
-            prompt_width: the number of leading columns of ``contexts`` that are prompt (checked,
-                not otherwise used: every generated step is watermarked).
-            temperature: applied to the logits first; 0 means greedy (one token, probability 1,
-                which the reweight leaves as it is).
-            top_p: nucleus filter applied after the temperature (1 keeps everything).
-
-        Returns:
-            ``(B, W)`` log-probabilities (``-inf`` where the probability is 0, and in columns
-            ``>= V``); the engine samples them at temperature 1 with no other filter. Fewer
-            than ``h`` context tokens leave the step unwatermarked (``log p`` of the tempered,
-            filtered distribution).
+        Each row's distribution is α-reweighted under the permutation of the row its last ``h``
+        context tokens select; ``prompt_width`` is checked, not otherwise used (every generated
+        step is watermarked). Fewer than ``h`` context tokens leave the step unwatermarked
+        (``log p`` of the tempered, filtered distribution), as does greedy decoding
+        (temperature 0: one token, probability 1).
         """
-        V = self.vocab_size
-        logits, contexts = check_process_args(logits, contexts, V, prompt_width=prompt_width,
-                                              temperature=temperature, top_p=top_p)
-        L = contexts.shape[1]
-        out = np.full(logits.shape, -np.inf, dtype=np.result_type(logits.dtype, np.float32))
-        h = self.context_width
-        for b in range(logits.shape[0]):
-            dist = sampling_distribution(logits[b, :V], temperature, top_p)
-            if dist is None:  # nothing finite to sample from: leave the row alone
-                out[b] = logits[b]
-                continue
-            support, p, log_p = dist
-            if L >= h and self.alpha > 0.0 and support.size > 1:
-                row = int(self.rows(contexts[b, L - h:][None, :])[0])
-                full = support.size == V
-                log_f, log_total = self.reweight(p, row, support=None if full else support)
-                log_p = log_p + log_f
-                if log_total != 0.0:
-                    log_p -= log_total
-            if support.size == V:
-                out[b, :V] = log_p
-            else:
-                out[b, support] = log_p
-        return out
+        V, h = self.vocab_size, self.context_width
+
+        def reweight(ctx: np.ndarray, support: np.ndarray, p: np.ndarray, log_p: np.ndarray
+                     ) -> np.ndarray:
+            L = ctx.shape[0]
+            if L < h or self.alpha == 0.0 or support.size <= 1:
+                return log_p
+            row = int(self.rows(ctx[L - h:][None, :])[0])
+            log_f, log_total = self.reweight(p, row, support=None if support.size == V
+                                             else support)
+            log_p = log_p + log_f
+            if log_total != 0.0:
+                log_p -= log_total
+            return log_p
+
+        return reweighted_log_probs(logits, contexts, V, prompt_width=prompt_width,
+                                    temperature=temperature, top_p=top_p, reweight=reweight)

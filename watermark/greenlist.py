@@ -51,6 +51,7 @@ import numpy as np
 from . import prf
 from .context import RowParams, RowScheme
 from .errors import ParameterError
+from .sampling import check_logits
 
 __all__ = ["SCHEME_NAME", "GreenList", "GreenListParams"]
 
@@ -106,26 +107,13 @@ class GreenListParams(RowParams):
         self._store("delta", float(self.delta))
 
 
-class GreenList(RowScheme):
+class GreenList(RowScheme, name=SCHEME_NAME, params_class=GreenListParams, default_effect=0.65,
+                samples=False, test="binomial"):
     """The green-list scheme for one spec: ``bias`` for generation, tuple keys and green bits for
     detection. Both sides call the same functions, so they cannot drift apart.
 
-    Args:
-        secret: the spec's 32-byte secret.
-        params: :class:`GreenListParams`.
-        vocab_size: ``V``, the size of the token-id space the lists cover.
-        key_id: public id echoed in results.
+    Built as every :class:`~.context.RowScheme`, with :class:`GreenListParams`.
     """
-
-    params_class = GreenListParams
-    name = SCHEME_NAME
-    #: Standardised per-unit effect of fully marked text (power statements only; measured
-    #: on SmolLM2 answers at temperature 0.7, docs/statistics.md).
-    default_effect = 0.65
-    #: Logit bias only: the engine samples (see ``process``).
-    samples = False
-    #: Detection's test (see ``distillmark.verify.nulls``) and its null parameters.
-    test = "binomial"
 
     def __init__(self, secret: bytes, params: GreenListParams, vocab_size: int, *,
                  key_id: str = "") -> None:
@@ -207,15 +195,8 @@ class GreenList(RowScheme):
         last ``h`` are read. ``W`` may exceed ``V`` (padded logits): columns ``>= V`` are left as
         they are. With fewer than ``h`` context tokens the step is left unwatermarked.
         """
-        logits = np.asarray(logits)
-        contexts = np.asarray(contexts, dtype=np.int64)
-        if logits.ndim != 2 or contexts.ndim != 2 or contexts.shape[0] != logits.shape[0]:
-            raise ParameterError(f"`logits` must be (B, W) and `contexts` (B, c), got "
-                                 f"{logits.shape} and {contexts.shape}")
         V = self.vocab_size
-        if logits.shape[1] < V:
-            raise ParameterError(f"logits width {logits.shape[1]} is smaller than the spec's "
-                                 f"vocab_size {V} (wrong model or tokenizer?)")
+        logits, contexts = check_logits(logits, contexts, V)
         out = np.array(logits, dtype=np.result_type(logits.dtype, np.float32), copy=True)
         h = self.context_width
         if contexts.shape[1] < h or self.params.delta == 0.0:

@@ -63,7 +63,7 @@ import numpy as np
 from . import prf
 from .context import RowParams, RowScheme
 from .errors import ParameterError
-from .sampling import nucleus
+from .sampling import check_logits, nucleus
 
 __all__ = ["SCHEME_NAME", "Gumbel", "GumbelParams", "uniforms_from_u64"]
 
@@ -113,27 +113,15 @@ class GumbelParams(RowParams):
             raise ParameterError(f"`top_k` must be >= 0 (0 = off), got {self.top_k}")
 
 
-class Gumbel(RowScheme):
+class Gumbel(RowScheme, name=SCHEME_NAME, params_class=GumbelParams, default_effect=0.8,
+             samples=True, test="gamma"):
     """The Gumbel-max scheme for one spec: keyed sampling for generation, tuple keys and keyed
-    uniforms for detection, from the same functions.
+    uniforms for detection, from the same functions. ``process`` returns the chosen token (0
+    there, -inf elsewhere): the engine must sample that distribution as it is (temperature 1,
+    no other warper).
 
-    Args:
-        secret: the spec's 32-byte secret.
-        params: :class:`GumbelParams`.
-        vocab_size: ``V``, the size of the token-id space.
-        key_id: public id echoed in results.
+    Built as every :class:`~.context.RowScheme`, with :class:`GumbelParams`.
     """
-
-    params_class = GumbelParams
-    name = SCHEME_NAME
-    #: Standardised per-unit effect of fully marked text (power statements only; measured
-    #: on SmolLM2 answers at temperature 0.7, docs/statistics.md).
-    default_effect = 0.8
-    #: ``process`` returns the chosen token (0 there, -inf elsewhere): the engine must sample
-    #: that distribution as it is (temperature 1, no other warper).
-    samples = True
-    #: Detection's test (see ``distillmark.verify.nulls``); it has no null parameters.
-    test = "gamma"
 
     def __init__(self, secret: bytes, params: GumbelParams, vocab_size: int, *,
                  key_id: str = "") -> None:
@@ -257,15 +245,8 @@ class Gumbel(RowScheme):
         Temperature 0 chooses the largest logit (greedy, no watermark). ``prompt_width`` is
         not used: every generated step is watermarked.
         """
-        logits = np.asarray(logits)
-        contexts = np.asarray(contexts)
-        if logits.ndim != 2 or contexts.ndim != 2 or contexts.shape[0] != logits.shape[0]:
-            raise ParameterError(f"`logits` must be (B, W) and `contexts` (B, c), got "
-                                 f"{logits.shape} and {contexts.shape}")
         V = self.vocab_size
-        if logits.shape[1] < V:
-            raise ParameterError(f"logits width {logits.shape[1]} is smaller than the spec's "
-                                 f"vocab_size {V} (wrong model or tokenizer?)")
+        logits, contexts = check_logits(logits, contexts, V)
         _check_sampling(temperature, top_p, allow_zero=True)
         if temperature == 0.0:
             if np.isnan(logits[:, :V]).any():

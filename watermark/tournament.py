@@ -61,7 +61,7 @@ import numpy as np
 from . import prf
 from .context import RowParams, RowScheme
 from .errors import ParameterError
-from .sampling import check_process_args, sampling_distribution
+from .sampling import reweighted_log_probs
 
 __all__ = ["SCHEME_NAME", "SCORES", "Tournament", "TournamentParams", "tournament_log_factors",
            "tournament_update"]
@@ -194,24 +194,13 @@ def tournament_update(p: np.ndarray, cells: np.ndarray, depth: int) -> np.ndarra
     return np.asarray(p, dtype=np.float64) * np.exp(tournament_log_factors(p, cells, depth))
 
 
-class Tournament(RowScheme):
+class Tournament(RowScheme, name=SCHEME_NAME, params_class=TournamentParams, default_effect=0.6,
+                 samples=True):
     """The tournament scheme for one spec: :meth:`process` for generation, tuple keys and
     g-values for detection. Both sides read the same keyed cells, so they cannot drift apart.
 
-    Args:
-        secret: the spec's 32-byte secret.
-        params: :class:`TournamentParams`.
-        vocab_size: ``V``, the size of the token-id space the table covers.
-        key_id: public id echoed in results.
+    Built as every :class:`~.context.RowScheme`, with :class:`TournamentParams`.
     """
-
-    params_class = TournamentParams
-    name = SCHEME_NAME
-    #: Standardised per-unit effect of fully marked text (power statements only; measured
-    #: on SmolLM2 answers at temperature 0.7, docs/statistics.md).
-    default_effect = 0.6
-    #: The scheme reweights the distribution itself: engines sample its output at temperature 1.
-    samples = True
 
     def __init__(self, secret: bytes, params: TournamentParams, vocab_size: int, *,
                  key_id: str = "") -> None:
@@ -298,48 +287,33 @@ class Tournament(RowScheme):
 
     def process(self, logits: np.ndarray, contexts: np.ndarray, *, prompt_width: int = 0,
                 temperature: float = 1.0, top_p: float = 1.0) -> np.ndarray:
-        """The engine-neutral generation hook: the watermarked next-token log-probabilities.
+        """The engine-neutral generation hook: the watermarked next-token log-probabilities
+        ``(B, W)`` of ``logits (B, W)`` after ``contexts (B, L)``, as
+        :func:`~distillmark.watermark.sampling.reweighted_log_probs` describes them (the
+        engine samples them at temperature 1 with no other filter).
 
-        Args:
-            logits: ``(B, W) float``, the model's scores, ``W >= V``.
-            contexts: ``(B, L) int``, each row's tokens so far (prompt included, left-padded in
-                a batch); the last ``h`` select the row, those from ``prompt_width`` on are the
-                generated ones (read by the repeated-context check).
-            prompt_width: the number of leading columns of ``contexts`` that are prompt.
-            temperature: applied to the logits first; 0 means greedy (one token, probability 1,
-                which the tournament leaves as it is).
-            top_p: nucleus filter applied after the temperature (1 keeps everything).
-
-        Returns:
-            ``(B, W)`` log-probabilities (``-inf`` where the probability is 0, and in columns
-            ``>= V``); the engine samples them at temperature 1 with no other filter. Fewer
-            than ``h`` context tokens, or a repeated context, leave the step unwatermarked
-            (``log p`` of the tempered, filtered distribution).
+        Each row's distribution goes through the tournament of the table row its last ``h``
+        context tokens select; the context's tokens from ``prompt_width`` on are the generated
+        ones, read by the repeated-context check. Fewer than ``h`` context tokens, or a
+        repeated context, leave the step unwatermarked (``log p`` of the tempered, filtered
+        distribution); greedy decoding (temperature 0: one token, probability 1) is left as it
+        is.
         """
-        V = self.vocab_size
-        logits, contexts = check_process_args(logits, contexts, V, prompt_width=prompt_width,
-                                              temperature=temperature, top_p=top_p)
-        L = contexts.shape[1]
-        out = np.full(logits.shape, -np.inf, dtype=np.result_type(logits.dtype, np.float32))
-        h = self.context_width
-        for b in range(logits.shape[0]):
-            dist = sampling_distribution(logits[b, :V], temperature, top_p)
-            if dist is None:  # nothing finite to sample from: leave the row alone
-                out[b] = logits[b]
-                continue
-            support, p, log_p = dist
-            ctx = contexts[b]
-            if L >= h and not self.is_repeated_context(ctx, prompt_width):
-                row = int(self.rows(ctx[L - h:][None, :])[0])
-                if support.size == V:
-                    cells = self.row_cells(row)
-                elif support.size * _RANDOM_ACCESS_SHARE < V:  # read only the support's cells
-                    cells = self.cells(np.uint64(row * V) + support.astype(np.uint64))
-                else:
-                    cells = self.row_cells(row)[support]
-                log_p = log_p + tournament_log_factors(p, cells, self.depth)
+        V, h = self.vocab_size, self.context_width
+
+        def reweight(ctx: np.ndarray, support: np.ndarray, p: np.ndarray, log_p: np.ndarray
+                     ) -> np.ndarray:
+            L = ctx.shape[0]
+            if L < h or self.is_repeated_context(ctx, prompt_width):
+                return log_p
+            row = int(self.rows(ctx[L - h:][None, :])[0])
             if support.size == V:
-                out[b, :V] = log_p
+                cells = self.row_cells(row)
+            elif support.size * _RANDOM_ACCESS_SHARE < V:  # read only the support's cells
+                cells = self.cells(np.uint64(row * V) + support.astype(np.uint64))
             else:
-                out[b, support] = log_p
-        return out
+                cells = self.row_cells(row)[support]
+            return log_p + tournament_log_factors(p, cells, self.depth)
+
+        return reweighted_log_probs(logits, contexts, V, prompt_width=prompt_width,
+                                    temperature=temperature, top_p=top_p, reweight=reweight)

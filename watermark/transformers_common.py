@@ -91,6 +91,14 @@ class TransformersScheme:
         self.vocab_size = vocab_size
         self.key_id = key_id
 
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.shown().items())
+        return f"{type(self).__name__}(key_id={self.key_id!r}, {shown})"
+
+    def shown(self) -> dict[str, Any]:
+        """What ``repr`` shows besides the key id: never key material."""
+        return {}
+
     def in_place_bias(self) -> None:
         """None: engines drive the scheme through ``process`` (``Scheme.in_place_bias``)."""
 

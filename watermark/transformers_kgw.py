@@ -42,6 +42,7 @@ import numpy as np
 from . import prf
 from .errors import DistillmarkError, ParameterError
 from .params import SchemeParams
+from .sampling import check_logits
 from .transformers_common import (
     INT64_MAX,
     TransformersScheme,
@@ -169,11 +170,11 @@ class TransformersKGW(TransformersScheme):
         self.packed_keys = self.ngram_len * self._bits <= 64
         self._green_packed = lru_cache(maxsize=_GREEN_CACHE)(self._compute_green_packed)
 
-    def __repr__(self) -> str:
+    def shown(self) -> dict[str, Any]:
         p = self.params
-        return (f"TransformersKGW(key_id={self.key_id!r}, seeding_scheme={p.seeding_scheme!r}, "
-                f"context_width={p.context_width}, greenlist_ratio={p.greenlist_ratio}, "
-                f"bias={p.bias}, vocab_size={self.vocab_size}, dedup_by={p.dedup_by!r})")
+        return {"seeding_scheme": p.seeding_scheme, "context_width": p.context_width,
+                "greenlist_ratio": p.greenlist_ratio, "bias": p.bias,
+                "vocab_size": self.vocab_size, "dedup_by": p.dedup_by}
 
     @property
     def context_width(self) -> int:
@@ -390,15 +391,9 @@ class TransformersKGW(TransformersScheme):
         processors go, so the green lists, not the sampled tokens, are what match.
         ``prompt_width``, ``temperature`` and ``top_p`` are unused (a logit-bias scheme).
         """
-        logits = np.asarray(logits)
-        contexts = np.asarray(contexts, dtype=np.int64)
-        if logits.ndim != 2 or contexts.ndim != 2 or contexts.shape[0] != logits.shape[0]:
-            raise ParameterError(f"`logits` must be (B, W) and `contexts` (B, c), got "
-                                 f"{logits.shape} and {contexts.shape}")
         V = self.vocab_size
-        if logits.shape[1] < V:
-            raise ParameterError(f"logits width {logits.shape[1]} is smaller than the model "
-                                 f"vocab_size {V} (wrong model or `vocab_size`?)")
+        logits, contexts = check_logits(logits, contexts, V, vocabulary="the model",
+                                        hint="wrong model or `vocab_size`?")
         out = np.array(logits, dtype=np.result_type(logits.dtype, np.float32), copy=True)
         h = self.params.context_width
         if contexts.shape[1] < h:

@@ -164,11 +164,11 @@ class TransformersSynthID(TransformersScheme):
         #: Detection's test: the tournament tests of ``distillmark.verify.nulls`` with ``p``.
         self.test = f"tournament-{params.score}"
 
-    def __repr__(self) -> str:
+    def shown(self) -> dict[str, Any]:
         p = self.params
-        return (f"TransformersSynthID(key_id={self.key_id!r}, depth={self.depth}, "
-                f"ngram_len={p.ngram_len}, sampling_table_size={p.sampling_table_size}, "
-                f"sampling_table_seed={p.sampling_table_seed}, score={p.score!r})")
+        return {"depth": self.depth, "ngram_len": p.ngram_len,
+                "sampling_table_size": p.sampling_table_size,
+                "sampling_table_seed": p.sampling_table_seed, "score": p.score}
 
     @property
     def context_width(self) -> int:
