@@ -8,6 +8,10 @@ finaliser spreads the result and its top ``log2(n_rows)`` bits are the row.
 
 The *tuple key* of a scored token is ``row * V + token``: equal keys mean the same table cell,
 hence the same score, which is what detection deduplicates on.
+
+:class:`ContextRows` is that map; :class:`RowScheme` is the base of the schemes scored this way
+(green list, Gumbel, tournament, DiPmark): their keys, rows and table from a spec, and
+:class:`RowParams` the checks of the parameters they all have.
 """
 
 from __future__ import annotations
