@@ -25,7 +25,8 @@ from distillmark.watermark import (
     save_spec,
     scheme_for,
 )
-from distillmark.watermark.engines import Completion, load_generator, resolve_engine
+from distillmark.watermark.engine_types import Completion
+from distillmark.watermark.engines import load_generator, resolve_engine
 
 from .common import EXIT_FOUND, EXIT_NOT_FOUND, errors_exit, info
 from .options import EngineOption, ModelOption, alpha_option, json_option

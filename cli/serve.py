@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 
 from distillmark.watermark import InputError, load_spec
-from distillmark.watermark.engines import Generator, load_generator, resolve_engine
+from distillmark.watermark.engine_types import Generator
+from distillmark.watermark.engines import load_generator, resolve_engine
 from distillmark.watermark.models import DEFAULT_MODEL_FILE
 
 from .common import errors_exit, info

@@ -206,8 +206,8 @@ def test_attribute_errors_are_one_line(tmp_path: Path, tokenizer_info):
     text = tmp_path / "t.txt"
     text.write_text("some text")
     for args, message in [
-        (("--key", plain, text), "give the candidate accounts: --accounts FILE or "
-                                 "--account-space N"),
+        (("--key", plain, text), ("give the candidate accounts: --accounts FILE or "
+                                  "--account-space N")),
         (("--key", plain, "--account-space", 5, text), "has no account layer"),
         (("--key", plain, "--accounts", tmp_path / "none.txt", text), "does not exist"),
     ]:

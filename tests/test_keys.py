@@ -17,7 +17,6 @@ from distillmark.watermark import (
     SpecError,
     TokenizerInfo,
     WatermarkSpec,
-    derive_account_spec,
     load_spec,
     new_spec,
     save_spec,
@@ -245,9 +244,10 @@ BAD_CONTENT: dict[str, tuple[Any, list[str]]] = {
     "context_width 9": (_set_param("context_width", 9), ["`context_width` must be in 0..8"]),
     "unknown param": (_set_param("colour", "green"),
                       ["unknown greenlist parameter(s): colour"]),
-    "account not object": (_set("account", "alice"), ["field 'account' must be an object"]),
-    "account without parent": (_set("account", {"id": "alice"}),
-                               ["account: missing field 'parent_key_id'"]),
+    "per-account key": (_set("account", {"id": "alice", "parent_key_id": "dmk-0"}),
+                        ["is a per-account key derived from a master key"]),
+    "bad account layer": (_set("accounts", {"gamma": 0.3}),
+                          ["field 'accounts': account layer `gamma` must be 0.25 or 0.5"]),
 }
 
 
@@ -282,43 +282,3 @@ def test_load_accepts_the_unmodified_file(spec_factory: Callable[..., WatermarkS
 
 
 # -- per-account specs -------------------------------------------------------------------------
-
-def test_derive_account_spec(spec_factory: Callable[..., WatermarkSpec]) -> None:
-    master = spec_factory(gamma=0.3, context_width=2)
-    alice = derive_account_spec(master, "alice")
-    again = derive_account_spec(master, "alice")
-    bob = derive_account_spec(master, "bob")
-    assert alice.secret == again.secret and alice.key_id == again.key_id
-    assert len({master.secret, alice.secret, bob.secret}) == 3
-    assert len({master.key_id, alice.key_id, bob.key_id}) == 3
-    assert alice.account_id == "alice" and bob.account_id == "bob"
-    assert alice.parent_key_id == bob.parent_key_id == master.key_id
-    assert alice.params == master.params and alice.tokenizer == master.tokenizer
-    assert alice.scheme == master.scheme
-    assert alice.secret == derive_subkey(master.secret, "account/alice", length=32)
-    pub = alice.public_dict()
-    assert pub["account_id"] == "alice" and pub["parent_key_id"] == master.key_id
-    for form in _secret_forms(alice.secret) + _secret_forms(master.secret):
-        assert form not in json.dumps(pub) + repr(alice)
-    # a different master gives different account keys
-    other = derive_account_spec(spec_factory(secret=bytes(range(1, 33))), "alice")
-    assert other.secret != alice.secret
-
-
-def test_derive_account_spec_refusals(spec_factory: Callable[..., WatermarkSpec]) -> None:
-    master = spec_factory()
-    alice = derive_account_spec(master, "alice")
-    with pytest.raises(SpecError, match="is already an account spec; derive from the master"):
-        derive_account_spec(alice, "bob")
-    for bad in ("", "x" * 257, 7):
-        with pytest.raises(SpecError, match="`account_id` must be a non-empty string"):
-            derive_account_spec(master, bad)  # type: ignore[arg-type]
-    assert derive_account_spec(master, "x" * 256).account_id == "x" * 256
-
-
-def test_account_spec_round_trip(spec_factory: Callable[..., WatermarkSpec],
-                                 tmp_path: Path) -> None:
-    alice = derive_account_spec(spec_factory(), "alice")
-    loaded = load_spec(save_spec(alice, tmp_path / "alice.json"))
-    assert loaded == alice
-    assert loaded.account_id == "alice" and loaded.parent_key_id == KAT_KEY_ID

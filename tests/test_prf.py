@@ -120,6 +120,33 @@ def test_u32_at_equals_stream(table_key: bytes) -> None:
     np.testing.assert_array_equal(prf.u32_at(table_key, idx), full[idx])
 
 
+def test_u64_at_equals_stream(table_key: bytes) -> None:
+    rng = np.random.default_rng(20261203)
+    n = 30_000
+    full = prf.u64_stream(table_key, n)
+    idx = np.concatenate([rng.integers(0, n, size=2000), np.arange(0, 9), [n - 1, n - 2]])
+    assert set((idx % 2).tolist()) == {0, 1}
+    got = prf.u64_at(table_key, idx)
+    assert got.dtype == np.uint64
+    np.testing.assert_array_equal(got, full[idx])
+    assert prf.u64_at(table_key, np.arange(4)).tolist() == KAT_TABLE_U64
+    assert prf.u64_at(table_key, np.array([], dtype=np.int64)).shape == (0,)
+    # the two halves of a uint64 element are the uint32 elements 2i (low) and 2i + 1 (high)
+    lo = prf.u32_at(table_key, 2 * idx).astype(np.uint64)
+    hi = prf.u32_at(table_key, 2 * idx + 1).astype(np.uint64)
+    np.testing.assert_array_equal(got, lo | (hi << np.uint64(32)))
+
+
+@pytest.mark.parametrize("index", [2**32 - 1, 2**32 + 1, 2**40 + 2, 2**60 + 3])
+def test_u64_at_large_index(table_key: bytes, index: int) -> None:
+    expected = prf.u64_stream(table_key, 1, start=index)
+    np.testing.assert_array_equal(prf.u64_at(table_key, np.array([index], dtype=np.uint64)),
+                                  expected)
+    block = aes_ctr_reference(table_key, 1, first_block=index // 2)
+    assert int(expected[0]) == int.from_bytes(block[8 * (index % 2):8 * (index % 2) + 8],
+                                              "little")
+
+
 @pytest.mark.parametrize("index", [2**32 - 1, 2**32 + 1, 2**40 + 2, 2**60 + 3])
 def test_u32_at_large_index(table_key: bytes, index: int) -> None:
     expected = prf.u32_stream(table_key, 1, start=index)
@@ -175,6 +202,8 @@ def test_u32_at_refuses_what_u32_stream_refuses() -> None:
         prf.u32_stream(bytes(16), 4)
     with pytest.raises(ParameterError, match="subkey"):
         prf.u32_at(bytes(16), np.array([0, 1]))
+    with pytest.raises(ParameterError, match="subkey"):
+        prf.u64_at(bytes(16), np.array([0, 1]))
 
 
 # -- fmix64 ---------------------------------------------------------------------------------------

@@ -46,13 +46,13 @@ from distillmark.watermark import (
     TransformersSynthID,
     TransformersSynthIDParams,
     WatermarkSpec,
-    derive_account_spec,
     load_spec,
     load_tokenizer,
     new_spec,
     save_spec,
     scheme_for,
 )
+from distillmark.watermark.accounts import AccountLayerParams
 
 V = 49152
 PUBLIC_KEY = 15485863
@@ -182,10 +182,30 @@ def test_kgw_lefthash_seed_beyond_64_bits_and_dense_ngram_keys(
         wm = WatermarkingConfig(context_width=h, hashing_key=key)
         r = detect_ids(ids, scheme)
         assert (r.statistic, r.n_scored) == _hf_counts(LlamaConfig(vocab_size=V), wm, ids)
-    stale = scheme.tuple_keys(ids)
+    earlier = scheme.tuple_keys(ids)
     scheme.tuple_keys(ids[:50])
-    with pytest.raises(ParameterError, match="another tuple_keys call"):
-        scheme.key_scores(stale)
+    # a key is a function of its n-gram alone: keys of any call score as the text's tokens
+    np.testing.assert_array_equal(scheme.key_scores(earlier), scheme.green_indicators(ids))
+
+
+@pytest.mark.parametrize(("seeding", "h"), [("lefthash", 4), ("selfhash", 5)])
+def test_kgw_unpacked_ngram_keys_are_stable_and_pool_across_texts(
+        tokenizer_info: TokenizerInfo, seeding: str, h: int) -> None:
+    spec = _kgw_spec(tokenizer_info, hashing_key=987_654_321, context_width=h,
+                     seeding_scheme=seeding, vocab_size=V)
+    scheme, other = scheme_for(spec), scheme_for(spec)
+    assert isinstance(scheme, TransformersKGW) and not scheme.packed_keys
+    rng = np.random.default_rng(4)
+    texts = [rng.integers(0, 200, size=80), rng.integers(0, V, size=80)]
+    keys = [scheme.tuple_keys(t) for t in texts]
+    np.testing.assert_array_equal(other.tuple_keys(texts[0]), keys[0])
+    pooled = np.concatenate(keys)
+    np.testing.assert_array_equal(other.key_scores(pooled),
+                                  np.concatenate([scheme.green_indicators(t) for t in texts]))
+    # distinct n-grams keep distinct keys (no collision among these), as transformers counts
+    ngrams = {tuple(w) for t in texts
+              for w in np.lib.stride_tricks.sliding_window_view(t, scheme.ngram_len).tolist()}
+    assert np.unique(pooled).size == len(ngrams)
 
 
 def test_kgw_dedup_by_seed_counts_each_green_list_cell_once(
@@ -330,8 +350,8 @@ def test_secret_params_never_printed(tokenizer_info: TokenizerInfo, tmp_path: An
         assert str(key) in spec.to_json()  # the key file itself does hold it
         loaded = load_spec(save_spec(spec, tmp_path / f"{spec.scheme}.json"))
         assert loaded.params == spec.params
-        with pytest.raises(SpecError, match="keyed by its params"):
-            derive_account_spec(spec, "alice")
+        with pytest.raises(SpecError, match="rides on a green-list key"):
+            new_spec(spec.scheme, spec.params, tokenizer_info, accounts=AccountLayerParams())
     # schemes keyed by the 32-byte secret keep their params public
     assert new_spec("greenlist", {}, tokenizer_info).public_dict()["params"]["gamma"] == 0.25
 

@@ -1,7 +1,9 @@
 """Watermark embedding: keys and specs, the keyed PRF, schemes, and serving-stack adapters.
 
-Heavy stacks (torch, transformers) are imported only by the adapter modules
-(:mod:`distillmark.watermark.hf`), never here.
+Heavy stacks are imported only by the modules that need them, never here: torch and
+transformers by the transformers adapter (:mod:`distillmark.watermark.hf`, with its processor and
+sampler modules), llama-cpp-python by :mod:`distillmark.watermark.llamacpp`, and torch, on first
+use, by the schemes that reproduce transformers' own watermarks.
 """
 
 from .dipmark import DiPmark, DiPmarkParams
@@ -16,16 +18,12 @@ from .errors import (
 )
 from .greenlist import GreenList, GreenListParams
 from .gumbel import Gumbel, GumbelParams
-from .keys import WatermarkSpec, derive_account_spec, load_spec, new_spec, save_spec
+from .keys import WatermarkSpec, load_spec, new_spec, save_spec
 from .registry import PRESETS, SCHEMES, scheme_for
 from .tokenizer import BUILTIN_SMOLLM2, TokenizerInfo, load_tokenizer
 from .tournament import Tournament, TournamentParams
-from .transformers_compat import (
-                     TransformersKGW,
-                     TransformersKGWParams,
-                     TransformersSynthID,
-                     TransformersSynthIDParams,
-)
+from .transformers_kgw import TransformersKGW, TransformersKGWParams
+from .transformers_synthid import TransformersSynthID, TransformersSynthIDParams
 
 __all__ = [
                      "BUILTIN_SMOLLM2",
@@ -52,7 +50,6 @@ __all__ = [
                      "TransformersSynthID",
                      "TransformersSynthIDParams",
                      "WatermarkSpec",
-                     "derive_account_spec",
                      "load_spec",
                      "load_tokenizer",
                      "new_spec",

@@ -341,6 +341,9 @@ class AccountMarked:
     def __repr__(self) -> str:
         return f"AccountMarked({self.provider!r}, {self.layer!r}, number={self.number})"
 
+    def in_place_bias(self) -> None:
+        """None: engines drive the two layers through :meth:`process`."""
+
     def process(self, logits: np.ndarray, contexts: np.ndarray, *, prompt_width: int = 0,
                 temperature: float = 1.0, top_p: float = 1.0) -> np.ndarray:
         """The provider's bias, then the account's: ``logits (B, W)``, ``contexts (B, c)``

@@ -8,12 +8,17 @@ finaliser spreads the result and its top ``log2(n_rows)`` bits are the row.
 
 The *tuple key* of a scored token is ``row * V + token``: equal keys mean the same table cell,
 hence the same score, which is what detection deduplicates on.
+
+:class:`ContextRows` is that map; :class:`RowScheme` is the base of the schemes scored this way
+(green list, Gumbel, tournament, DiPmark): their keys, rows and table from a spec, and
+:class:`RowParams` the checks of the parameters they all have.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -21,17 +26,18 @@ import numpy as np
 
 from . import prf
 from .errors import ParameterError
+from .params import SchemeParams, SchemeSource
 
 if TYPE_CHECKING:
     from typing import Self
 
-    from .keys import WatermarkSpec
-
-__all__ = ["COMBINES", "ContextRows"]
+__all__ = ["COMBINES", "MAX_CONTEXT_WIDTH", "ContextRows", "RowParams", "RowScheme"]
 
 COMBINES = ("hash", "min")
 #: Rotation step between window positions in the "hash" combine (bits).
 ROTATION = 23
+#: The widest context a table scheme takes (``h``).
+MAX_CONTEXT_WIDTH = 8
 
 
 _MASK64 = (1 << 64) - 1
@@ -174,27 +180,105 @@ class ContextRows:
         return keys
 
 
+@dataclass(frozen=True)
+class RowParams(SchemeParams):
+    """Base of the parameters of a scheme scored against a keyed table of rows: validators of
+    the fields they all have, ``context_width`` (``h``), ``combine`` and ``n_lists``, and of a
+    green fraction ``gamma`` for those that have one (each subclass declares the fields, in
+    its own order)."""
+
+    def check_context_width(self) -> int:
+        """``context_width`` in 0..8."""
+        h = self.integer("context_width")
+        if not 0 <= h <= MAX_CONTEXT_WIDTH:
+            raise ParameterError(f"`context_width` must be in 0..{MAX_CONTEXT_WIDTH}, "
+                                 f"got {h}")
+        return h
+
+    def check_rows(self, max_lists: int) -> int:
+        """``combine`` one of :data:`COMBINES` and ``n_lists`` a power of two in
+        1..``max_lists``; returns ``n_lists``."""
+        self.choice("combine", COMBINES)
+        n = self.integer("n_lists")
+        if n < 1 or n > max_lists or n & (n - 1):
+            raise ParameterError(f"`n_lists` must be a power of two in 1..{max_lists}, got {n}")
+        return n
+
+    def check_gamma(self) -> float:
+        """``gamma`` in (0, 1) and representable as a 32-bit threshold
+        ``round(gamma * 2**32)`` strictly between 0 and ``2**32``."""
+        gamma, given = self.number("gamma"), self.given("gamma")
+        if not 0.0 < gamma < 1.0:
+            raise ParameterError(f"`gamma` must be in (0, 1), got {given}")
+        if not 0 < round(gamma * 2.0**32) < 2**32:
+            raise ParameterError(f"`gamma` must be representable at 32-bit precision "
+                                 f"(2**-32 .. 1 - 2**-32), got {given}")
+        return gamma
+
+
 class RowScheme:
     """What every scheme scored against a keyed table of rows shares: construction from a
-    spec, its repr (never the secret), and the shape of its scoring (``h``, the window, rows).
+    spec, the set-up of its keys and rows, its repr (never the secret), and the shape of its
+    scoring (``h``, the window, rows).
 
-    Subclasses set ``params_class`` and, in ``__init__``, ``params``, ``context``,
-    ``vocab_size`` and ``key_id``.
+    A subclass declares its facts in its class statement (``class GreenList(RowScheme,
+    name="greenlist", params_class=GreenListParams, default_effect=0.65, samples=False,
+    test="binomial")``; ``test`` may instead be set per instance) and in its own ``__init__``
+    calls this one first, then adds what is its own. Its keyed values come from two sub-keys of the secret:
+    ``"<name>/table"`` (the table's cells) and ``"<name>/token-values"`` (the context hashing,
+    :class:`ContextRows`).
+
+    Args:
+        secret: the spec's 32-byte secret.
+        params: the scheme's parameters (``context_width``, ``combine``, ``n_lists``).
+        vocab_size: ``V``, the size of the token-id space the table covers.
+        key_id: public id echoed in results.
+        selfhash: the window of a scored token holds the token itself (the green list's
+            selfhash seeding).
     """
 
-    params_class: type
-    params: Any
-    context: ContextRows
-    vocab_size: int
-    key_id: str
-    n_rows: int
+    name: str
+    params_class: type[RowParams]
+    #: Standardised per-unit effect of fully marked text (power statements only; measured
+    #: on SmolLM2 answers at temperature 0.7, docs/statistics.md).
+    default_effect: float
+    #: Whether ``process`` chooses or reweights the distribution itself (the engine then
+    #: samples its output at temperature 1, with no other warper) rather than biasing logits.
+    samples: bool
+    #: Detection's test (see ``distillmark.verify.nulls``), and its null parameters.
+    test: str
+    test_params: dict[str, Any]
     #: Params that are key material (none: table schemes are keyed by the spec's secret).
     secret_params: frozenset[str] = frozenset()
 
+    def __init_subclass__(cls, *, name: str, params_class: type[RowParams],
+                          default_effect: float, samples: bool, test: str | None = None,
+                          **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.name, cls.params_class = name, params_class
+        cls.default_effect, cls.samples = default_effect, samples
+        if test is not None:
+            cls.test = test
+
+    def __init__(self, secret: bytes, params: Any, vocab_size: int, *, key_id: str = "",
+                 selfhash: bool = False) -> None:
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
+            raise ParameterError(f"`vocab_size` must be an integer >= 2, got {vocab_size!r}")
+        self.params = params
+        self.vocab_size = vocab_size
+        self.key_id = key_id
+        self._table_key = prf.derive_subkey(secret, f"{self.name}/table")
+        self._token_key = prf.derive_subkey(secret, f"{self.name}/token-values")
+        #: Rows of the table: ``n_lists``, or one fixed row when ``h = 0``.
+        self.n_rows: int = 1 if params.context_width == 0 else params.n_lists
+        self.context = ContextRows(self._token_key, vocab_size,
+                                   context_width=params.context_width, selfhash=selfhash,
+                                   combine=params.combine, n_rows=self.n_rows)
+
     @classmethod
-    def from_spec(cls, spec: WatermarkSpec) -> Self:
-        return cls(spec.secret, cls.params_class.from_mapping(spec.params),  # type: ignore[attr-defined, call-arg]
-                   spec.vocab_size, key_id=spec.key_id)
+    def from_spec(cls, spec: SchemeSource) -> Self:
+        return cls(spec.secret, cls.params_class.from_mapping(spec.params), spec.vocab_size,
+                   key_id=spec.key_id)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(key_id={self.key_id!r}, {self.params}, "
@@ -218,3 +302,43 @@ class RowScheme:
     def rows(self, windows: np.ndarray) -> np.ndarray:
         """Row selected by each window: ``(..., w) int -> (...) int64``, ``w`` = :attr:`window`."""
         return self.context.rows(windows)
+
+    def tuple_keys(self, ids: np.ndarray) -> np.ndarray:
+        """Tuple key (table cell) of every scorable token: ``ids (n,) int -> (max(n - h, 0),)
+        uint64``.
+
+        Entry ``i`` belongs to token ``ids[h + i]``; equal keys are the same cell, hence the
+        same score, which is what detection deduplicates on.
+        """
+        return self.context.tuple_keys(ids)
+
+    def in_place_bias(self) -> RowScheme | None:
+        """None: engines drive the scheme through ``process`` (``Scheme.in_place_bias``; the
+        green list returns itself)."""
+        return None
+
+    # -- the keyed table -----------------------------------------------------------------------
+    def check_cells(self, cells: np.ndarray) -> np.ndarray:
+        """``cells`` as ``(n,) uint64``, refused when one lies outside the table."""
+        cells = np.asarray(cells, dtype=np.uint64).ravel()
+        if cells.size and int(cells.max()) >= self.n_cells:
+            raise ParameterError(f"cell {int(cells.max())} is outside the table of "
+                                 f"{self.n_rows} x {self.vocab_size} cells")
+        return cells
+
+    def table_values(self, cells: np.ndarray) -> np.ndarray:
+        """The keyed ``uint64`` of each table cell ``row * V + token``: ``(n,) int -> (n,)
+        uint64``, element ``cell`` of the ``"<name>/table"`` stream
+        (:func:`~distillmark.watermark.prf.u64_take`)."""
+        return prf.u64_take(self._table_key, self.check_cells(cells))
+
+    def build_table(self, dtype: Any, chunk: int,
+                    fill: Callable[[int, int], np.ndarray]) -> np.ndarray:
+        """A whole-table array ``(n_rows, V)`` of ``dtype``, filled ``chunk`` cells at a time:
+        ``fill(start, n)`` gives cells ``start .. start + n - 1``."""
+        n_cells = self.n_cells
+        out = np.empty(n_cells, dtype=dtype)
+        for start in range(0, n_cells, chunk):
+            n = min(chunk, n_cells - start)
+            out[start:start + n] = fill(start, n)
+        return out.reshape(self.n_rows, self.vocab_size)

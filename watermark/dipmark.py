@@ -60,34 +60,26 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import prf
-from .context import COMBINES as _COMBINES
-from .context import ContextRows, RowScheme
+from .context import RowParams, RowScheme
 from .errors import ParameterError
-from .sampling import check_process_args, sampling_distribution
+from .sampling import reweighted_log_probs
 
 __all__ = ["SCHEME_NAME", "DiPmark", "DiPmarkParams", "reweight_factors", "reweight_log_factors"]
 
 SCHEME_NAME = "dipmark"
-_MAX_WIDTH = 8
 _MAX_LISTS = 65536
 # Permutations kept for generation (each row: order and rank, 8 bytes per token: 50 MB for 128
 # rows at V = 49,152).
 _ROW_CACHE = 128
-# Detection: above this many tuple keys, stream the table's cells in bulk instead of one AES
-# block per key.
-_BULK_THRESHOLD = 262_144
-_TABLE_CHUNK_CELLS = 1 << 22
 
 
 @dataclass(frozen=True)
-class DiPmarkParams:
+class DiPmarkParams(RowParams):
     """Parameters of the DiPmark scheme (validated on construction).
 
     Attributes:
@@ -101,6 +93,8 @@ class DiPmarkParams:
         n_lists: rows (permutations) of the keyed table, a power of two <= 65536.
     """
 
+    scheme_name = SCHEME_NAME
+
     alpha: float = 0.45
     gamma: float = 0.5
     context_width: int = 1
@@ -108,46 +102,13 @@ class DiPmarkParams:
     n_lists: int = 256
 
     def __post_init__(self) -> None:
-        def num(name: str) -> float:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ParameterError(f"`{name}` must be a finite number, got {v!r}")
-            return float(v)
-
-        def integer(name: str) -> int:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ParameterError(f"`{name}` must be an integer, got {v!r}")
-            return v
-
-        if not 0.0 <= num("alpha") <= 0.5:
+        if not 0.0 <= self.number("alpha") <= 0.5:
             raise ParameterError(f"`alpha` must be in [0, 0.5], got {self.alpha}")
-        if not 0.0 < num("gamma") < 1.0:
-            raise ParameterError(f"`gamma` must be in (0, 1), got {self.gamma}")
-        if not 0 < round(self.gamma * 2.0**32) < 2**32:
-            raise ParameterError(f"`gamma` must be representable at 32-bit precision "
-                                 f"(2**-32 .. 1 - 2**-32), got {self.gamma}")
-        if not 0 <= integer("context_width") <= _MAX_WIDTH:
-            raise ParameterError(f"`context_width` must be in 0..{_MAX_WIDTH}, "
-                                 f"got {self.context_width}")
-        if self.combine not in _COMBINES:
-            raise ParameterError(f"`combine` must be one of {', '.join(_COMBINES)}, "
-                                 f"got {self.combine!r}")
-        n = integer("n_lists")
-        if n < 1 or n > _MAX_LISTS or n & (n - 1):
-            raise ParameterError(f"`n_lists` must be a power of two in 1..{_MAX_LISTS}, got {n}")
-        object.__setattr__(self, "alpha", float(self.alpha))
-        object.__setattr__(self, "gamma", float(self.gamma))
-
-    @classmethod
-    def from_mapping(cls, params: Mapping[str, Any]) -> DiPmarkParams:
-        unknown = set(params) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ParameterError(f"unknown dipmark parameter(s): {', '.join(sorted(unknown))}")
-        return cls(**dict(params))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        self.check_gamma()
+        self.check_context_width()
+        self.check_rows(_MAX_LISTS)
+        self._store("alpha", float(self.alpha))
+        self._store("gamma", float(self.gamma))
 
 
 def _straddlers(q: np.ndarray, alpha: float) -> tuple[np.ndarray, list[tuple[int, float]]]:
@@ -212,46 +173,23 @@ def reweight_log_factors(q: np.ndarray, alpha: float) -> tuple[np.ndarray, float
     return log_f, math.log(mass / end)
 
 
-class DiPmark(RowScheme):
+class DiPmark(RowScheme, name=SCHEME_NAME, params_class=DiPmarkParams, default_effect=0.27,
+              samples=True, test="binomial"):
     """The DiPmark scheme for one spec: :meth:`process` for generation, tuple keys and green
     bits for detection. Both sides read the same keyed cells, so they cannot drift apart.
 
-    Args:
-        secret: the spec's 32-byte secret.
-        params: :class:`DiPmarkParams`.
-        vocab_size: ``V``, the size of the token-id space.
-        key_id: public id echoed in results.
+    Built as every :class:`~.context.RowScheme`, with :class:`DiPmarkParams`.
     """
-
-    params_class = DiPmarkParams
-    name = SCHEME_NAME
-    #: Standardised per-unit effect of fully marked text (power statements only; measured
-    #: on SmolLM2 answers at temperature 0.7, docs/statistics.md).
-    default_effect = 0.27
-    #: The scheme reweights the distribution itself: engines sample its output at temperature 1.
-    samples = True
-    #: Detection's test (see ``distillmark.verify.nulls``); its null parameter in test_params.
-    test = "binomial"
 
     def __init__(self, secret: bytes, params: DiPmarkParams, vocab_size: int, *,
                  key_id: str = "") -> None:
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
-            raise ParameterError(f"`vocab_size` must be an integer >= 2, got {vocab_size!r}")
-        self.params = params
-        self.vocab_size = vocab_size
-        self.key_id = key_id
+        super().__init__(secret, params, vocab_size, key_id=key_id)
         self.alpha = params.alpha
-        self._table_key = prf.derive_subkey(secret, f"{SCHEME_NAME}/table")
-        self._token_key = prf.derive_subkey(secret, f"{SCHEME_NAME}/token-values")
         #: Green when the cell's top 32 bits are >= this.
         self.threshold = round(params.gamma * 2.0**32)
         #: The exact probability that a cell is green: the binomial test's null parameter.
         self.p_green = (2**32 - self.threshold) / 2.0**32
         self.test_params = {"p": self.p_green}
-        self.n_rows = 1 if params.context_width == 0 else params.n_lists
-        self.context = ContextRows(self._token_key, vocab_size,
-                                   context_width=params.context_width, selfhash=False,
-                                   combine=params.combine, n_rows=self.n_rows)
         self._rows: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     # -- keyed values ------------------------------------------------------------------------
@@ -287,41 +225,12 @@ class DiPmark(RowScheme):
     def _high_words(self, cells: np.ndarray) -> np.ndarray:
         """Top 32 bits of the cells ``row * V + t``: ``(n,) uint64 -> (n,) uint32``.
 
-        Element ``c`` of the little-endian ``uint64`` stream is ``uint32`` elements ``2c`` (low
-        half) and ``2c + 1`` (high half): one AES block per cell, or the stream read in bulk
-        above a few hundred thousand cells (same values).
+        One AES block per cell, or the stream read in bulk above a few hundred thousand cells
+        (same values).
         """
-        cells = np.asarray(cells, dtype=np.uint64).ravel()
-        if cells.size and int(cells.max()) >= self.n_rows * self.vocab_size:
-            raise ParameterError(f"cell {int(cells.max())} is outside the table of "
-                                 f"{self.n_rows} x {self.vocab_size} cells")
-        if cells.size <= _BULK_THRESHOLD:
-            return prf.u32_at(self._table_key, cells * np.uint64(2) + np.uint64(1))
-        order = np.argsort(cells, kind="stable")
-        srt = cells[order]
-        out = np.empty(cells.size, dtype=np.uint32)
-        lo, n_cells = 0, self.n_rows * self.vocab_size
-        for start in range(0, n_cells, _TABLE_CHUNK_CELLS):
-            stop = min(n_cells, start + _TABLE_CHUNK_CELLS)
-            hi = int(np.searchsorted(srt, np.uint64(stop), side="left"))
-            if hi > lo:
-                u = prf.u64_stream(self._table_key, stop - start, start=start)
-                idx = (srt[lo:hi] - np.uint64(start)).astype(np.intp)
-                out[order[lo:hi]] = (u[idx] >> np.uint64(32)).astype(np.uint32)
-            lo = hi
-            if lo == srt.size:
-                break
-        return out
+        return (self.table_values(cells) >> np.uint64(32)).astype(np.uint32)
 
     # -- detection ---------------------------------------------------------------------------
-    def tuple_keys(self, ids: np.ndarray) -> np.ndarray:
-        """Tuple key (table cell) of every scorable token: ``ids (n,) -> (max(n - h, 0),) uint64``.
-
-        Entry ``i`` belongs to token ``ids[h + i]``; equal keys are the same cell, the same
-        green bit, which is what detection deduplicates on.
-        """
-        return self.context.tuple_keys(ids)
-
     def key_scores(self, keys: np.ndarray) -> np.ndarray:
         """Green bit of each tuple key: ``(n,) uint64 -> (n,) bool``."""
         return self._high_words(keys) >= np.uint32(self.threshold)
@@ -352,45 +261,31 @@ class DiPmark(RowScheme):
 
     def process(self, logits: np.ndarray, contexts: np.ndarray, *, prompt_width: int = 0,
                 temperature: float = 1.0, top_p: float = 1.0) -> np.ndarray:
-        """The engine-neutral generation hook: the watermarked next-token log-probabilities.
+        """The engine-neutral generation hook: the watermarked next-token log-probabilities
+        ``(B, W)`` of ``logits (B, W)`` after ``contexts (B, L)``, as
+        :func:`~distillmark.watermark.sampling.reweighted_log_probs` describes them (the
+        engine samples them at temperature 1 with no other filter).
 
-        Args:
-            logits: ``(B, W) float``, the model's scores, ``W >= V``.
-            contexts: ``(B, L) int``, each row's tokens so far (prompt included, left-padded in
-                a batch); the last ``h`` select the row.
-            prompt_width: the number of leading columns of ``contexts`` that are prompt (checked,
-                not otherwise used: every generated step is watermarked).
-            temperature: applied to the logits first; 0 means greedy (one token, probability 1,
-                which the reweight leaves as it is).
-            top_p: nucleus filter applied after the temperature (1 keeps everything).
-
-        Returns:
-            ``(B, W)`` log-probabilities (``-inf`` where the probability is 0, and in columns
-            ``>= V``); the engine samples them at temperature 1 with no other filter. Fewer
-            than ``h`` context tokens leave the step unwatermarked (``log p`` of the tempered,
-            filtered distribution).
+        Each row's distribution is α-reweighted under the permutation of the row its last ``h``
+        context tokens select; ``prompt_width`` is checked, not otherwise used (every generated
+        step is watermarked). Fewer than ``h`` context tokens leave the step unwatermarked
+        (``log p`` of the tempered, filtered distribution), as does greedy decoding
+        (temperature 0: one token, probability 1).
         """
-        V = self.vocab_size
-        logits, contexts = check_process_args(logits, contexts, V, prompt_width=prompt_width,
-                                              temperature=temperature, top_p=top_p)
-        L = contexts.shape[1]
-        out = np.full(logits.shape, -np.inf, dtype=np.result_type(logits.dtype, np.float32))
-        h = self.context_width
-        for b in range(logits.shape[0]):
-            dist = sampling_distribution(logits[b, :V], temperature, top_p)
-            if dist is None:  # nothing finite to sample from: leave the row alone
-                out[b] = logits[b]
-                continue
-            support, p, log_p = dist
-            if L >= h and self.alpha > 0.0 and support.size > 1:
-                row = int(self.rows(contexts[b, L - h:][None, :])[0])
-                full = support.size == V
-                log_f, log_total = self.reweight(p, row, support=None if full else support)
-                log_p = log_p + log_f
-                if log_total != 0.0:
-                    log_p -= log_total
-            if support.size == V:
-                out[b, :V] = log_p
-            else:
-                out[b, support] = log_p
-        return out
+        V, h = self.vocab_size, self.context_width
+
+        def reweight(ctx: np.ndarray, support: np.ndarray, p: np.ndarray, log_p: np.ndarray
+                     ) -> np.ndarray:
+            L = ctx.shape[0]
+            if L < h or self.alpha == 0.0 or support.size <= 1:
+                return log_p
+            row = int(self.rows(ctx[L - h:][None, :])[0])
+            log_f, log_total = self.reweight(p, row, support=None if support.size == V
+                                             else support)
+            log_p = log_p + log_f
+            if log_total != 0.0:
+                log_p -= log_total
+            return log_p
+
+        return reweighted_log_probs(logits, contexts, V, prompt_width=prompt_width,
+                                    temperature=temperature, top_p=top_p, reweight=reweight)

@@ -7,6 +7,9 @@ Every message is one line that names the thing at fault, shows the bad value and
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 __all__ = [
     "DistillmarkError",
     "InputError",
@@ -44,3 +47,14 @@ class ModelNotFoundError(DistillmarkError, FileNotFoundError):
 
 class MissingDependencyError(DistillmarkError, ImportError):
     """An optional dependency (an extra) is needed but not installed."""
+
+    @classmethod
+    @contextmanager
+    def for_extra(cls, extra: str) -> Iterator[None]:
+        """Around the imports of the optional extra ``extra``: an ImportError becomes this
+        error, naming the missing module and the install line."""
+        try:
+            yield
+        except ImportError as exc:
+            raise cls(f"this needs the {extra!r} extra ({exc.name} is not installed): "
+                      f"pip install 'distillmark[{extra}]'") from None

@@ -22,8 +22,8 @@ Here the split is a keyed table of ``n_lists`` green lists, and a context select
 Why a table of rows: a green list for a fresh context would cost one PRF call per vocabulary
 entry per generated token (49,152 here), too slow for serving; a row of the precomputed table is
 one memory read. A table of more than 2**26 cells (more than 1,024 lists at V = 49,152) is not
-held whole: generation computes each row it meets (one AES-CTR run of ``V`` values, about
-0.4 ms) and keeps the last 4,096, detection computes one cell per distinct tuple key.
+held whole: generation computes each row it meets (one AES-CTR run of ``V`` values) and
+keeps the last 4,096, detection computes one cell per distinct tuple key.
 
 Why it keeps the test exact: the green bit depends on the context only through
 ``(row, token)``, the *tuple key* (:meth:`GreenList.tuple_keys`). Detection counts each distinct
@@ -42,24 +42,22 @@ docs/schemes/greenlist.md gives the trade-off.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
 
 import numpy as np
 
 from . import prf
-from .context import COMBINES as _COMBINES
-from .context import ContextRows, RowScheme
+from .context import RowParams, RowScheme
 from .errors import ParameterError
+from .sampling import check_logits
 
 __all__ = ["SCHEME_NAME", "GreenList", "GreenListParams"]
 
 SCHEME_NAME = "greenlist"
 _SEEDINGS = ("lefthash", "selfhash")
-_MAX_WIDTH = 8
+_MAX_LISTS = 65536
 # Unique tuple keys above which detection builds the whole table instead of one AES block each.
 _TABLE_THRESHOLD = 262_144
 _TABLE_CHUNK_CELLS = 1 << 24
@@ -71,7 +69,7 @@ _ROW_CACHE = 4096
 
 
 @dataclass(frozen=True)
-class GreenListParams:
+class GreenListParams(RowParams):
     """Parameters of the green-list scheme (validated on construction).
 
     Attributes:
@@ -84,6 +82,8 @@ class GreenListParams:
         top_k: selfhash generation checks this many top candidates per step (as transformers).
     """
 
+    scheme_name = SCHEME_NAME
+
     gamma: float = 0.25
     delta: float = 2.0
     context_width: int = 1
@@ -93,107 +93,42 @@ class GreenListParams:
     top_k: int = 40
 
     def __post_init__(self) -> None:
-        def num(name: str) -> float:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ParameterError(f"`{name}` must be a finite number, got {v!r}")
-            return float(v)
-
-        def integer(name: str) -> int:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ParameterError(f"`{name}` must be an integer, got {v!r}")
-            return v
-
-        if not 0.0 < num("gamma") < 1.0:
-            raise ParameterError(f"`gamma` must be in (0, 1), got {self.gamma}")
-        if not 0 < round(self.gamma * 2.0**32) < 2**32:
-            raise ParameterError(f"`gamma` must be representable at 32-bit precision "
-                                 f"(2**-32 .. 1 - 2**-32), got {self.gamma}")
-        if num("delta") < 0.0:
+        self.check_gamma()
+        if self.number("delta") < 0.0:
             raise ParameterError(f"`delta` must be >= 0, got {self.delta}")
-        if not 0 <= integer("context_width") <= _MAX_WIDTH:
-            raise ParameterError(f"`context_width` must be in 0..{_MAX_WIDTH}, "
-                                 f"got {self.context_width}")
-        if self.seeding not in _SEEDINGS:
-            raise ParameterError(f"`seeding` must be one of {', '.join(_SEEDINGS)}, "
-                                 f"got {self.seeding!r}")
+        self.check_context_width()
+        self.choice("seeding", _SEEDINGS)
         if self.seeding == "selfhash" and self.context_width < 1:
             raise ParameterError("`context_width` must be >= 1 with seeding 'selfhash', got 0")
-        if self.combine not in _COMBINES:
-            raise ParameterError(f"`combine` must be one of {', '.join(_COMBINES)}, "
-                                 f"got {self.combine!r}")
-        n = integer("n_lists")
-        if n < 1 or n > 65536 or n & (n - 1):
-            raise ParameterError(f"`n_lists` must be a power of two in 1..65536, got {n}")
-        if integer("top_k") < 1:
+        self.check_rows(_MAX_LISTS)
+        if self.integer("top_k") < 1:
             raise ParameterError(f"`top_k` must be >= 1, got {self.top_k}")
-        object.__setattr__(self, "gamma", float(self.gamma))
-        object.__setattr__(self, "delta", float(self.delta))
-
-    @classmethod
-    def from_mapping(cls, params: Mapping[str, Any]) -> GreenListParams:
-        unknown = set(params) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ParameterError(f"unknown greenlist parameter(s): {', '.join(sorted(unknown))}")
-        return cls(**dict(params))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        self._store("gamma", float(self.gamma))
+        self._store("delta", float(self.delta))
 
 
-class GreenList(RowScheme):
+class GreenList(RowScheme, name=SCHEME_NAME, params_class=GreenListParams, default_effect=0.65,
+                samples=False, test="binomial"):
     """The green-list scheme for one spec: ``bias`` for generation, tuple keys and green bits for
     detection. Both sides call the same functions, so they cannot drift apart.
 
-    Args:
-        secret: the spec's 32-byte secret.
-        params: :class:`GreenListParams`.
-        vocab_size: ``V``, the size of the token-id space the lists cover.
-        key_id: public id echoed in results.
+    Built as every :class:`~.context.RowScheme`, with :class:`GreenListParams`.
     """
-
-    params_class = GreenListParams
-    name = SCHEME_NAME
-    #: Standardised per-unit effect of fully marked text (power statements only; measured
-    #: on SmolLM2 answers at temperature 0.7, docs/statistics.md).
-    default_effect = 0.65
-    #: Logit bias only: the engine samples (see ``process``).
-    samples = False
-    #: Detection's test (see ``distillmark.verify.nulls``) and its null parameters.
-    test = "binomial"
 
     def __init__(self, secret: bytes, params: GreenListParams, vocab_size: int, *,
                  key_id: str = "") -> None:
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
-            raise ParameterError(f"`vocab_size` must be an integer >= 2, got {vocab_size!r}")
-        self.params = params
-        self.vocab_size = vocab_size
-        self.key_id = key_id
-        self._table_key = prf.derive_subkey(secret, f"{SCHEME_NAME}/table")
-        self._token_key = prf.derive_subkey(secret, f"{SCHEME_NAME}/token-values")
+        super().__init__(secret, params, vocab_size, key_id=key_id,
+                         selfhash=params.seeding == "selfhash")
         self.threshold = round(params.gamma * 2.0**32)
         #: The exact probability that a cell is green: the binomial test's null parameter.
         self.gamma_effective = self.threshold / 2.0**32
         self.test_params = {"p": self.gamma_effective}
-        self.n_rows = 1 if params.context_width == 0 else params.n_lists
-        self.context = ContextRows(self._token_key, vocab_size,
-                                   context_width=params.context_width,
-                                   selfhash=params.seeding == "selfhash",
-                                   combine=params.combine, n_rows=self.n_rows)
 
     # -- keyed tables ------------------------------------------------------------------------
     @property
     def token_values(self) -> np.ndarray:
         """``P``: one keyed uint64 per token id, ``(V,) uint64``."""
         return self.context.token_values
-
-    def rows(self, windows: np.ndarray) -> np.ndarray:
-        """Row (green list) selected by each window: ``(..., w) int -> (...) int64``.
-
-        ``w`` must equal :attr:`window`; ``w = 0`` (unigram) selects row 0.
-        """
-        return self.context.rows(windows)
 
     @property
     def dense(self) -> bool:
@@ -221,13 +156,8 @@ class GreenList(RowScheme):
     def table(self) -> np.ndarray:
         """The green table: ``(n_rows, V) bool``, ``table[r, t]`` = token t green in list r
         (``n_rows * V`` bytes: with many lists, use :meth:`green_row` and :meth:`key_scores`)."""
-        n_cells = self.n_rows * self.vocab_size
-        out = np.empty(n_cells, dtype=bool)
-        for start in range(0, n_cells, _TABLE_CHUNK_CELLS):
-            n = min(_TABLE_CHUNK_CELLS, n_cells - start)
-            np.less(prf.u32_stream(self._table_key, n, start=start), self.threshold,
-                    out=out[start:start + n])
-        return out.reshape(self.n_rows, self.vocab_size)
+        return self.build_table(bool, _TABLE_CHUNK_CELLS, lambda start, n: prf.u32_stream(
+            self._table_key, n, start=start) < self.threshold)
 
     @cached_property
     def delta_table(self) -> np.ndarray:
@@ -239,14 +169,6 @@ class GreenList(RowScheme):
         return self.table.astype(np.float32) * np.float32(self.params.delta)
 
     # -- detection ---------------------------------------------------------------------------
-    def tuple_keys(self, ids: np.ndarray) -> np.ndarray:
-        """Tuple key of every scorable token: ``ids (n,) int -> (max(n - h, 0),) uint64``.
-
-        Entry ``i`` belongs to token ``ids[h + i]``; equal keys mean equal green bits (the same
-        table cell), which is what detection deduplicates on.
-        """
-        return self.context.tuple_keys(ids)
-
     def key_scores(self, keys: np.ndarray) -> np.ndarray:
         """Green bit of each tuple key: ``(n,) uint64 -> (n,) bool``."""
         keys = np.asarray(keys, dtype=np.uint64)
@@ -273,15 +195,8 @@ class GreenList(RowScheme):
         last ``h`` are read. ``W`` may exceed ``V`` (padded logits): columns ``>= V`` are left as
         they are. With fewer than ``h`` context tokens the step is left unwatermarked.
         """
-        logits = np.asarray(logits)
-        contexts = np.asarray(contexts, dtype=np.int64)
-        if logits.ndim != 2 or contexts.ndim != 2 or contexts.shape[0] != logits.shape[0]:
-            raise ParameterError(f"`logits` must be (B, W) and `contexts` (B, c), got "
-                                 f"{logits.shape} and {contexts.shape}")
         V = self.vocab_size
-        if logits.shape[1] < V:
-            raise ParameterError(f"logits width {logits.shape[1]} is smaller than the spec's "
-                                 f"vocab_size {V} (wrong model or tokenizer?)")
+        logits, contexts = check_logits(logits, contexts, V)
         out = np.array(logits, dtype=np.result_type(logits.dtype, np.float32), copy=True)
         h = self.context_width
         if contexts.shape[1] < h or self.params.delta == 0.0:
@@ -325,6 +240,11 @@ class GreenList(RowScheme):
                 np.add(logits[b, :V], table[row_of(win)], out=logits[b, :V])
             else:
                 np.add(logits[b, :V], d, out=logits[b, :V], where=self.green_row(row_of(win)))
+
+    def in_place_bias(self) -> GreenList:
+        """The scheme itself: engines add its bias to their logits in place (:meth:`bias_`,
+        or on the logits' device), not through :meth:`process`."""
+        return self
 
     def process(self, logits: np.ndarray, contexts: np.ndarray, *, prompt_width: int = 0,
                 temperature: float = 1.0, top_p: float = 1.0) -> np.ndarray:

@@ -54,33 +54,26 @@ tokens the step uses row 0 (such tokens are never scored: detection starts after
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 
 from . import prf
-from .context import COMBINES as _COMBINES
-from .context import ContextRows, RowScheme
+from .context import RowParams, RowScheme
 from .errors import ParameterError
+from .sampling import check_logits, nucleus
 
 __all__ = ["SCHEME_NAME", "Gumbel", "GumbelParams", "uniforms_from_u64"]
 
 SCHEME_NAME = "gumbel"
-_MAX_WIDTH = 8
 _MAX_LISTS = 4096
 _TABLE_CHUNK_CELLS = 1 << 22
-# Detection: above this many tuple keys, stream the table's cells in bulk instead of one AES
-# block per key.
-_BULK_THRESHOLD = 262_144
 # Generation without a table: steps whose distribution has at most this many tokens.
 _DIRECT_SUPPORT = 4096
 # Relative slack of the float32 candidate search (float32 rounding is at most 2**-24).
 _CANDIDATE_SLACK = 2.0 ** -20
-# top-p: most likely tokens examined before falling back to sorting the whole vocabulary.
-_NUCLEUS_SCAN = 1024
 _TWO_M53 = 2.0 ** -53
 
 
@@ -93,19 +86,8 @@ def uniforms_from_u64(u: np.ndarray) -> np.ndarray:
     return (2.0 * k + 1.0) * _TWO_M53
 
 
-def _u64_at(subkey: bytes, index: np.ndarray) -> np.ndarray:
-    """Random access into the keyed ``uint64`` stream: ``index (n,) -> (n,) uint64``.
-
-    Element ``i`` of the little-endian ``uint64`` view is ``uint32`` elements ``2i`` (low half)
-    and ``2i + 1`` (high half).
-    """
-    idx = np.asarray(index, dtype=np.uint64).ravel() * np.uint64(2)
-    halves = prf.u32_at(subkey, np.concatenate([idx, idx + np.uint64(1)])).astype(np.uint64)
-    return halves[:idx.size] | (halves[idx.size:] << np.uint64(32))
-
-
 @dataclass(frozen=True)
-class GumbelParams:
+class GumbelParams(RowParams):
     """Parameters of the Gumbel-max scheme (validated on construction).
 
     Attributes:
@@ -117,106 +99,43 @@ class GumbelParams:
             (ties kept) before softmax; 0 keeps all.
     """
 
+    scheme_name = SCHEME_NAME
+
     context_width: int = 2
     combine: str = "hash"
     n_lists: int = 256
     top_k: int = 0
 
     def __post_init__(self) -> None:
-        def integer(name: str) -> int:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ParameterError(f"`{name}` must be an integer, got {v!r}")
-            return v
-
-        if not 0 <= integer("context_width") <= _MAX_WIDTH:
-            raise ParameterError(f"`context_width` must be in 0..{_MAX_WIDTH}, "
-                                 f"got {self.context_width}")
-        if self.combine not in _COMBINES:
-            raise ParameterError(f"`combine` must be one of {', '.join(_COMBINES)}, "
-                                 f"got {self.combine!r}")
-        n = integer("n_lists")
-        if n < 1 or n > _MAX_LISTS or n & (n - 1):
-            raise ParameterError(f"`n_lists` must be a power of two in 1..{_MAX_LISTS}, got {n}")
-        if integer("top_k") < 0:
+        self.check_context_width()
+        self.check_rows(_MAX_LISTS)
+        if self.integer("top_k") < 0:
             raise ParameterError(f"`top_k` must be >= 0 (0 = off), got {self.top_k}")
 
-    @classmethod
-    def from_mapping(cls, params: Mapping[str, Any]) -> GumbelParams:
-        unknown = set(params) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ParameterError(f"unknown gumbel parameter(s): {', '.join(sorted(unknown))}")
-        return cls(**dict(params))
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class Gumbel(RowScheme):
+class Gumbel(RowScheme, name=SCHEME_NAME, params_class=GumbelParams, default_effect=0.8,
+             samples=True, test="gamma"):
     """The Gumbel-max scheme for one spec: keyed sampling for generation, tuple keys and keyed
-    uniforms for detection, from the same functions.
+    uniforms for detection, from the same functions. ``process`` returns the chosen token (0
+    there, -inf elsewhere): the engine must sample that distribution as it is (temperature 1,
+    no other warper).
 
-    Args:
-        secret: the spec's 32-byte secret.
-        params: :class:`GumbelParams`.
-        vocab_size: ``V``, the size of the token-id space.
-        key_id: public id echoed in results.
+    Built as every :class:`~.context.RowScheme`, with :class:`GumbelParams`.
     """
-
-    params_class = GumbelParams
-    name = SCHEME_NAME
-    #: Standardised per-unit effect of fully marked text (power statements only; measured
-    #: on SmolLM2 answers at temperature 0.7, docs/statistics.md).
-    default_effect = 0.8
-    #: ``process`` returns the chosen token (0 there, -inf elsewhere): the engine must sample
-    #: that distribution as it is (temperature 1, no other warper).
-    samples = True
-    #: Detection's test (see ``distillmark.verify.nulls``); it has no null parameters.
-    test = "gamma"
 
     def __init__(self, secret: bytes, params: GumbelParams, vocab_size: int, *,
                  key_id: str = "") -> None:
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
-            raise ParameterError(f"`vocab_size` must be an integer >= 2, got {vocab_size!r}")
-        self.params = params
-        self.vocab_size = vocab_size
-        self.key_id = key_id
+        super().__init__(secret, params, vocab_size, key_id=key_id)
         self.test_params: dict[str, Any] = {}
-        self._table_key = prf.derive_subkey(secret, f"{SCHEME_NAME}/table")
-        self._token_key = prf.derive_subkey(secret, f"{SCHEME_NAME}/token-values")
-        self.n_rows = 1 if params.context_width == 0 else params.n_lists
-        self.context = ContextRows(self._token_key, vocab_size,
-                                   context_width=params.context_width, selfhash=False,
-                                   combine=params.combine, n_rows=self.n_rows)
 
     # -- keyed values ------------------------------------------------------------------------
     def uniforms(self, cells: np.ndarray) -> np.ndarray:
         """Exact keyed uniforms of table cells ``row * V + token``: ``(n,) int -> (n,) float64``.
 
-        One AES block pair per cell; above a few hundred thousand cells the stream is read in
+        One AES block per cell; above a few hundred thousand cells the stream is read in
         bulk instead (same values).
         """
-        cells = np.asarray(cells, dtype=np.uint64).ravel()
-        if cells.size and int(cells.max()) >= self.n_rows * self.vocab_size:
-            raise ParameterError(f"cell {int(cells.max())} is outside the table of "
-                                 f"{self.n_rows} x {self.vocab_size} cells")
-        if cells.size <= _BULK_THRESHOLD:
-            return uniforms_from_u64(_u64_at(self._table_key, cells))
-        order = np.argsort(cells, kind="stable")
-        srt = cells[order]
-        out = np.empty(cells.size, dtype=np.float64)
-        lo, n_cells = 0, self.n_rows * self.vocab_size
-        for start in range(0, n_cells, _TABLE_CHUNK_CELLS):
-            stop = min(n_cells, start + _TABLE_CHUNK_CELLS)
-            hi = int(np.searchsorted(srt, np.uint64(stop), side="left"))
-            if hi > lo:
-                u = prf.u64_stream(self._table_key, stop - start, start=start)
-                out[order[lo:hi]] = uniforms_from_u64(u[(srt[lo:hi] - np.uint64(start))
-                                                        .astype(np.intp)])
-            lo = hi
-            if lo == srt.size:
-                break
-        return out
+        return uniforms_from_u64(self.table_values(cells))
 
     @cached_property
     def table(self) -> np.ndarray:
@@ -224,24 +143,10 @@ class Gumbel(RowScheme):
 
         Built on first use (``n_rows * V * 4`` bytes); detection never needs it.
         """
-        n_cells = self.n_rows * self.vocab_size
-        out = np.empty(n_cells, dtype=np.float32)
-        for start in range(0, n_cells, _TABLE_CHUNK_CELLS):
-            n = min(_TABLE_CHUNK_CELLS, n_cells - start)
-            r = uniforms_from_u64(prf.u64_stream(self._table_key, n, start=start))
-            np.negative(np.log(r), out=r)
-            out[start:start + n] = r
-        return out.reshape(self.n_rows, self.vocab_size)
+        return self.build_table(np.float32, _TABLE_CHUNK_CELLS, lambda start, n: -np.log(
+            uniforms_from_u64(prf.u64_stream(self._table_key, n, start=start))))
 
     # -- detection ---------------------------------------------------------------------------
-    def tuple_keys(self, ids: np.ndarray) -> np.ndarray:
-        """Tuple key (table cell) of every scorable token: ``ids (n,) -> (max(n - h, 0),) uint64``.
-
-        Entry ``i`` belongs to token ``ids[h + i]``; equal keys are the same cell, the same
-        uniform, which is what detection deduplicates on.
-        """
-        return self.context.tuple_keys(ids)
-
     def key_scores(self, keys: np.ndarray) -> np.ndarray:
         """Keyed uniform ``r`` of each tuple key: ``(n,) uint64 -> (n,) float64`` in (0, 1)."""
         return self.uniforms(keys)
@@ -280,10 +185,10 @@ class Gumbel(RowScheme):
         p /= p.sum(axis=1, keepdims=True)
         if top_p < 1.0:
             for b in range(p.shape[0]):
-                nucleus = _nucleus(p[b], top_p)
-                kept = p[b, nucleus]
+                keep = nucleus(p[b], top_p)
+                kept = p[b, keep]
                 p[b] = 0.0
-                p[b, nucleus] = kept / kept.sum()
+                p[b, keep] = kept / kept.sum()
         return p
 
     def context_rows(self, contexts: np.ndarray) -> np.ndarray:
@@ -340,15 +245,8 @@ class Gumbel(RowScheme):
         Temperature 0 chooses the largest logit (greedy, no watermark). ``prompt_width`` is
         not used: every generated step is watermarked.
         """
-        logits = np.asarray(logits)
-        contexts = np.asarray(contexts)
-        if logits.ndim != 2 or contexts.ndim != 2 or contexts.shape[0] != logits.shape[0]:
-            raise ParameterError(f"`logits` must be (B, W) and `contexts` (B, c), got "
-                                 f"{logits.shape} and {contexts.shape}")
         V = self.vocab_size
-        if logits.shape[1] < V:
-            raise ParameterError(f"logits width {logits.shape[1]} is smaller than the spec's "
-                                 f"vocab_size {V} (wrong model or tokenizer?)")
+        logits, contexts = check_logits(logits, contexts, V)
         _check_sampling(temperature, top_p, allow_zero=True)
         if temperature == 0.0:
             if np.isnan(logits[:, :V]).any():
@@ -360,28 +258,6 @@ class Gumbel(RowScheme):
         out = np.full(logits.shape, -np.inf, dtype=np.result_type(logits.dtype, np.float32))
         out[np.arange(logits.shape[0]), choice] = 0.0
         return out
-
-
-def _nucleus(p: np.ndarray, top_p: float) -> np.ndarray:
-    """Token ids of the nucleus of ``p (V,) float64``: the most likely tokens (ties: lower id
-    first) up to and including the one at which their mass reaches ``top_p``.
-
-    Looks at the ``_NUCLEUS_SCAN`` most likely tokens first and sorts the whole vocabulary only
-    when the nucleus may extend beyond them; both give the same set.
-    """
-    V = p.size
-    if V > _NUCLEUS_SCAN:
-        part = np.sort(np.argpartition(-p, _NUCLEUS_SCAN - 1)[:_NUCLEUS_SCAN])
-        order = part[np.argsort(-p[part], kind="stable")]
-        sp = p[order]
-        n_keep = int(np.count_nonzero(np.cumsum(sp) - sp < top_p))
-        # every token outside the scanned set has p <= sp[-1]: certain if the last kept token
-        # is strictly more likely than that
-        if n_keep < sp.size and sp[n_keep - 1] > sp[-1]:
-            return order[:n_keep]
-    order = np.argsort(-p, kind="stable")
-    sp = p[order]
-    return order[:int(np.count_nonzero(np.cumsum(sp) - sp < top_p))]
 
 
 def _check_sampling(temperature: float, top_p: float, *, allow_zero: bool) -> None:

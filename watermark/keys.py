@@ -1,16 +1,16 @@
 """Watermark specs: the secret key, the scheme and its parameters, the tokenizer it is bound to.
 
-A spec is a small JSON file (mode 0600)::
+A spec is a small JSON file (mode 0600, written atomically)::
 
     {"distillmark_spec": 1, "key_id": "dmk-3f9c0a...", "secret": "<base64, 32 bytes>",
      "scheme": "greenlist", "params": {...},
      "tokenizer": {"source": "builtin:smollm2-135m-instruct", "sha256": "...", "vocab_size": 49152},
-     "created": "2026-11-28T21:00:00Z"}
+     "created": "2026-11-28T21:00:00Z", "accounts": {"gamma": 0.25, "delta": 2.0}}
 
 ``key_id`` is public: a one-way function of the secret (HKDF label ``key-id``), safe to print and
 to put in reports. The secret itself never appears in ``repr``, logs, ``--json`` output or
-reports. Per-account specs (for attribution) are derived from a master spec with HKDF
-(:func:`derive_account_spec`); they record the account id and the master's key id.
+reports. ``accounts``, when present, is the key's account layer: answers served for accounts
+carry it on top of the key's own mark (:mod:`.accounts`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import secrets as _secrets
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,14 +28,15 @@ from typing import Any
 
 from .accounts import AccountLayerParams
 from .errors import ParameterError, SpecError
+from .files import atomic_write, decode_json, read_bounded
 from .prf import derive_subkey
+from .registry import secret_params, validate_params
 from .tokenizer import TokenizerInfo
 
 __all__ = [
     "SECRET_BYTES",
     "SPEC_VERSION",
     "WatermarkSpec",
-    "derive_account_spec",
     "key_id_of",
     "load_spec",
     "new_spec",
@@ -47,6 +46,8 @@ __all__ = [
 SPEC_VERSION = 1
 SECRET_BYTES = 32
 _FORMAT_FIELD = "distillmark_spec"
+#: A spec is a few hundred bytes; a file larger than this is not one.
+_MAX_SPEC_BYTES = 1 << 20
 
 
 def key_id_of(secret: bytes) -> str:
@@ -64,8 +65,6 @@ class WatermarkSpec:
         params: the scheme's parameters, validated by the scheme.
         tokenizer: the tokenizer the token ids refer to.
         key_id: public id derived from ``secret``.
-        account_id: set for a per-account spec derived from a master spec.
-        parent_key_id: the master's key id, for a per-account spec.
         created: ISO-8601 UTC time of creation.
         accounts: the account layer answers served for accounts carry on top of the scheme's
             own mark (docs/schemes/accounts.md); None: the key names no account.
@@ -76,8 +75,6 @@ class WatermarkSpec:
     params: Mapping[str, Any]
     tokenizer: TokenizerInfo
     key_id: str = ""
-    account_id: str | None = None
-    parent_key_id: str | None = None
     created: str = ""
     accounts: AccountLayerParams | None = None
 
@@ -92,8 +89,6 @@ class WatermarkSpec:
                             "(the spec was edited or corrupted)")
         if not self.created:
             object.__setattr__(self, "created", _now())
-        from .registry import validate_params
-
         object.__setattr__(self, "params", validate_params(self.scheme, self.params))
         if self.accounts is not None and (self.scheme != "greenlist"
                                           or self.params.get("seeding") != "lefthash"):
@@ -106,8 +101,7 @@ class WatermarkSpec:
         pub = self.public_dict()
         return (f"WatermarkSpec(scheme={self.scheme!r}, params={pub['params']!r}, "
                 f"tokenizer={self.tokenizer!r}, key_id={self.key_id!r}, "
-                f"account_id={self.account_id!r}, parent_key_id={self.parent_key_id!r}, "
-                f"created={self.created!r})")
+                f"created={self.created!r}, accounts={self.accounts!r})")
 
     @property
     def vocab_size(self) -> int:
@@ -120,8 +114,6 @@ class WatermarkSpec:
         ``keys``: the scheme's ``secret_params``) have those params shown as ``"<secret>"``:
         for them the params ARE the secret, and the 32-byte ``secret`` keys nothing.
         """
-        from .registry import secret_params
-
         hidden = secret_params(self.scheme)
         d: dict[str, Any] = {
             "key_id": self.key_id,
@@ -129,9 +121,6 @@ class WatermarkSpec:
             "params": {k: "<secret>" if k in hidden else v for k, v in self.params.items()},
             "tokenizer": self.tokenizer.to_dict(),
         }
-        if self.account_id is not None:
-            d["account_id"] = self.account_id
-            d["parent_key_id"] = self.parent_key_id
         if self.accounts is not None:
             d["accounts"] = self.accounts.to_dict()
         return d
@@ -142,8 +131,6 @@ class WatermarkSpec:
                              "secret": base64.b64encode(self.secret).decode("ascii"),
                              "scheme": self.scheme, "params": dict(self.params),
                              "tokenizer": self.tokenizer.to_dict(), "created": self.created}
-        if self.account_id is not None:
-            d["account"] = {"id": self.account_id, "parent_key_id": self.parent_key_id}
         if self.accounts is not None:
             d["accounts"] = self.accounts.to_dict()
         return json.dumps(d, indent=2) + "\n"
@@ -164,30 +151,6 @@ def new_spec(scheme: str, params: Mapping[str, Any], tokenizer: TokenizerInfo, *
                          accounts=accounts)
 
 
-def derive_account_spec(master: WatermarkSpec, account_id: str) -> WatermarkSpec:
-    """The spec of one account, derived from the master's secret with HKDF.
-
-    Deterministic: the same master and account id always give the same spec, so an investigator
-    holding the master can re-derive every account's key. Accounts' keys are independent of each
-    other to anyone without the master secret.
-    """
-    if not isinstance(account_id, str) or not account_id or len(account_id) > 256:
-        raise SpecError(f"`account_id` must be a non-empty string of at most 256 characters, "
-                        f"got {account_id!r}")
-    if master.account_id is not None:
-        raise SpecError(f"spec {master.key_id} is already an account spec; derive from the master")
-    from .registry import secret_params
-
-    if secret_params(master.scheme):
-        raise SpecError(f"scheme {master.scheme!r} is keyed by its params, not by the spec's "
-                        "secret: derived accounts would all carry the same watermark; make one "
-                        "key per account with its own params instead")
-    secret = derive_subkey(master.secret, "account/" + account_id, length=SECRET_BYTES)
-    return WatermarkSpec(secret=secret, scheme=master.scheme, params=master.params,
-                         tokenizer=master.tokenizer, account_id=account_id,
-                         parent_key_id=master.key_id)
-
-
 def save_spec(spec: WatermarkSpec, path: str | Path, *, overwrite: bool = False) -> Path:
     """Write a spec atomically with mode 0600. Refuses to replace a file unless ``overwrite``."""
     path = Path(path)
@@ -198,17 +161,8 @@ def save_spec(spec: WatermarkSpec, path: str | Path, *, overwrite: bool = False)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise SpecError(f"directory {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".distillmark-key-", dir=parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(spec.to_json())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, mode=0o600) as fh:
+        fh.write(spec.to_json())
     return path
 
 
@@ -228,12 +182,9 @@ def load_spec(path: str | Path) -> WatermarkSpec:
     where = f"key file {path}"
     if path.is_dir():
         raise SpecError(f"{where} is a directory, not a key file")
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise SpecError(f"{where} does not exist (make one with `distillmark keygen`)") from None
-    except OSError as exc:
-        raise SpecError(f"{where} cannot be read: {exc.strerror}") from None
+    if not path.exists():
+        raise SpecError(f"{where} does not exist (make one with `distillmark keygen`)")
+    raw = read_bounded(path, _MAX_SPEC_BYTES, what=where, error=SpecError)
     try:
         mode = path.stat().st_mode & 0o077
     except OSError:
@@ -241,13 +192,7 @@ def load_spec(path: str | Path) -> WatermarkSpec:
     if mode:
         warnings.warn(f"{where} is readable by other users (mode {oct(path.stat().st_mode & 0o777)});"
                       " chmod 600 it", stacklevel=2)
-    try:
-        d = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"{where} is not UTF-8 (byte offset {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} "
-                        f"column {exc.colno}") from None
+    d = decode_json(raw, what=where, error=SpecError)
     if not isinstance(d, dict):
         raise SpecError(f"{where} must hold a JSON object")
     if _FORMAT_FIELD not in d:
@@ -276,16 +221,12 @@ def load_spec(path: str | Path) -> WatermarkSpec:
             layer = AccountLayerParams.from_mapping(d["accounts"])
         except (ParameterError, TypeError) as exc:
             raise SpecError(f"{where}: field 'accounts': {exc}") from None
-    account = d.get("account")
-    account_id = parent = None
-    if account is not None:
-        if not isinstance(account, dict):
-            raise SpecError(f"{where}: field 'account' must be an object")
-        account_id = _require(account, "id", str, where + " account")
-        parent = _require(account, "parent_key_id", str, where + " account")
+    if "account" in d:
+        raise SpecError(f"{where} is a per-account key derived from a master key; accounts are "
+                        "now a layer of the master key itself (docs/schemes/accounts.md): serve "
+                        "and attribute with the master key")
     try:
         return WatermarkSpec(secret=secret, scheme=scheme, params=params, tokenizer=tokenizer,
-                             key_id=key_id, account_id=account_id, parent_key_id=parent,
-                             created=str(d.get("created", "")), accounts=layer)
+                             key_id=key_id, created=str(d.get("created", "")), accounts=layer)
     except SpecError as exc:
         raise SpecError(f"{where}: {exc}") from None

@@ -2,10 +2,13 @@
 
 llama-cpp-python calls ``processor(input_ids, scores)`` once per generated token with
 ``input_ids: (n,) intc`` (prompt and generated tokens so far) and ``scores: (n_vocab,) float32``;
-:class:`LlamaCppWatermark` returns ``scheme.bias`` of them, the same numpy code that defines the
-watermark for every engine. Works for any
+:class:`LlamaCppWatermark` returns them watermarked by the same numpy code that defines the
+watermark for every engine: ``scheme.process(scores, input_ids, ...)``, or for the green list
+(the scheme ``in_place_bias`` returns) its bias from the last ``h`` tokens alone, added in place
+(lefthash, ``bias_``) or to a copy (selfhash, ``bias``), with the same result. A sampling
+scheme's output is a distribution that llama.cpp then samples as it is. Works for any
 ``Llama.create_completion(..., logits_processor=LogitsProcessorList([proc]))`` call as well as
-for :func:`generate` here.
+for :func:`LlamaCppModel.generate` here.
 """
 
 from __future__ import annotations
@@ -18,24 +21,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .engines import Completion, Prompt, TextCallback, messages_of, plain_prompt_text, prompt_label
-from .errors import (
-    InputError,
-    MissingDependencyError,
-    ModelNotFoundError,
-    ParameterError,
-    TokenizerMismatchError,
+from .engine_types import (
+    Completion,
+    Prompt,
+    TextCallback,
+    WatermarkHook,
+    check_generate_args,
+    prompt_label,
+    prompt_text,
 )
-from .greenlist import GreenList
+from .errors import MissingDependencyError, ModelNotFoundError, TokenizerMismatchError
 
-try:
+with MissingDependencyError.for_extra("llama"):
     import llama_cpp
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise MissingDependencyError(f"this needs the 'llama' extra ({exc.name} is not installed): "
-                                 "pip install 'distillmark[llama]'") from None
 
 if TYPE_CHECKING:
     from .keys import WatermarkSpec
+    from .registry import Scheme
 
 __all__ = ["LlamaCppModel", "LlamaCppWatermark", "load_model"]
 
@@ -45,33 +47,24 @@ _PROBE = ("The quick brown fox jumps over 13 lazy dogs; naïve café, Straße, �
           "привет мир. def f(x):\n    return x ** 2  # ok\n\n\tTabs, URLs http://a.b/c?d=1.")
 
 
-class LlamaCppWatermark:
-    """``logits_processor`` for llama-cpp-python that adds the scheme's watermark bias."""
-
-    def __init__(self, scheme: Any, *, temperature: float = 1.0, top_p: float = 1.0) -> None:
-        if not hasattr(scheme, "process"):
-            raise ParameterError(f"`scheme` must be a distillmark scheme, got "
-                                 f"{type(scheme).__name__}")
-        self.scheme = scheme
-        self.temperature = temperature
-        self.top_p = top_p
-        self._prompt_width: int | None = None
+class LlamaCppWatermark(WatermarkHook):
+    """``logits_processor`` for llama-cpp-python that applies the scheme's watermark."""
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """``input_ids: (n,) intc``, ``scores: (n_vocab,) float32`` -> ``(n_vocab,) float32``."""
-        s = self.scheme
-        if isinstance(s, GreenList) and s.params.seeding == "lefthash":
-            h = s.context_width
+        s, g = self.scheme, self._bias
+        if g is not None and g.params.seeding == "lefthash":
+            h = g.context_width
             if len(input_ids) < h:
                 return scores
             out = scores if scores.flags.writeable else scores.copy()
-            s.bias_(out[None, :], [input_ids[len(input_ids) - h:].tolist() if h else []])
+            g.bias_(out[None, :], [input_ids[len(input_ids) - h:].tolist() if h else []])
             return out
-        if isinstance(s, GreenList):  # only the last h tokens matter: skip the full copy
-            h = s.context_width
+        if g is not None:  # selfhash: only the last h tokens matter, skip the full copy
+            h = g.context_width
             ctx = np.asarray(input_ids[len(input_ids) - h:] if h else input_ids[:0],
                              dtype=np.int64)[None, :]
-            return s.bias(scores[None, :], ctx)[0].astype(np.float32, copy=False)
+            return g.bias(scores[None, :], ctx)[0].astype(np.float32, copy=False)
         if self._prompt_width is None or len(input_ids) < self._prompt_width:
             self._prompt_width = len(input_ids)  # a new prompt: llama.cpp restarted
         V = s.vocab_size
@@ -79,7 +72,7 @@ class LlamaCppWatermark:
         out[:V] = s.process(scores[None, :V], np.asarray(input_ids, dtype=np.int64)[None, :],
                             prompt_width=self._prompt_width, temperature=self.temperature,
                             top_p=self.top_p)[0]
-        if out.size > V and getattr(s, "samples", False):
+        if out.size > V and s.samples:
             out[V:] = -np.inf
         return out
 
@@ -93,7 +86,7 @@ class LlamaCppModel:
     chat_template: str | None
     engine: str = field(default="llama.cpp")
     #: llama.cpp's top-k (its default, 40); 0 samples the whole vocabulary, which makes
-    #: llama.cpp sort all logits at every step (about half its speed here).
+    #: llama.cpp sort all logits at every step.
     top_k: int = 40
 
     @property
@@ -121,14 +114,15 @@ class LlamaCppModel:
 
     def _prompt_text(self, prompt: Prompt) -> str:
         if not self.chat_template:
-            return plain_prompt_text(prompt)
+            return prompt_text(prompt, None)
         import jinja2
 
         env = jinja2.Environment(loader=jinja2.BaseLoader(), autoescape=False)
-        return env.from_string(self.chat_template).render(
-            messages=messages_of(prompt), add_generation_prompt=True)
+        template = env.from_string(self.chat_template)
+        return prompt_text(prompt, lambda messages: template.render(
+            messages=messages, add_generation_prompt=True))
 
-    def generate(self, prompts: Sequence[Prompt], *, scheme: Any | None,
+    def generate(self, prompts: Sequence[Prompt], *, scheme: Scheme | None,
                  max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
                  batch_size: int = 1, seed: int | None = None,
                  on_text: TextCallback | None = None) -> list[Completion]:
@@ -141,14 +135,9 @@ class LlamaCppModel:
         accepted for interface parity and ignored. Temperature 0 is greedy. ``on_text(i,
         text)`` is called after each new token of answer ``i``.
         """
-        if not prompts:
-            raise InputError("no prompts given")
-        if max_new_tokens < 1:
-            raise ParameterError(f"`max_new_tokens` must be >= 1, got {max_new_tokens}")
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise ParameterError(f"need temperature >= 0 and 0 < top_p <= 1, got "
-                                 f"{temperature}, {top_p}")
-        sampling = scheme is not None and getattr(scheme, "samples", False)
+        check_generate_args(prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                            top_p=top_p)
+        sampling = scheme is not None and scheme.samples
         eog = self._eog
         out: list[Completion] = []
         for i, prompt in enumerate(prompts):

@@ -14,8 +14,8 @@ Every keyed value in distillmark is a position in an AES-256-CTR keystream:
   is bytes ``4i .. 4i+3``, element ``i`` of the ``uint64`` view is bytes ``8i .. 8i+7``.
 
 So a keyed table is a *random-access* pseudo-random function of its index: one entry can be
-computed alone (:func:`u32_at`, one AES block) or a whole table in bulk (:func:`u32_stream`,
-about 1 GB/s here), and both give the same numbers.
+computed alone (:func:`u32_at`, :func:`u64_at`: one AES block) or a whole table in bulk
+(:func:`u32_stream`, :func:`u64_stream`), and both give the same numbers.
 
 Security argument: AES-256 is a pseudo-random permutation; in counter mode with distinct
 counter blocks its output is indistinguishable from uniform random bytes to anyone who does not
@@ -45,13 +45,19 @@ __all__ = [
     "keystream",
     "u32_at",
     "u32_stream",
+    "u64_at",
     "u64_stream",
+    "u64_take",
 ]
 
 #: Every HKDF ``info`` label starts with this; the version changes if the derivation does.
 LABEL_PREFIX = b"distillmark/v1/"
 
 _BLOCK = 16
+# u64_take: random access up to this many elements; above, the stream read in chunks of
+# _TAKE_CHUNK elements.
+_TAKE_RANDOM_ACCESS = 262_144
+_TAKE_CHUNK = 1 << 22
 
 
 def derive_subkey(secret: bytes, label: str, *, length: int = 32) -> bytes:
@@ -93,23 +99,60 @@ def u64_stream(subkey: bytes, n: int, *, start: int = 0) -> np.ndarray:
     return np.frombuffer(raw, dtype="<u8", count=n, offset=skip).astype(np.uint64, copy=False)
 
 
+def _words_at(subkey: bytes, index: np.ndarray, width: int) -> np.ndarray:
+    """Elements ``index (n,)`` of the stream read as little-endian unsigned integers of
+    ``width`` bytes (4 or 8): one AES-256 block (``AES_k(counter)``, as in CTR mode) each."""
+    if len(subkey) != 32:
+        raise ParameterError(f"`subkey` must be 32 bytes, got {len(subkey)}")
+    per_block = _BLOCK // width
+    idx = np.asarray(index, dtype=np.uint64).ravel()
+    counters = np.zeros((idx.size, 2), dtype=">u8")
+    counters[:, 1] = idx // np.uint64(per_block)
+    enc = Cipher(algorithms.AES(subkey), modes.ECB()).encryptor()
+    raw = enc.update(counters.tobytes()) + enc.finalize()
+    words = np.frombuffer(raw, dtype=f"<u{width}").reshape(idx.size, per_block)
+    pick = (idx % np.uint64(per_block)).astype(np.intp)
+    return words[np.arange(idx.size), pick].astype(f"u{width}")
+
+
 def u32_at(subkey: bytes, index: np.ndarray) -> np.ndarray:
     """Random access into the keyed ``uint32`` stream: ``index (n,) int -> (n,) uint32``.
 
     Equal to ``u32_stream(subkey, N)[index]`` for any ``N > max(index)``, at the cost of one AES
     block per element instead of the whole prefix of the stream.
     """
-    if len(subkey) != 32:
-        raise ParameterError(f"`subkey` must be 32 bytes, got {len(subkey)}")
+    return _words_at(subkey, index, 4)
+
+
+def u64_at(subkey: bytes, index: np.ndarray) -> np.ndarray:
+    """Random access into the keyed ``uint64`` stream: ``index (n,) int -> (n,) uint64``.
+
+    Equal to ``u64_stream(subkey, N)[index]`` for any ``N > max(index)``, at the cost of one AES
+    block per element instead of the whole prefix of the stream.
+    """
+    return _words_at(subkey, index, 8)
+
+
+def u64_take(subkey: bytes, index: np.ndarray) -> np.ndarray:
+    """``u64_stream(subkey, N)[index]`` for any ``N > max(index)``: ``(n,) int -> (n,) uint64``.
+
+    :func:`u64_at` for up to a few hundred thousand elements; for more, the stream itself is
+    read, in chunks of ``2**22`` elements and only the chunks that hold an index (same values).
+    """
     idx = np.asarray(index, dtype=np.uint64).ravel()
-    if idx.size == 0:
-        return np.zeros(0, dtype=np.uint32)
-    blocks = np.zeros((idx.size, 2), dtype=">u8")
-    blocks[:, 1] = idx >> np.uint64(2)
-    enc = Cipher(algorithms.AES(subkey), modes.ECB()).encryptor()
-    out = np.frombuffer(enc.update(blocks.tobytes()) + enc.finalize(), dtype="<u4")
-    out = out.reshape(idx.size, 4)
-    return out[np.arange(idx.size), (idx & np.uint64(3)).astype(np.intp)].astype(np.uint32)
+    if idx.size <= _TAKE_RANDOM_ACCESS:
+        return u64_at(subkey, idx)
+    order = np.argsort(idx, kind="stable")
+    srt = idx[order]
+    out = np.empty(idx.size, dtype=np.uint64)
+    lo = 0
+    while lo < srt.size:
+        start = int(srt[lo]) // _TAKE_CHUNK * _TAKE_CHUNK
+        hi = int(np.searchsorted(srt, np.uint64(start + _TAKE_CHUNK), side="left"))
+        chunk = u64_stream(subkey, int(srt[hi - 1]) - start + 1, start=start)
+        out[order[lo:hi]] = chunk[(srt[lo:hi] - np.uint64(start)).astype(np.intp)]
+        lo = hi
+    return out
 
 
 _M1 = np.uint64(0xFF51AFD7ED558CCD)

@@ -1,26 +1,26 @@
-"""Scheme names -> implementations. Specs name a scheme; this turns the name into the object."""
+"""Scheme names -> implementations. Specs name a scheme; this turns the name into the object.
+
+The registry sits above the schemes and below the specs (:mod:`.keys`), which validate their
+params here; it reads a spec only through :class:`~.params.SchemeSource`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
+from .context import RowScheme
 from .dipmark import DiPmark, DiPmarkParams
 from .errors import ParameterError, SpecError
 from .greenlist import GreenList, GreenListParams
 from .gumbel import Gumbel, GumbelParams
+from .params import SchemeParams, SchemeSource
 from .tournament import Tournament, TournamentParams
-from .transformers_compat import (
-    TransformersKGW,
-    TransformersKGWParams,
-    TransformersSynthID,
-    TransformersSynthIDParams,
-)
-
-if TYPE_CHECKING:
-    from .keys import WatermarkSpec
+from .transformers_common import TransformersScheme
+from .transformers_kgw import TransformersKGW, TransformersKGWParams
+from .transformers_synthid import TransformersSynthID, TransformersSynthIDParams
 
 __all__ = ["SCHEMES", "Scheme", "scheme_for", "validate_params"]
 
@@ -52,9 +52,19 @@ class Scheme(Protocol):
     def process(self, logits: np.ndarray, contexts: np.ndarray, *, prompt_width: int = ...,
                 temperature: float = ..., top_p: float = ...) -> np.ndarray: ...
 
+    def in_place_bias(self) -> GreenList | None:
+        """The scheme as a green-list bias that an engine may add to its logits in place, on
+        their own device and without the numpy round trip of :meth:`process` (the same
+        result): the :class:`GreenList` itself; None for every other scheme, which engines
+        drive through :meth:`process`."""
+
+
+#: A scheme class: every one derives from one of the two bases.
+SchemeClass = type[RowScheme] | type[TransformersScheme]
 
 #: Scheme name -> (parameter class, scheme class).
-SCHEMES: dict[str, tuple[type, type]] = {"greenlist": (GreenListParams, GreenList)}
+SCHEMES: dict[str, tuple[type[SchemeParams], SchemeClass]] = {
+    "greenlist": (GreenListParams, GreenList)}
 SCHEMES["gumbel"] = (GumbelParams, Gumbel)
 SCHEMES["tournament"] = (TournamentParams, Tournament)
 SCHEMES["dipmark"] = (DiPmarkParams, DiPmark)
@@ -79,15 +89,16 @@ def validate_params(scheme: str, params: Mapping[str, Any]) -> dict[str, Any]:
     except KeyError:
         raise SpecError(f"unknown scheme {scheme!r}; known: {', '.join(SCHEMES)}") from None
     try:
-        return param_cls.from_mapping(params).to_dict()  # type: ignore[attr-defined, no-any-return]
+        return param_cls.from_mapping(params).to_dict()
     except ParameterError as exc:
         raise SpecError(str(exc)) from None
 
 
-def scheme_for(spec: WatermarkSpec) -> Scheme:
-    """The scheme object of a spec (used for both generation and detection)."""
+def scheme_for(spec: SchemeSource) -> Scheme:
+    """The scheme object of a spec (a :class:`~distillmark.watermark.keys.WatermarkSpec`),
+    used for both generation and detection."""
     _, cls = SCHEMES[spec.scheme]
-    return cls.from_spec(spec)  # type: ignore[attr-defined, no-any-return]
+    return cast(Scheme, cls.from_spec(spec))
 
 
 def secret_params(scheme: str) -> frozenset[str]:

@@ -52,17 +52,16 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from . import prf
-from .context import COMBINES as _COMBINES
-from .context import ContextRows, RowScheme
+from .context import RowParams, RowScheme
 from .errors import ParameterError
-from .sampling import check_process_args, sampling_distribution
+from .sampling import reweighted_log_probs
 
 __all__ = ["SCHEME_NAME", "SCORES", "Tournament", "TournamentParams", "tournament_log_factors",
            "tournament_update"]
@@ -71,7 +70,7 @@ SCHEME_NAME = "tournament"
 #: Detection scores (``TournamentParams.score``) -> test name in ``distillmark.verify.nulls``.
 SCORES = {"weighted": "tournament-weighted", "mean": "tournament-mean"}
 _MAX_DEPTH = 64
-_MAX_WIDTH = 8
+_MAX_LISTS = 65536
 _MAX_WEIGHT = 1024
 # Running probabilities below this stop counting towards the layer sums s_l (their share is
 # below 1e-195; as subnormals they would only slow float64 down).
@@ -86,7 +85,7 @@ _BYTE_BITS = ((np.arange(256)[None, :] >> np.arange(8)[:, None]) & 1).astype(np.
 
 
 @dataclass(frozen=True)
-class TournamentParams:
+class TournamentParams(RowParams):
     """Parameters of the tournament scheme (validated on construction).
 
     Attributes:
@@ -101,6 +100,9 @@ class TournamentParams:
         score: detection's test, ``"weighted"`` or ``"mean"``.
     """
 
+    scheme_name = SCHEME_NAME
+    numpy_integers = True
+
     depth: int = 30
     context_width: int = 4
     combine: str = "hash"
@@ -110,31 +112,14 @@ class TournamentParams:
     score: str = "weighted"
 
     def __post_init__(self) -> None:
-        def integer(name: str) -> int:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise ParameterError(f"`{name}` must be an integer, got {v!r}")
-            return int(v)
-
-        m = integer("depth")
+        m = self.integer("depth")
         if not 1 <= m <= _MAX_DEPTH:
             raise ParameterError(f"`depth` must be in 1..{_MAX_DEPTH} (one uint64 per cell "
                                  f"holds the layer bits), got {m}")
-        h = integer("context_width")
-        if not 0 <= h <= _MAX_WIDTH:
-            raise ParameterError(f"`context_width` must be in 0..{_MAX_WIDTH}, got {h}")
-        if self.combine not in _COMBINES:
-            raise ParameterError(f"`combine` must be one of {', '.join(_COMBINES)}, "
-                                 f"got {self.combine!r}")
-        n = integer("n_lists")
-        if n < 1 or n > 65536 or n & (n - 1):
-            raise ParameterError(f"`n_lists` must be a power of two in 1..65536, got {n}")
-        if not isinstance(self.mask_repeated_contexts, bool):
-            raise ParameterError(f"`mask_repeated_contexts` must be true or false, "
-                                 f"got {self.mask_repeated_contexts!r}")
-        if self.score not in SCORES:
-            raise ParameterError(f"`score` must be one of {', '.join(SCORES)}, "
-                                 f"got {self.score!r}")
+        self.check_context_width()
+        self.check_rows(_MAX_LISTS)
+        self.flag("mask_repeated_contexts")
+        self.choice("score", tuple(SCORES))
         w = self.weights
         if w is None:
             w = tuple(range(m, 0, -1))
@@ -143,27 +128,14 @@ class TournamentParams:
         if len(w) != m:
             raise ParameterError(f"`weights` must have one entry per layer (depth = {m}), "
                                  f"got {len(w)}: {list(w)!r}")
-        if any(isinstance(x, bool) or not isinstance(x, (int, np.integer))
-               or not 0 <= x <= _MAX_WEIGHT for x in w):
+        if any(not self.is_integer(x) or not 0 <= x <= _MAX_WEIGHT for x in w):
             raise ParameterError(f"`weights` must be integers in 0..{_MAX_WEIGHT}, "
                                  f"got {list(w)!r}")
         if not any(w):
             raise ParameterError(f"`weights` must not all be 0, got {list(w)!r}")
-        object.__setattr__(self, "weights", tuple(int(x) for x in w))
+        self._store("weights", tuple(int(x) for x in w))
         for name in ("depth", "context_width", "n_lists"):
-            object.__setattr__(self, name, int(getattr(self, name)))
-
-    @classmethod
-    def from_mapping(cls, params: Mapping[str, Any]) -> TournamentParams:
-        unknown = set(params) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ParameterError(f"unknown tournament parameter(s): {', '.join(sorted(unknown))}")
-        return cls(**dict(params))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["weights"] = list(self.weights or ())
-        return d
+            self._store(name, int(getattr(self, name)))
 
 
 def _byte_factors(mass: np.ndarray, first: int, depth: int) -> np.ndarray:
@@ -222,40 +194,19 @@ def tournament_update(p: np.ndarray, cells: np.ndarray, depth: int) -> np.ndarra
     return np.asarray(p, dtype=np.float64) * np.exp(tournament_log_factors(p, cells, depth))
 
 
-class Tournament(RowScheme):
+class Tournament(RowScheme, name=SCHEME_NAME, params_class=TournamentParams, default_effect=0.6,
+                 samples=True):
     """The tournament scheme for one spec: :meth:`process` for generation, tuple keys and
     g-values for detection. Both sides read the same keyed cells, so they cannot drift apart.
 
-    Args:
-        secret: the spec's 32-byte secret.
-        params: :class:`TournamentParams`.
-        vocab_size: ``V``, the size of the token-id space the table covers.
-        key_id: public id echoed in results.
+    Built as every :class:`~.context.RowScheme`, with :class:`TournamentParams`.
     """
-
-    params_class = TournamentParams
-    name = SCHEME_NAME
-    #: Standardised per-unit effect of fully marked text (power statements only; measured
-    #: on SmolLM2 answers at temperature 0.7, docs/statistics.md).
-    default_effect = 0.6
-    #: The scheme reweights the distribution itself: engines sample its output at temperature 1.
-    samples = True
 
     def __init__(self, secret: bytes, params: TournamentParams, vocab_size: int, *,
                  key_id: str = "") -> None:
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
-            raise ParameterError(f"`vocab_size` must be an integer >= 2, got {vocab_size!r}")
-        self.params = params
-        self.vocab_size = vocab_size
-        self.key_id = key_id
+        super().__init__(secret, params, vocab_size, key_id=key_id)
         self.depth = params.depth
         self.weights: tuple[int, ...] = tuple(params.weights or ())
-        self._table_key = prf.derive_subkey(secret, f"{SCHEME_NAME}/table")
-        self._token_key = prf.derive_subkey(secret, f"{SCHEME_NAME}/token-values")
-        self.n_rows = 1 if params.context_width == 0 else params.n_lists
-        self.context = ContextRows(self._token_key, vocab_size,
-                                   context_width=params.context_width, selfhash=False,
-                                   combine=params.combine, n_rows=self.n_rows)
         #: Detection's test (see ``distillmark.verify.nulls``) and its null parameters.
         self.test = SCORES[params.score]
         self.test_params: dict[str, Any] = (
@@ -268,17 +219,16 @@ class Tournament(RowScheme):
         """Keyed cell of each tuple key: ``(n,) uint64 -> (n,) uint64``; bit ``l`` is ``g_l``.
 
         The stream element, reduced to its low 32 bits when ``depth <= 32`` (only bits below
-        ``depth`` are ever read). Random access: one AES block per key and 32 bits.
+        ``depth`` are ever read). Random access: one AES block per key.
         """
         keys = np.asarray(keys, dtype=np.uint64).ravel()
         if keys.size and int(keys.max()) >= self.n_rows * self.vocab_size:
             raise ParameterError(f"tuple key {int(keys.max())} is outside the table "
                                  f"({self.n_rows} rows x {self.vocab_size} tokens)")
-        low = prf.u32_at(self._table_key, keys * np.uint64(2)).astype(np.uint64)
+        cells = prf.u64_at(self._table_key, keys)
         if self.depth <= 32:
-            return low
-        high = prf.u32_at(self._table_key, keys * np.uint64(2) + np.uint64(1))
-        return low | (high.astype(np.uint64) << np.uint64(32))
+            return cells & np.uint64(0xFFFFFFFF)
+        return cells
 
     def row_cells(self, row: int) -> np.ndarray:
         """The cells of one row, every token: ``(V,) uint32`` (depth <= 32) or ``uint64``.
@@ -309,14 +259,6 @@ class Tournament(RowScheme):
         return ((cells[:, None] >> shifts[None, :]) & np.uint64(1)).astype(np.uint8)
 
     # -- detection ---------------------------------------------------------------------------
-    def tuple_keys(self, ids: np.ndarray) -> np.ndarray:
-        """Tuple key of every scorable token: ``ids (n,) int -> (max(n - h, 0),) uint64``.
-
-        Entry ``i`` belongs to token ``ids[h + i]``; equal keys mean equal g-values (the same
-        cell), which is what detection deduplicates on.
-        """
-        return self.context.tuple_keys(ids)
-
     def key_scores(self, keys: np.ndarray) -> np.ndarray:
         """g-values of each tuple key: ``(n,) uint64 -> (n, m) uint8`` of 0/1."""
         return self.g_values(self.cells(keys))
@@ -345,48 +287,33 @@ class Tournament(RowScheme):
 
     def process(self, logits: np.ndarray, contexts: np.ndarray, *, prompt_width: int = 0,
                 temperature: float = 1.0, top_p: float = 1.0) -> np.ndarray:
-        """The engine-neutral generation hook: the watermarked next-token log-probabilities.
+        """The engine-neutral generation hook: the watermarked next-token log-probabilities
+        ``(B, W)`` of ``logits (B, W)`` after ``contexts (B, L)``, as
+        :func:`~distillmark.watermark.sampling.reweighted_log_probs` describes them (the
+        engine samples them at temperature 1 with no other filter).
 
-        Args:
-            logits: ``(B, W) float``, the model's scores, ``W >= V``.
-            contexts: ``(B, L) int``, each row's tokens so far (prompt included, left-padded in
-                a batch); the last ``h`` select the row, those from ``prompt_width`` on are the
-                generated ones (read by the repeated-context check).
-            prompt_width: the number of leading columns of ``contexts`` that are prompt.
-            temperature: applied to the logits first; 0 means greedy (one token, probability 1,
-                which the tournament leaves as it is).
-            top_p: nucleus filter applied after the temperature (1 keeps everything).
-
-        Returns:
-            ``(B, W)`` log-probabilities (``-inf`` where the probability is 0, and in columns
-            ``>= V``); the engine samples them at temperature 1 with no other filter. Fewer
-            than ``h`` context tokens, or a repeated context, leave the step unwatermarked
-            (``log p`` of the tempered, filtered distribution).
+        Each row's distribution goes through the tournament of the table row its last ``h``
+        context tokens select; the context's tokens from ``prompt_width`` on are the generated
+        ones, read by the repeated-context check. Fewer than ``h`` context tokens, or a
+        repeated context, leave the step unwatermarked (``log p`` of the tempered, filtered
+        distribution); greedy decoding (temperature 0: one token, probability 1) is left as it
+        is.
         """
-        V = self.vocab_size
-        logits, contexts = check_process_args(logits, contexts, V, prompt_width=prompt_width,
-                                              temperature=temperature, top_p=top_p)
-        L = contexts.shape[1]
-        out = np.full(logits.shape, -np.inf, dtype=np.result_type(logits.dtype, np.float32))
-        h = self.context_width
-        for b in range(logits.shape[0]):
-            dist = sampling_distribution(logits[b, :V], temperature, top_p)
-            if dist is None:  # nothing finite to sample from: leave the row alone
-                out[b] = logits[b]
-                continue
-            support, p, log_p = dist
-            ctx = contexts[b]
-            if L >= h and not self.is_repeated_context(ctx, prompt_width):
-                row = int(self.rows(ctx[L - h:][None, :])[0])
-                if support.size == V:
-                    cells = self.row_cells(row)
-                elif support.size * _RANDOM_ACCESS_SHARE < V:  # read only the support's cells
-                    cells = self.cells(np.uint64(row * V) + support.astype(np.uint64))
-                else:
-                    cells = self.row_cells(row)[support]
-                log_p = log_p + tournament_log_factors(p, cells, self.depth)
+        V, h = self.vocab_size, self.context_width
+
+        def reweight(ctx: np.ndarray, support: np.ndarray, p: np.ndarray, log_p: np.ndarray
+                     ) -> np.ndarray:
+            L = ctx.shape[0]
+            if L < h or self.is_repeated_context(ctx, prompt_width):
+                return log_p
+            row = int(self.rows(ctx[L - h:][None, :])[0])
             if support.size == V:
-                out[b, :V] = log_p
+                cells = self.row_cells(row)
+            elif support.size * _RANDOM_ACCESS_SHARE < V:  # read only the support's cells
+                cells = self.cells(np.uint64(row * V) + support.astype(np.uint64))
             else:
-                out[b, support] = log_p
-        return out
+                cells = self.row_cells(row)[support]
+            return log_p + tournament_log_factors(p, cells, self.depth)
+
+        return reweighted_log_probs(logits, contexts, V, prompt_width=prompt_width,
+                                    temperature=temperature, top_p=top_p, reweight=reweight)

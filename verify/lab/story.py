@@ -27,7 +27,7 @@ from ..prompts import builtin_prompts
 from .students import default_tokenizer_dir, train_bigram_student
 
 if TYPE_CHECKING:
-    from distillmark.watermark.engines import Completion, Generator
+    from distillmark.watermark.engine_types import Completion, Generator
     from distillmark.watermark.keys import WatermarkSpec
 
     from ..audit import AuditResult

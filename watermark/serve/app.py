@@ -25,7 +25,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from ..accounts import AccountLayer, AccountMarked
-from ..engines import Completion, Generator, Prompt
+from ..engine_types import Completion, Generator, Prompt
 from ..errors import DistillmarkError
 from ..registry import Scheme, scheme_for
 from .accounts import Account

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ..engines import Completion, Generator, Prompt
+from ..engine_types import Completion, Generator, Prompt
 from ..registry import Scheme
 from .protocol import APIError
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..engines import Generator, Prompt, messages_of, plain_prompt_text
+from ..engine_types import Generator, Prompt, messages_of, plain_prompt_text
 
 __all__ = ["context_limit", "prompt_counter"]
 
