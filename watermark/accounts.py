@@ -114,20 +114,27 @@ def _parity(x: np.ndarray) -> np.ndarray:
 
 
 def wht(x: np.ndarray) -> np.ndarray:
-    """Walsh-Hadamard transform along the last axis: ``(..., 2**m) int64 -> (..., 2**m)
-    int64``, ``out[..., a] = sum_v x[..., v] (-1)^popcount(v & a)`` (unnormalised)."""
-    x = np.array(x, dtype=np.int64)
+    """Walsh-Hadamard transform along the last axis: ``(..., 2**m) int -> (..., 2**m)
+    int64``, ``out[..., a] = sum_v x[..., v] (-1)^popcount(v & a)`` (unnormalised).
+
+    In place on a copy, in 32-bit integers when ``sum |x|`` (the largest possible output)
+    fits: histograms of cells always do.
+    """
+    x = np.asarray(x)
     size = x.shape[-1]
     if size & (size - 1):
         raise ParameterError(f"the transform needs a power-of-two length, got {size}")
-    lead = x.shape[:-1]
+    small = x.size == 0 or int(np.abs(x).sum(axis=-1).max()) < 2**31
+    out = np.array(x, dtype=np.int32 if small else np.int64)
+    lead = out.shape[:-1]
     half = 1
     while half < size:
-        y = x.reshape(*lead, size // (2 * half), 2, half)
-        a, b = y[..., 0, :], y[..., 1, :]
-        x = np.stack([a + b, a - b], axis=-2).reshape(*lead, size)
+        y = out.reshape(*lead, size // (2 * half), 2, half)
+        a = y[..., 0, :].copy()
+        y[..., 0, :] += y[..., 1, :]
+        np.subtract(a, y[..., 1, :], out=y[..., 1, :])
         half *= 2
-    return x
+    return out.astype(np.int64, copy=False)
 
 
 def number_counts(values: np.ndarray, groups: np.ndarray, n_groups: int, *, bits: int,
