@@ -25,6 +25,8 @@ from .common import (
     require_open_unit,
 )
 from .options import (
+    AccountsOption,
+    AccountSpaceOption,
     AlphaOption,
     TokenizerOverrideOption,
     json_option,
@@ -67,11 +69,8 @@ def attribute(
         help="Text files ('-' is stdin), or datasets as scan reads them: JSON Lines, Parquet, "
              "CSV, datasets folders.")],
     key: Annotated[Path, key_option("The master key (it must have an account layer).")],
-    accounts: Annotated[Path | None, typer.Option(
-        help="The candidate accounts: the server's accounts file, or a file of account ids "
-             "(one per line, numbered by position, or NUMBER ID).")] = None,
-    account_space: Annotated[int | None, typer.Option(
-        help="Or every account number 1..N as a candidate, named by its number.")] = None,
+    accounts: AccountsOption = None,
+    account_space: AccountSpaceOption = None,
     field: Annotated[str | None, typer.Option(
         help="Dotted path of the text in each record (e.g. response, output.text; default "
              "text, which is also what a text file is).")] = None,
@@ -109,13 +108,10 @@ def attribute(
 
     require_open_unit("--alpha", alpha)
     with errors_exit(), tempfile.TemporaryDirectory(prefix="distillmark-attribute-") as tmp:
-        if (accounts is None) == (account_space is None):
-            raise InputError("give the candidate accounts: --accounts FILE or --account-space N")
         if out is not None and not out.parent.is_dir():
             raise InputError(f"--out {out}: folder {out.parent} does not exist")
         spec = load_spec(key)
-        cands = (Candidates.read(accounts) if accounts is not None
-                 else Candidates.space(int(account_space or 0)))
+        cands = Candidates.given(accounts, account_space)
         att = Attributor(spec, cands, tokenizer=tokenizer, min_scored=min_scored)
         logged = logged_answers(log) if log is not None else None
         paths = list(inputs)

@@ -62,3 +62,11 @@ ModelOption = Annotated[str | None, typer.Option(
 EngineOption = Annotated[str, typer.Option(
     help="Generation engine: auto (llama.cpp for GGUF models where installed, else "
          "transformers), transformers, or llama.cpp.")]
+
+AccountsOption = Annotated[Path | None, typer.Option(
+    help="The candidate accounts: the server's accounts file, or a file of account ids (one per "
+         "line, numbered by position, or NUMBER ID).")]
+
+AccountSpaceOption = Annotated[int | None, typer.Option(
+    help="Or every account number 1..N as a candidate, named by its number.")]
+

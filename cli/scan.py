@@ -15,7 +15,6 @@ import typer
 
 from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED
 from distillmark.verify.stats import format_pvalue
-from distillmark.watermark import InputError
 
 from .common import (
     EXIT_ERROR,
@@ -26,6 +25,8 @@ from .common import (
     require_open_unit,
 )
 from .options import (
+    AccountsOption,
+    AccountSpaceOption,
     JsonResultOption,
     TokenizerOverrideOption,
     alpha_option,
@@ -81,12 +82,8 @@ def scan(
         help="Workers of the LocalCluster (dask without --scheduler).")] = 2,
     shard_mb: Annotated[float, typer.Option(help="Shard size for the dask engine (MB).")] = 64.0,
     tokenizer: TokenizerOverrideOption = None,
-    accounts: Annotated[Path | None, typer.Option(
-        help="Also attribute every record to one of these accounts (the server's accounts "
-             "file, or account ids one per line) with the first key's account layer; the "
-             "summary lists the accounts the dataset points to.")] = None,
-    account_space: Annotated[int | None, typer.Option(
-        help="Or attribute among every account number 1..N.")] = None,
+    accounts: AccountsOption = None,
+    account_space: AccountSpaceOption = None,
     as_json: JsonResultOption = False,
 ) -> None:
     """Scan a dataset for the watermark of KEY.
@@ -106,13 +103,10 @@ def scan(
     with errors_exit():
         specs = [load_spec(k) for k in key]
         cands = None
-        if accounts is not None or account_space is not None:
+        if accounts is not None or account_space is not None:  # each record attributed too
             from distillmark.verify.candidates import Candidates
 
-            if accounts is not None and account_space is not None:
-                raise InputError("give --accounts or --account-space, not both")
-            cands = (Candidates.read(accounts) if accounts is not None
-                     else Candidates.space(int(account_space or 0)))
+            cands = Candidates.given(accounts, account_space)
         with _progress(show) as progress:
             try:
                 result = run_scan(

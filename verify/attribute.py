@@ -19,7 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -64,6 +64,10 @@ class AttributionResult(Decision):
         key_id: the master key.
     """
 
+    outcomes: ClassVar[tuple[str, str, str]] = (AttributionVerdict.ATTRIBUTED,
+                                                AttributionVerdict.NOT_ATTRIBUTED,
+                                                AttributionVerdict.INSUFFICIENT)
+
     source: str
     statistic: int
     pvalue: float
@@ -93,13 +97,6 @@ class AttributionResult(Decision):
         """Whether an account is named at ``alpha`` (enough cells, corrected p below it, and a
         unique best candidate)."""
         return super().is_watermarked(alpha) and self.runner_up < self.statistic
-
-    def verdict(self, alpha: float = DEFAULT_ALPHA) -> str:
-        if self.is_watermarked(alpha):
-            return AttributionVerdict.ATTRIBUTED
-        if not self.is_sufficient():
-            return AttributionVerdict.INSUFFICIENT
-        return AttributionVerdict.NOT_ATTRIBUTED
 
     def decision_dict(self, alpha: float) -> dict[str, Any]:
         """``alpha``, the account named at that level (None when none is) and the verdict."""

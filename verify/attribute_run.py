@@ -113,11 +113,11 @@ def _attribute_batch(att: Attributor, batch: list[tuple[str, list[Segment]]],
     contexts: list[str] = []
     texts: list[str] = []
     records: list[int] = []
-    for r, (_, segs) in enumerate(batch):
+    for i, (_, segs) in enumerate(batch):
         for s in segs:
             contexts.append(s.context)
             texts.append(s.text)
-            records.append(r)
+            records.append(i)
     tok = att.detector.tokenizer
     enc = tok.encode_batch_fast(contexts + texts, add_special_tokens=False) if texts else []
     ctx_ids, text_ids = enc[:len(texts)], enc[len(texts):]

@@ -59,6 +59,13 @@ class Candidates:
                    names=tuple(str(i) for i in range(1, n + 1)))
 
     @classmethod
+    def given(cls, path: str | Path | None, space: int | None) -> Candidates:
+        """The candidates of ``--accounts FILE`` or ``--account-space N`` (exactly one)."""
+        if (path is None) == (space is None):
+            raise InputError("give the candidate accounts: --accounts FILE or --account-space N")
+        return cls.read(path) if path is not None else cls.space(int(space or 0))
+
+    @classmethod
     def read(cls, path: str | Path) -> Candidates:
         """An accounts file (a JSON object) or a file of account ids, one per line."""
         where = f"accounts file {Path(path)}"

@@ -58,6 +58,9 @@ class Decision:
 
     #: Whether the result has ``detectable_fraction(alpha)`` to report with its decision.
     power_statement: ClassVar[bool] = False
+    #: The words of the three outcomes: found, not found, insufficient evidence.
+    outcomes: ClassVar[tuple[str, str, str]] = (Verdict.WATERMARKED, Verdict.NOT_WATERMARKED,
+                                                Verdict.INSUFFICIENT)
 
     if TYPE_CHECKING:  # fields of every result (or properties, for wrapped results)
 
@@ -84,12 +87,14 @@ class Decision:
         return self.is_sufficient() and self.log10_pvalue < math.log10(alpha)
 
     def verdict(self, alpha: float = DEFAULT_ALPHA) -> str:
-        """One of "watermarked", "not watermarked", "insufficient evidence"."""
+        """One of :attr:`outcomes`: "watermarked", "not watermarked", "insufficient
+        evidence" (other words for other tests: "attributed"...)."""
+        found, not_found, insufficient = self.outcomes
         if self.is_watermarked(alpha):
-            return Verdict.WATERMARKED
+            return found
         if not self.is_sufficient():
-            return Verdict.INSUFFICIENT
-        return Verdict.NOT_WATERMARKED
+            return insufficient
+        return not_found
 
     def fields_dict(self) -> dict[str, Any]:
         """The result's figures as JSON-ready values (its fields, in order)."""

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
 
 from .errors import InputError, ParameterError
 
 if TYPE_CHECKING:
     from .keys import WatermarkSpec
-    from .registry import Scheme
 
-__all__ = ["Completion", "Generator", "Prompt", "TextCallback", "WatermarkHook",
+__all__ = ["Completion", "Generator", "Marker", "Prompt", "TextCallback", "WatermarkHook",
            "check_generate_args", "messages_of", "plain_prompt_text", "prompt_label",
            "prompt_text"]
 
@@ -75,6 +76,26 @@ class Completion:
     completion_ids: tuple[int, ...]
 
 
+class Marker(Protocol):
+    """What an engine needs of what it watermarks with: a scheme (every scheme of
+    :mod:`.registry`), or a scheme with the account layer on top
+    (:class:`~.accounts.AccountMarked`)."""
+
+    key_id: str
+    vocab_size: int
+    samples: bool
+
+    @property
+    def context_width(self) -> int: ...
+
+    def in_place_bias(self) -> Any:
+        """A green-list bias the engine may add in place, or None (then :meth:`process`)."""
+
+    def process(self, logits: np.ndarray, contexts: np.ndarray, *, prompt_width: int = ...,
+                temperature: float = ..., top_p: float = ...) -> np.ndarray:
+        """Watermarked logits: ``logits (B, V)``, ``contexts (B, c)`` right-aligned."""
+
+
 class Generator(Protocol):
     """What every engine offers."""
 
@@ -84,7 +105,7 @@ class Generator(Protocol):
     def check_tokenizer(self, spec: WatermarkSpec) -> None:
         """Raise TokenizerMismatchError unless the model's tokenizer is the spec's."""
 
-    def generate(self, prompts: Sequence[Prompt], *, scheme: Scheme | None,
+    def generate(self, prompts: Sequence[Prompt], *, scheme: Marker | None,
                  max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
                  batch_size: int = 8, seed: int | None = None,
                  on_text: TextCallback | None = None) -> list[Completion]:
@@ -116,7 +137,7 @@ class WatermarkHook:
         temperature, top_p: passed to ``process`` of a sampling scheme.
     """
 
-    def __init__(self, scheme: Scheme, *, temperature: float = 1.0, top_p: float = 1.0) -> None:
+    def __init__(self, scheme: Marker, *, temperature: float = 1.0, top_p: float = 1.0) -> None:
         for attr in ("process", "vocab_size", "context_width", "in_place_bias"):
             if not hasattr(scheme, attr):
                 raise ParameterError(f"`scheme` must be a distillmark scheme, got "

@@ -49,8 +49,8 @@ with MissingDependencyError.for_extra("hf"):
     from huggingface_hub import constants as hub_constants
 
 if TYPE_CHECKING:
+    from .engine_types import Marker
     from .keys import WatermarkSpec
-    from .registry import Scheme
 
 __all__ = [
     "Completion",
@@ -140,7 +140,7 @@ class LoadedModel:
                 f"model {self.source} has a different tokenizer from the one key {spec.key_id} "
                 "was made for; make a key with --tokenizer pointing at this model")
 
-    def generate(self, prompts: Sequence[Prompt], *, scheme: Scheme | None,
+    def generate(self, prompts: Sequence[Prompt], *, scheme: Marker | None,
                  max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
                  batch_size: int = 8, seed: int | None = None,
                  on_text: TextCallback | None = None) -> list[Completion]:
@@ -252,7 +252,7 @@ class _TextStreamer:
 
 
 @quiet_offline
-def generate(lm: LoadedModel, prompts: Sequence[Prompt], *, scheme: Scheme | None,
+def generate(lm: LoadedModel, prompts: Sequence[Prompt], *, scheme: Marker | None,
              max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
              batch_size: int = 8, seed: int | None = None, chat: bool | None = None,
              on_text: TextCallback | None = None) -> list[Completion]:

@@ -25,8 +25,8 @@ with MissingDependencyError.for_extra("hf"):
     from transformers import LogitsProcessor
 
 if TYPE_CHECKING:
+    from .engine_types import Marker
     from .greenlist import GreenList
-    from .registry import Scheme
 
 __all__ = ["WatermarkLogitsProcessor"]
 
@@ -54,7 +54,7 @@ class WatermarkLogitsProcessor(WatermarkHook, LogitsProcessor):
     ``generate`` must then sample at temperature 1 with no other warper (``hf.generate`` does).
     """
 
-    def __init__(self, scheme: Scheme, *, temperature: float = 1.0, top_p: float = 1.0) -> None:
+    def __init__(self, scheme: Marker, *, temperature: float = 1.0, top_p: float = 1.0) -> None:
         super().__init__(scheme, temperature=temperature, top_p=top_p)
         self._cache: dict[tuple[str, Any], Any] = {}
 

@@ -36,8 +36,8 @@ with MissingDependencyError.for_extra("llama"):
     import llama_cpp
 
 if TYPE_CHECKING:
+    from .engine_types import Marker
     from .keys import WatermarkSpec
-    from .registry import Scheme
 
 __all__ = ["LlamaCppModel", "LlamaCppWatermark", "load_model"]
 
@@ -122,7 +122,7 @@ class LlamaCppModel:
         return prompt_text(prompt, lambda messages: template.render(
             messages=messages, add_generation_prompt=True))
 
-    def generate(self, prompts: Sequence[Prompt], *, scheme: Scheme | None,
+    def generate(self, prompts: Sequence[Prompt], *, scheme: Marker | None,
                  max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
                  batch_size: int = 1, seed: int | None = None,
                  on_text: TextCallback | None = None) -> list[Completion]:

@@ -1,11 +1,13 @@
 """An OpenAI-compatible HTTP server whose answers carry the watermark (extra ``serve``).
 
 ``POST /v1/chat/completions`` (plain JSON or server-sent events with ``"stream": true``),
-``GET /v1/models`` and ``GET /health``, in front of any :class:`~distillmark.watermark.engines.
-Generator` (transformers or llama.cpp). Every answer is generated with the scheme of the
-server's key; with an accounts file, the API key of a request picks its account, and the answer
-carries that account's own key, derived from the master key (:func:`~distillmark.watermark.
-keys.derive_account_spec`), so a leaked answer can later be attributed to the account.
+``GET /v1/models`` and ``GET /health``, in front of any :class:`~distillmark.watermark.
+engine_types.Generator` (transformers or llama.cpp). Every answer is generated with the scheme
+of the server's key; with an accounts file, the API key of a request picks its account, and the
+answer carries the key's own mark, the same for every account, and the key's account layer for
+the account's number (:mod:`distillmark.watermark.accounts`), so a leaked answer can later be
+attributed to the account while a student of many accounts' answers learns the provider's mark.
+Answered requests can be logged (:mod:`.log`).
 
 Concurrency: the event loop never generates. Requests go to one queue; one worker thread takes
 every request waiting when it becomes free, groups those that can share a batch and generates

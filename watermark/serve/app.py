@@ -25,9 +25,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from ..accounts import AccountLayer, AccountMarked
-from ..engine_types import Completion, Generator, Prompt
+from ..engine_types import Completion, Generator, Marker, Prompt
 from ..errors import DistillmarkError
-from ..registry import Scheme, scheme_for
+from ..registry import scheme_for
 from .accounts import Account
 from .batching import GenerationQueue, Job
 from .config import ServeConfig
@@ -156,7 +156,7 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
             raise APIError(401, "incorrect API key provided", code="invalid_api_key")
         return account
 
-    def _scheme(account: Account | None) -> Scheme | AccountMarked | None:
+    def _scheme(account: Account | None) -> Marker | None:
         """The provider's scheme; for an account, with the account layer on top (nothing is
         built per account but this small object)."""
         if provider is None or account is None or layer is None:

@@ -18,8 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine_types import Completion, Generator, Prompt
-from ..registry import Scheme
+from ..engine_types import Completion, Generator, Marker, Prompt
 from .protocol import APIError
 
 __all__ = ["GenerationQueue", "Job"]
@@ -31,7 +30,7 @@ class Job:
     future its answers go to."""
 
     prompts: list[Prompt]
-    scheme: Scheme | None
+    scheme: Marker | None
     group: tuple[Any, ...] | None  # None: must run alone
     max_tokens: int
     temperature: float
