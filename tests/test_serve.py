@@ -637,3 +637,19 @@ def test_the_request_log_records_what_each_account_was_served(tmp_path: Path,
     assert "secret question" not in text and "an answer" not in text
     (rec,) = read_log(tmp_path / "hashed.jsonl")
     assert rec.messages is None and rec.answer_digests == (text_digest("an answer"),)
+
+
+def test_a_server_with_100000_accounts_names_each_one(master: WatermarkSpec) -> None:
+    """Nothing is built per account: 100,000 accounts load as digests and numbers, and an
+    answer to the last one is attributed to it among all of them."""
+    from distillmark.verify.attribute import Attributor
+    from distillmark.verify.candidates import Candidates
+
+    mapping = {f"sk-{i:06d}-{'x' * 16}": f"acct-{i}" for i in range(1, 100_001)}
+    with serving(tiny_generator(), spec=master, accounts=mapping) as url:
+        texts = answers_text(chat(url, api_key="sk-100000-" + "x" * 16, n=4, max_tokens=40))
+        assert chat(url, api_key="sk-100001-" + "x" * 16).status_code == 401
+    att = Attributor(master, Candidates.from_accounts(Accounts.from_mapping(mapping)))
+    r = att.attribute_pooled(texts)
+    assert r.n_candidates == 100_000
+    assert r.account_at(1e-6) == "acct-100000", r
