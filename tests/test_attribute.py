@@ -128,7 +128,7 @@ def test_candidate_files(tmp_path: Path):
     server = tmp_path / "accounts.json"
     server.write_text('{"sk-1": "alice", "sk-2": "bob", "sk-3": "alice"}')
     assert Candidates.read(server).names == ("alice", "bob")
-    assert Candidates.space(3).names == ("1", "2", "3")
+    assert [Candidates.space(3).name(i) for i in range(3)] == ["1", "2", "3"]
     for content, message in [
         ("alice\n5 bob\n", "numbered.txt:2: number every line or none"),
         ("alice\nalice\n", "numbered.txt:2: account 'alice' is listed twice"),

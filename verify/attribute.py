@@ -194,7 +194,7 @@ class Attributor:
                 source=sources[i], statistic=int(acct.statistic[i]),
                 pvalue=min(1.0, float(acct.pvalue[i]) * n_cand), log10_pvalue=corrected,
                 uncorrected_log10_pvalue=lg,
-                candidate=self.candidates.names[int(best.index[i])],
+                candidate=self.candidates.name(int(best.index[i])),
                 runner_up=int(best.second[i]), n_tokens=int(n_tokens[i]),
                 n_scored=int(acct.n_scored[i]), n_candidates=n_cand,
                 score_mean=float(acct.score_mean[i]), null_mean=self.layer.gamma,

@@ -139,7 +139,7 @@ class DatasetAccumulator:
         out = binomial(green, d.groups, accounts.size, p=layer.gamma)
         n_sel = np.bincount(slot, minlength=accounts.size)
         shift = math.log10(cand.size)
-        found = [AccountFound(account=cand.names[int(a)], number=int(cand.numbers[int(a)]),
+        found = [AccountFound(account=cand.name(int(a)), number=int(cand.numbers[int(a)]),
                               n_records=int(n_sel[j]), statistic=int(out.statistic[j]),
                               n_scored=int(out.n_scored[j]),
                               pvalue=min(1.0, float(out.pvalue[j]) * cand.size),

@@ -8,6 +8,7 @@ or a whole number space ``1 .. N`` (every account the key could have served, nam
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,14 +24,25 @@ __all__ = ["Candidates"]
 
 @dataclass(frozen=True, eq=False)
 class Candidates:
-    """Candidate accounts: ``numbers (N,) uint64`` (distinct, increasing) and their names."""
+    """Candidate accounts: ``numbers (N,) uint64`` (distinct, increasing) and their names
+    (``names`` None: each account is named by its number, as in a whole number space)."""
 
     numbers: np.ndarray
-    names: tuple[str, ...]
+    names: tuple[str, ...] | None = None
 
     @property
     def size(self) -> int:
         return int(self.numbers.size)
+
+    def name(self, i: int) -> str:
+        """The name of candidate ``i``."""
+        return self.names[i] if self.names is not None else str(int(self.numbers[i]))
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the candidates' numbers and names (what a checkpoint may compare)."""
+        h = hashlib.sha256(self.numbers.astype("<u8").tobytes())
+        h.update("\n".join(self.names or ()).encode("utf-8"))
+        return h.hexdigest()
 
     @classmethod
     def of(cls, pairs: list[tuple[int, str]], *, where: str) -> Candidates:
@@ -55,8 +67,7 @@ class Candidates:
         """Every number ``1 .. n``, each named by its number."""
         if not 1 <= n <= 1 << 24:
             raise InputError(f"the account space must be 1..{1 << 24} accounts, got {n}")
-        return cls(numbers=np.arange(1, n + 1, dtype=np.uint64),
-                   names=tuple(str(i) for i in range(1, n + 1)))
+        return cls(numbers=np.arange(1, n + 1, dtype=np.uint64))
 
     @classmethod
     def given(cls, path: str | Path | None, space: int | None) -> Candidates:

@@ -77,7 +77,7 @@ class ScanConfig:
         return {"keys": [s.key_id for s in self.specs], "field": self.field, "chat": self.chat,
                 "max_record_bytes": self.max_record_bytes, "skip_bad": self.skip_bad,
                 "tokenizer": self.specs[0].tokenizer.sha256, "rows": self.rows,
-                "accounts": None if self.accounts is None else self.accounts.names,
+                "accounts": None if self.accounts is None else self.accounts.fingerprint(),
                 "alpha": self.alpha}
 
 
