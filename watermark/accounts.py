@@ -125,13 +125,13 @@ def wht(x: np.ndarray) -> np.ndarray:
     if size & (size - 1):
         raise ParameterError(f"the transform needs a power-of-two length, got {size}")
     small = x.size == 0 or int(np.abs(x).sum(axis=-1).max()) < 2**31
-    out = np.array(x, dtype=np.int32 if small else np.int64)
+    out: np.ndarray = np.array(x, dtype=np.int32 if small else np.int64)
     lead = out.shape[:-1]
     half = 1
     while half < size:
         y = out.reshape(*lead, size // (2 * half), 2, half)
         a = y[..., 0, :].copy()
-        y[..., 0, :] += y[..., 1, :]
+        np.add(y[..., 0, :], y[..., 1, :], out=y[..., 0, :])
         np.subtract(a, y[..., 1, :], out=y[..., 1, :])
         half *= 2
     return out.astype(np.int64, copy=False)
