@@ -510,10 +510,14 @@ def test_empty_and_malformed_answers() -> None:
         got = fetch_answers(url, "m", prompts)
     assert len(got.pairs) == 4 and sum(not a for _, a in got.pairs) >= 1
 
-    with scripted(lambda p, a: Response("not json", status_code=200)) as (url, _), \
-            pytest.raises(EndpointError, match=r"^the endpoint sent a malformed answer \(not an "
-                                               r"OpenAI chat completion\) \(after 2 attempts\)"):
-        fetch_answers(url, "m", prompts, retries=1, backoff=0.01)
+    deep = '{"choices": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    long_number = '{"choices": [{"message": {"content": 1' + "9" * 5000 + "}}]}"
+    for body in ("not json", deep, long_number):
+        with scripted(lambda p, a, body=body: Response(body, status_code=200)) as (url, _), \
+                pytest.raises(EndpointError, match=r"^the endpoint sent a malformed answer \(not "
+                                                   r"an OpenAI chat completion\) \(after 2 "
+                                                   r"attempts\)"):
+            fetch_answers(url, "m", prompts, retries=1, backoff=0.01)
 
 
 def test_requests_rejected_as_bad_stop_early() -> None:
@@ -531,13 +535,18 @@ def test_probe_command_faults_are_one_line(spec: WatermarkSpec, tmp_path: Path) 
     base = ("probe", "--model", "m", "--key", key)
     broken = tmp_path / "prompts.jsonl"
     broken.write_text('{"prompt": "one"}\n{"prompt": "two"\n')
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
     cases = [
         ((*base, "--endpoint", down, "--n-prompts", 2, "--retries", 1, "--backoff", 0.01),
          (f"distillmark: error: cannot reach {down}/v1/chat/completions: ConnectError: "
           "All connection attempts failed (after 2 attempts); 0 of 2 answers were received "
           "(use --cache DIR to keep them across runs)")),
         ((*base, "--endpoint", down, "--prompts", broken),
-         f"distillmark: error: {broken}:2: invalid JSON (Expecting ',' delimiter at column 17)"),
+         (f"distillmark: error: {broken}:2: not valid JSON: Expecting ',' delimiter at "
+          "column 17")),
+        ((*base, "--endpoint", down, "--prompts", deep),
+         f"distillmark: error: {deep}:1: JSON arrays or objects nested too deeply"),
         ((*base, "--endpoint", "ftp://x"),
          "distillmark: error: --endpoint must be an http:// or https:// URL, got 'ftp://x'"),
         ((*base, "--endpoint", down, "--n-prompts", 0),

@@ -33,7 +33,10 @@ def test_read_prompts_text_and_jsonl(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    (b'{"prompt": "a"}\n{"prompt": \n', "p.jsonl:2: invalid JSON"),
+    (b'{"prompt": "a"}\n{"prompt": \n',
+     "p.jsonl:2: not valid JSON: Expecting value at column 12"),
+    (b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n",
+     "p.jsonl:1: JSON arrays or objects nested too deeply"),
     (b'{"prompt": "a"}\n{"text": "b"}\n', "p.jsonl:2: record has no 'prompt' field"),
     (b'{"prompt": 3}\n', "p.jsonl:1: 'prompt' must be a non-empty string"),
     (b'{"prompt": "ok"}\n\xff\xfe\n', "p.jsonl:2: not valid UTF-8"),

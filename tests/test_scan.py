@@ -391,7 +391,11 @@ def test_other_schemes_scan_like_detect(tmp_path: Path, paragraphs: list[str],
 
 BAD_CASES = [
     (b'{"text": "fine"}\n{"text": "oops"\n', 2,
-     "not valid JSON: Expecting ',' delimiter (column 16)"),
+     "not valid JSON: Expecting ',' delimiter at column 16"),
+    (b'{"text": "fine"}\n{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n", 2,
+     "JSON arrays or objects nested too deeply"),
+    (b'{"text": "fine"}\n{"text": ' + b"7" * 5000 + b"}\n", 2,
+     "a JSON number with more than 4300 digits"),
     (b'{"text": "fine"}\n\n{"other": 1}\n', 3, "no field 'text'"),
     (b'{"text": "fine"}\n{"text": 12}\n', 2, "field 'text' is a number, not a string"),
     (b'{"text": "fine"}\n{"text": "' + b"x" * 300 + b'"}\n', 2,
@@ -406,11 +410,12 @@ def test_bad_records_stop_or_are_skipped(tmp_path: Path, spec: WatermarkSpec, da
     path = tmp_path / "bad.jsonl"
     path.write_bytes(data)
     out = tmp_path / "out.jsonl"
+    limit = 200 if len(data) < 1000 else 300_000
     with pytest.raises(InputError) as exc:
-        scan([path], [spec], field="text", out=out, max_record_bytes=200)
+        scan([path], [spec], field="text", out=out, max_record_bytes=limit)
     assert str(exc.value) == f"{path}:{line}: {reason} (--skip-bad skips bad records)"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]  # nothing half-written
-    res = scan([path], [spec], field="text", out=out, max_record_bytes=200, skip_bad=True)
+    res = scan([path], [spec], field="text", out=out, max_record_bytes=limit, skip_bad=True)
     assert (res.n_records_read, res.n_records_scored, res.n_records_skipped) == (2, 1, 1)
     assert len(read_rows(out)) == 1
     rejects = read_rows(tmp_path / "out.jsonl.rejects.jsonl")

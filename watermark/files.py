@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +19,8 @@ from typing import IO, Any
 
 from .errors import DistillmarkError, InputError
 
-__all__ = ["atomic_path", "atomic_write", "decode_json", "read_bounded", "read_json"]
+__all__ = ["JSONProblem", "atomic_path", "atomic_write", "decode_json", "parse_json",
+           "read_bounded", "read_json"]
 
 _READ_BLOCK = 1 << 20
 
@@ -59,6 +61,33 @@ def read_bounded(path: str | Path, max_bytes: int, *, what: str = "",
     return b"".join(chunks)
 
 
+class JSONProblem(ValueError):
+    """JSON text that cannot be parsed. Its message is a phrase that follows the place of the
+    text (``p.jsonl:3: not valid JSON: Expecting ',' delimiter at column 17``); ``too_deep``:
+    the text nests arrays or objects deeper than the parser goes."""
+
+    def __init__(self, message: str, *, too_deep: bool = False) -> None:
+        super().__init__(message)
+        self.too_deep = too_deep
+
+
+def parse_json(text: str, *, line: bool = False,
+               object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None) -> Any:
+    """``json.loads``, with every way it fails one :class:`JSONProblem`: bad syntax, nesting
+    too deep for the parser, an integer longer than Python converts (``sys.int_info``'s
+    4300 digits). ``line``: the text is one line of a file, so only the column is named."""
+    try:
+        return json.loads(text, object_pairs_hook=object_pairs_hook)
+    except json.JSONDecodeError as exc:
+        where = f"column {exc.colno}" if line else f"line {exc.lineno} column {exc.colno}"
+        raise JSONProblem(f"not valid JSON: {exc.msg} at {where}") from None
+    except RecursionError:
+        raise JSONProblem("JSON arrays or objects nested too deeply", too_deep=True) from None
+    except ValueError:  # int("1" * 5000): past the interpreter's integer-string limit
+        raise JSONProblem(f"a JSON number with more than {sys.get_int_max_str_digits()} "
+                          "digits") from None
+
+
 def decode_json(raw: bytes | str, *, what: str, error: type[DistillmarkError] = InputError,
                 object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None
                 ) -> Any:
@@ -69,12 +98,11 @@ def decode_json(raw: bytes | str, *, what: str, error: type[DistillmarkError] = 
     except UnicodeDecodeError as exc:
         raise _fail(error, f"{what} is not UTF-8 (byte offset {exc.start})") from None
     try:
-        return json.loads(text, object_pairs_hook=object_pairs_hook)
-    except json.JSONDecodeError as exc:
-        raise _fail(error, f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} "
-                    f"column {exc.colno}") from None
-    except RecursionError:
-        raise _fail(error, f"{what} nests JSON arrays or objects too deeply") from None
+        return parse_json(text, object_pairs_hook=object_pairs_hook)
+    except JSONProblem as exc:
+        if exc.too_deep:
+            raise _fail(error, f"{what} nests JSON arrays or objects too deeply") from None
+        raise _fail(error, f"{what} is {exc}") from None
 
 
 def read_json(path: str | Path, *, what: str = "", max_bytes: int = 64 << 20,

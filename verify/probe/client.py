@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from distillmark.watermark.errors import DistillmarkError, InputError, ParameterError
+from distillmark.watermark.files import decode_json
 
 from .cache import ResponseCache
 
@@ -253,12 +254,13 @@ def fetch_answers(endpoint: str, model: str, prompts: Sequence[str], *,
                 status = resp.status_code
                 if status == 200:
                     try:
-                        data = resp.json()
+                        data = decode_json(resp.content, what="the answer")
                         choices = data["choices"]
                         if not isinstance(choices, list) or not choices:
                             raise TypeError
                         contents = [c["message"].get("content") for c in choices[:n]]
                     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+                        # InputError (a ValueError) too: not UTF-8, not JSON, nested too deep
                         raise _Retryable("the endpoint sent a malformed answer (not an OpenAI "
                                          "chat completion)") from None
                     if any(c is not None and not isinstance(c, str) for c in contents):

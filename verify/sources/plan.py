@@ -5,13 +5,13 @@ uncompressed JSONL file or a range of Parquet row groups.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from distillmark.watermark.errors import InputError, MissingDependencyError
+from distillmark.watermark.files import read_json
 
 __all__ = ["FORMATS", "READ_BLOCK", "Shard", "plan_shards", "pyarrow_parquet"]
 
@@ -22,6 +22,8 @@ _TEXT_EXT = (".txt", ".text", ".md")
 _COMPRESSED = {".gz": "gz", ".zst": "zst", ".zstd": "zst"}
 #: Bytes read at a time.
 READ_BLOCK = 1 << 20
+#: A datasets folder's state.json or dataset_dict.json: a few kB.
+_MAX_META_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -75,16 +77,24 @@ def _hf_files(folder: Path) -> list[Path] | None:
     """Arrow files of a ``save_to_disk`` folder (a Dataset or a DatasetDict), else None."""
     state = folder / "state.json"
     if state.is_file():
+        d = read_json(state, max_bytes=_MAX_META_BYTES)
         try:
-            files = json.loads(state.read_text(encoding="utf-8"))["_data_files"]
-            return [folder / f["filename"] for f in files]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            names = [f["filename"] for f in d["_data_files"]]
+        except (KeyError, TypeError) as exc:
             raise InputError(f"{state}: not a datasets state file: {exc}") from None
+        for name in names:  # files of the folder itself, never a path out of it
+            if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+                raise InputError(f"{state}: data file {name!r} is not a file name in "
+                                 f"{folder}")
+        return [folder / name for name in names]
     dd = folder / "dataset_dict.json"
     if dd.is_file():
+        d = read_json(dd, max_bytes=_MAX_META_BYTES)
         try:
-            splits = json.loads(dd.read_text(encoding="utf-8"))["splits"]
-        except (OSError, ValueError, KeyError) as exc:
+            splits = d["splits"]
+            if not isinstance(splits, list) or not all(isinstance(s, str) for s in splits):
+                raise TypeError("'splits' is not a list of names")
+        except (KeyError, TypeError) as exc:
             raise InputError(f"{dd}: not a datasets dict file: {exc}") from None
         out: list[Path] = []
         for split in splits:

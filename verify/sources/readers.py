@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from distillmark.watermark.errors import InputError, MissingDependencyError
+from distillmark.watermark.files import JSONProblem, parse_json
 
 from .plan import READ_BLOCK, Shard, pyarrow_parquet
 from .records import BadRecord
@@ -119,9 +119,9 @@ def _iter_jsonl(shard: Shard, limit: int, skip: int) -> Iterator[tuple[str, Any]
                 yield loc, _utf8_error(line, exc)
                 continue
             try:
-                yield loc, json.loads(text.rstrip("\r\n"))
-            except json.JSONDecodeError as exc:
-                yield loc, BadRecord(f"not valid JSON: {exc.msg} (column {exc.colno})")
+                yield loc, parse_json(text.rstrip("\r\n"), line=True)
+            except JSONProblem as exc:
+                yield loc, BadRecord(str(exc))
     finally:
         fh.close()
 

@@ -1,0 +1,40 @@
+"""files.py: bounded reads, JSON with one-line errors, atomic writes that fail in one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from distillmark.watermark import InputError, SpecError
+from distillmark.watermark.files import JSONProblem, decode_json, parse_json
+
+DEEP = "[" * 100_000 + "]" * 100_000
+NO_NAME = "not valid JSON: Expecting property name enclosed in double quotes"
+
+
+@pytest.mark.parametrize(("text", "line", "message"), [
+    ('{"a": 1,}', False, NO_NAME + " at line 1 column 9"),
+    ('{"a": 1,}', True, NO_NAME + " at column 9"),
+    ("\n\n[1 2]", False, "not valid JSON: Expecting ',' delimiter at line 3 column 4"),
+    (DEEP, True, "JSON arrays or objects nested too deeply"),
+    ('{"a": ' * 100_000 + "1" + "}" * 100_000, False, "JSON arrays or objects nested too deeply"),
+    ("1" * 5000, True, "a JSON number with more than 4300 digits"),
+])
+def test_every_json_failure_is_one_problem(text: str, line: bool, message: str) -> None:
+    with pytest.raises(JSONProblem) as exc:
+        parse_json(text, line=line)
+    assert str(exc.value) == message
+    assert exc.value.too_deep == message.startswith("JSON arrays")
+
+
+def test_decode_json_names_what_it_read() -> None:
+    assert parse_json('{"a": [1, 2]}') == {"a": [1, 2]}
+    with pytest.raises(SpecError, match=r"^key file k nests JSON arrays or objects too deeply$"):
+        decode_json(DEEP.encode(), what="key file k", error=SpecError)
+    with pytest.raises(InputError, match=r"^the body is not valid JSON: Expecting value at line 1 "
+                                         r"column 1$"):
+        decode_json(b"", what="the body")
+    with pytest.raises(InputError, match=r"^the body is a JSON number with more than 4300 "
+                                         r"digits$"):
+        decode_json(b"9" * 4301, what="the body")
+    with pytest.raises(InputError, match=r"^the body is not UTF-8 \(byte offset 1\)$"):
+        decode_json(b"[\xff]", what="the body")
