@@ -258,6 +258,10 @@ def test_keygen_bad_destination(tmp_path: Path) -> None:
     result = run("keygen", "-o", missing)
     assert result.exit_code == 2
     assert result.stderr == error_line(f"directory {missing.parent} does not exist")
+    a_file = tmp_path / "a.txt"
+    a_file.write_text("x")
+    result = run("keygen", "-o", a_file / "k.json")
+    assert result.stderr == error_line(f"{a_file} is not a directory")
 
 
 def test_keygen_gives_green_list_keys_an_account_layer(tmp_path: Path) -> None:

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
+
 import pytest
 
 from distillmark.watermark import InputError, SpecError
-from distillmark.watermark.files import JSONProblem, decode_json, parse_json
+from distillmark.watermark.files import (
+    JSONProblem,
+    atomic_write,
+    check_writable,
+    decode_json,
+    parse_json,
+)
 
 DEEP = "[" * 100_000 + "]" * 100_000
 NO_NAME = "not valid JSON: Expecting property name enclosed in double quotes"
@@ -38,3 +48,40 @@ def test_decode_json_names_what_it_read() -> None:
         decode_json(b"9" * 4301, what="the body")
     with pytest.raises(InputError, match=r"^the body is not UTF-8 \(byte offset 1\)$"):
         decode_json(b"[\xff]", what="the body")
+
+
+def test_outputs_that_cannot_be_written_are_one_line(tmp_path: Path) -> None:
+    a_file = tmp_path / "a.txt"
+    a_file.write_text("x")
+    cases = [
+        (tmp_path / "missing" / "out.jsonl",
+         (f"cannot write --out {tmp_path / 'missing' / 'out.jsonl'}: folder "
+         f"{tmp_path / 'missing'} does not exist")),
+        (a_file / "out.jsonl", (f"cannot write --out {a_file / 'out.jsonl'}: {a_file} is not a "
+                               "folder")),
+        (tmp_path, f"cannot write --out {tmp_path}: it is a directory"),
+    ]
+    for path, message in cases:
+        with pytest.raises(InputError) as exc:
+            check_writable(path, what=f"--out {path}")
+        assert str(exc.value) == message
+        with pytest.raises(InputError) as exc, atomic_write(path, what=f"--out {path}") as fh:
+            fh.write("never")
+        assert str(exc.value) == message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+    check_writable(tmp_path / "fine.json")  # leaves nothing behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_atomic_write_turns_errors_of_writing_into_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    with pytest.raises(InputError, match=r"^cannot write .*out\.json: No space left on device$"), \
+            atomic_write(out):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    # an error about another file the block reads passes through as it is
+    with pytest.raises(FileNotFoundError), atomic_write(out) as fh:
+        fh.write((tmp_path / "gone.txt").read_text())
+    assert list(tmp_path.iterdir()) == []
+    with atomic_write(out) as fh:
+        fh.write("whole")
+    assert out.read_text() == "whole"

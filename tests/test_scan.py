@@ -4,10 +4,12 @@ resume, the Dask engine and the ``scan`` command."""
 from __future__ import annotations
 
 import csv
+import errno
 import gzip
 import hashlib
 import json
 import math
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -432,6 +434,40 @@ def test_bad_chat_records(tmp_path: Path, spec: WatermarkSpec) -> None:
         "field 'messages' is a string, not a list of messages",
         "messages[0] is not a message (an object with 'role')",
         "messages[0].content is a number, not a string or a list of parts"]
+
+
+def test_outputs_are_checked_before_the_scan_starts(tmp_path: Path, spec: WatermarkSpec,
+                                                    key_file: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "a short text to score"}])
+    missing = tmp_path / "missing"
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"out": missing / "o.jsonl"}, (f"--out {missing / 'o.jsonl'}: folder {missing} does "
+                                       "not exist")),
+        ({"report": missing / "r.html"}, (f"--report {missing / 'r.html'}: folder {missing} "
+                                         "does not exist")),
+        ({"rejects": tmp_path, "skip_bad": True}, f"--rejects {tmp_path}: it is a directory"),
+        ({"resume": True, "state_dir": path}, f"--state-dir {path}: it is not a folder"),
+    ]
+    for kw, message in cases:
+        calls: list[Any] = []
+        with pytest.raises(InputError) as exc:
+            scan([path], [spec], field="text", progress=calls.append, **kw)
+        assert str(exc.value) == f"cannot write {message}"
+        assert calls == []  # not one record read
+    r = _run("scan", path, "-k", key_file, "--field", "text", "--report", missing / "r.html")
+    assert (r.exit_code, r.stdout) == (2, "")
+    assert r.stderr == f"distillmark: error: cannot write --report {missing / 'r.html'}: " \
+                       f"folder {missing} does not exist\n"
+
+    def disk_full(p: Any) -> None:
+        if p.records:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(InputError, match=r"^the scan stopped: No space left on device; run it "
+                                         r"again with --resume to continue$"):
+        scan([path], [spec], field="text", out=tmp_path / "o.jsonl", resume=True,
+             progress=disk_full)
+    assert (tmp_path / "o.jsonl.scan-state").is_dir()
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ from typing import IO, Any
 
 from .errors import DistillmarkError, InputError
 
-__all__ = ["JSONProblem", "atomic_path", "atomic_write", "decode_json", "parse_json",
-           "read_bounded", "read_json"]
+__all__ = ["JSONProblem", "atomic_path", "atomic_write", "check_writable", "decode_json",
+           "parse_json", "read_bounded", "read_json"]
 
 _READ_BLOCK = 1 << 20
 
@@ -114,12 +114,30 @@ def read_json(path: str | Path, *, what: str = "", max_bytes: int = 64 << 20,
     return decode_json(raw, what=label, error=error, object_pairs_hook=object_pairs_hook)
 
 
-def atomic_path(path: Path, *, mode: int | None = None) -> Path:
+def _write_error(path: Path, exc: OSError, what: str) -> InputError:
+    """One line for an output that cannot be written: its name and the OS's reason."""
+    label, parent = what or str(path), path.parent
+    if not parent.is_dir():
+        reason = (f"{parent} is not a folder" if parent.exists()
+                  else f"folder {parent} does not exist")
+    elif isinstance(exc, IsADirectoryError) or path.is_dir():
+        reason = "it is a directory"
+    else:
+        reason = exc.strerror or str(exc)
+    return InputError(f"cannot write {label}: {reason}")
+
+
+def atomic_path(path: Path, *, mode: int | None = None, what: str = "") -> Path:
     """A new empty temporary file beside ``path``, to be renamed onto it with ``os.replace``.
 
-    Its mode is ``mode``, or what a new file gets under the process's umask.
+    Its mode is ``mode``, or what a new file gets under the process's umask. An OS error (no
+    such folder, permission denied, a read-only file system) is one :class:`InputError` line
+    naming ``what`` (default: the path) and the reason.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc, what) from None
     try:
         if mode is None:
             mask = os.umask(0)
@@ -131,22 +149,42 @@ def atomic_path(path: Path, *, mode: int | None = None) -> Path:
     return Path(tmp)
 
 
+def check_writable(path: str | Path, *, what: str = "") -> None:
+    """Refuse, now and in one :class:`InputError` line, an output that could not be written
+    at the end of a long run: a directory, a missing folder, a folder that takes no new file
+    (a temporary file is created beside ``path`` and removed)."""
+    target = Path(path)
+    if target.is_dir():
+        raise InputError(f"cannot write {what or target}: it is a directory")
+    atomic_path(target, what=what).unlink()
+
+
 @contextmanager
-def atomic_write(path: str | Path, *, mode: int | None = None, text: bool = True
-                 ) -> Iterator[IO[Any]]:
+def atomic_write(path: str | Path, *, mode: int | None = None, text: bool = True,
+                 what: str = "") -> Iterator[IO[Any]]:
     """Write ``path`` all at once or not at all: a temporary file beside it, flushed, synced
     and renamed onto it when the block ends; removed if the block raises.
 
-    ``mode``: the file's permissions (``0o600`` for keys); default as a new file.
+    ``mode``: the file's permissions (``0o600`` for keys); default as a new file. An OS error
+    of writing (the folder, the disk full, the rename) is one :class:`InputError` line naming
+    ``what`` (default: the path); one the block raises about another file (its ``filename``)
+    passes through unchanged.
     """
     target = Path(path)
-    tmp = atomic_path(target, mode=mode)
+    if target.is_dir():
+        raise InputError(f"cannot write {what or target}: it is a directory")
+    tmp = atomic_path(target, mode=mode, what=what)
     try:
         with open(tmp, "w" if text else "wb", encoding="utf-8" if text else None) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename not in (None, str(tmp)):
+            raise
+        raise _write_error(target, exc, what) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -159,9 +159,11 @@ def save_spec(spec: WatermarkSpec, path: str | Path, *, overwrite: bool = False)
     if path.exists() and not overwrite:
         raise SpecError(f"{path} already exists; refusing to overwrite a key (use --force)")
     parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise SpecError(f"{parent} is not a directory")
     if not parent.is_dir():
         raise SpecError(f"directory {parent} does not exist")
-    with atomic_write(path, mode=0o600) as fh:
+    with atomic_write(path, mode=0o600, what=f"key file {path}") as fh:
         fh.write(spec.to_json())
     return path
 
