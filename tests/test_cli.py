@@ -441,6 +441,17 @@ def test_detect_max_bytes(key_file: Path, texts: dict[str, Path]) -> None:
                                        "bytes; split it, or raise --max-bytes if memory allows")
 
 
+def test_detect_max_bytes_holds_for_pipes_and_devices(key_file: Path) -> None:
+    """The limit counts the bytes read, not the size the file system reports (0 here)."""
+    result = run("detect", "-k", key_file, "--max-bytes", 1000, "/dev/zero")
+    assert result.exit_code == 2
+    assert result.stderr == error_line("/dev/zero: larger than --max-bytes 1000 bytes; split it, "
+                                       "or raise --max-bytes if memory allows")
+    result = run("detect", "-k", key_file, "--max-bytes", 1000, "-", input=b"x" * 1001)
+    assert result.stderr == error_line("<stdin>: larger than --max-bytes 1000 bytes; split it, "
+                                       "or raise --max-bytes if memory allows")
+
+
 def _write_0600(path: Path, content: str) -> Path:
     path.write_text(content)
     path.chmod(0o600)

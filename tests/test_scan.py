@@ -424,6 +424,37 @@ def test_bad_records_stop_or_are_skipped(tmp_path: Path, spec: WatermarkSpec, da
     assert rejects == [{"location": f"{path}:{line}", "reason": reason}]
 
 
+def test_files_that_are_not_regular_are_never_opened(tmp_path: Path, spec: WatermarkSpec,
+                                                     key_file: Path) -> None:
+    """A FIFO would block the scan for ever and /dev/zero never end: a folder holding them is
+    refused before any record is read, or with --skip-bad each is one bad record."""
+    folder = tmp_path / "leak"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", [{"text": "a short text to score"}])
+    os.mkfifo(folder / "b.jsonl")
+    (folder / "c.jsonl").symlink_to("/dev/zero")
+    (folder / "d.jsonl").symlink_to(tmp_path / "gone.jsonl")
+    calls: list[Any] = []
+    with pytest.raises(InputError) as exc:
+        scan([folder], [spec], field="text", progress=calls.append)
+    assert str(exc.value) == (f"{folder / 'b.jsonl'}: not a regular file: a FIFO (--skip-bad "
+                              "skips bad records)")
+    assert calls == []
+    rejects = tmp_path / "rejects.jsonl"
+    res = scan([folder], [spec], field="text", skip_bad=True, rejects=rejects)
+    assert (res.n_records_read, res.n_records_scored, res.n_records_skipped) == (4, 1, 3)
+    assert read_rows(rejects) == [
+        {"location": str(folder / "b.jsonl"), "reason": "not a regular file: a FIFO"},
+        {"location": str(folder / "c.jsonl"),
+         "reason": "not a regular file: a symbolic link to a character device"},
+        {"location": str(folder / "d.jsonl"),
+         "reason": "not a regular file: a broken symbolic link"}]
+    r = _run("scan", folder / "c.jsonl", "-k", key_file, "--field", "text")
+    assert (r.exit_code, r.stdout) == (2, "")
+    assert r.stderr == (f"distillmark: error: {folder / 'c.jsonl'}: not a regular file: a "
+                        "symbolic link to a character device (--skip-bad skips bad records)\n")
+
+
 def test_bad_chat_records(tmp_path: Path, spec: WatermarkSpec) -> None:
     recs = [{"messages": "hello"}, {"messages": [{"content": "no role"}]},
             {"messages": [{"role": "assistant", "content": 5}]}]

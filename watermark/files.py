@@ -20,13 +20,28 @@ from typing import IO, Any
 from .errors import DistillmarkError, InputError
 
 __all__ = ["JSONProblem", "atomic_path", "atomic_write", "check_writable", "decode_json",
-           "parse_json", "read_bounded", "read_json"]
+           "parse_json", "read_at_most", "read_bounded", "read_json"]
 
 _READ_BLOCK = 1 << 20
 
 
 def _fail(error: type[DistillmarkError], message: str) -> DistillmarkError:
     return error(message)
+
+
+def read_at_most(stream: IO[bytes], max_bytes: int) -> bytes | None:
+    """The bytes of ``stream`` to its end, read in blocks; None as soon as more than
+    ``max_bytes`` arrive (the rest is left unread), whatever the stream is: a pipe or a device
+    (``/dev/zero``) is cut off like a regular file."""
+    chunks, n = [], 0
+    while True:
+        block = stream.read(min(_READ_BLOCK, max_bytes + 1 - n))
+        if not block:
+            return b"".join(chunks)
+        chunks.append(block)
+        n += len(block)
+        if n > max_bytes:
+            return None
 
 
 def read_bounded(path: str | Path, max_bytes: int, *, what: str = "",
@@ -43,22 +58,16 @@ def read_bounded(path: str | Path, max_bytes: int, *, what: str = "",
         if p.is_dir():
             raise _fail(error, f"{label} is a directory, not a file")
         with open(p, "rb") as fh:
-            chunks, n = [], 0
-            while True:
-                block = fh.read(min(_READ_BLOCK, max_bytes + 1 - n))
-                if not block:
-                    break
-                chunks.append(block)
-                n += len(block)
-                if n > max_bytes:
-                    raise _fail(error, f"{label} is larger than {max_bytes} bytes")
+            data = read_at_most(fh, max_bytes)
     except FileNotFoundError:
         raise _fail(error, f"{label} does not exist") from None
     except PermissionError:
         raise _fail(error, f"{label} cannot be read: permission denied") from None
     except OSError as exc:
         raise _fail(error, f"{label} cannot be read: {exc.strerror or exc}") from None
-    return b"".join(chunks)
+    if data is None:
+        raise _fail(error, f"{label} is larger than {max_bytes} bytes")
+    return data
 
 
 class JSONProblem(ValueError):

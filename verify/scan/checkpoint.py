@@ -27,9 +27,13 @@ def plan_fingerprint(shards: list[Shard], config: ScanConfig) -> str:
     the shards cut from them and the configuration."""
     files = []
     for sh in shards:
-        st = os.stat(sh.path)
-        files.append([sh.path, sh.fmt, sh.compression, sh.start, sh.stop, st.st_size,
-                      st.st_mtime_ns])
+        try:
+            st = os.stat(sh.path)
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:  # a file skipped as unreadable (a broken link)
+            size, mtime = -1, -1
+        files.append([sh.path, sh.fmt, sh.compression, sh.start, sh.stop, size, mtime,
+                      sh.bad])
     blob = json.dumps({"files": files, "config": config.fingerprint()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 

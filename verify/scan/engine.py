@@ -97,7 +97,7 @@ def scan(inputs: Sequence[str | Path], specs: Sequence[WatermarkSpec], *,
     for name, path in (("--out", out_p), ("--rejects", rej_p), ("--report", report)):
         if path is not None:
             check_writable(path, what=f"{name} {path}")
-    shards = plan_shards(list(inputs), fmt=fmt,
+    shards = plan_shards(list(inputs), fmt=fmt, skip_bad=skip_bad,
                          shard_bytes=shard_bytes if engine == "dask" else None)
     w = Worker.of(config)
     state = ScanState(w.schemes)

@@ -6,6 +6,7 @@ uncompressed JSONL file or a range of Parquet row groups.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ class Shard:
             or the row groups ``start..stop-1`` of a Parquet file; unused otherwise.
         first_line: line number of the line at byte ``start`` (JSONL).
         size: bytes of input the shard covers (for progress).
+        bad: why the file is not read (not a regular file: a FIFO, a device, a broken link);
+            its reader yields this as one bad record, the file's path as its location.
     """
 
     path: str
@@ -47,6 +50,7 @@ class Shard:
     stop: int = -1
     first_line: int = 1
     size: int = 0
+    bad: str = ""
 
 
 def _format_of(path: Path) -> tuple[str, str]:
@@ -149,13 +153,33 @@ def _format_of_comp(path: Path) -> str:
     return ""
 
 
+def _not_regular(path: Path) -> str:
+    """Why ``path`` is not read as data ("" for a regular file, or a link to one): a FIFO
+    would block the scan, a device (``/dev/zero``) never end."""
+    link = "a symbolic link to " if path.is_symlink() else ""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return ("not a regular file: a broken symbolic link" if link
+                else f"cannot read: {exc.strerror or exc}")
+    if stat.S_ISREG(mode):
+        return ""
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a directory" if stat.S_ISDIR(mode) else "not a file")
+    return f"not a regular file: {link}{kind}"
+
+
 def plan_shards(inputs: list[str | Path], *, fmt: str = "auto",
-                shard_bytes: int | None = None) -> list[Shard]:
+                shard_bytes: int | None = None, skip_bad: bool = False) -> list[Shard]:
     """The shards of ``inputs`` (files and directories), in a fixed order.
 
     With ``shard_bytes``, uncompressed JSONL files are cut into line-aligned byte ranges of
     about that size (their first line numbers counted here) and Parquet files into runs of row
     groups; without it each file is one shard.
+
+    Only regular files are read: a FIFO, a device, a socket or a broken link among the inputs
+    is an :class:`InputError` naming it, or with ``skip_bad`` a shard that is one bad record.
     """
     if fmt not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -166,6 +190,12 @@ def plan_shards(inputs: list[str | Path], *, fmt: str = "auto",
         for path, f, comp in _expand(Path(inp), fmt):
             if f not in ("jsonl", "csv", "text", "parquet", "arrow"):
                 raise InputError(f"{path}: unknown format {f!r}")
+            bad = _not_regular(path)
+            if bad and not skip_bad:
+                raise InputError(f"{path}: {bad} (--skip-bad skips bad records)")
+            if bad:
+                shards.append(Shard(str(path), f, comp, bad=bad))
+                continue
             try:
                 size = path.stat().st_size
             except OSError as exc:
