@@ -236,6 +236,7 @@ def test_fraction_interval_covers_the_truth(f_true: float) -> None:
         cover += r.ci_low <= f_true <= r.ci_high
         est.append(r.estimate)
         assert 0.0 <= r.ci_low <= r.estimate <= r.ci_high <= 1.0
+        assert r.is_estimated()
     assert cover >= 26, cover  # nominal 95%: 28.5 of 30 expected; P(<= 25) < 2%
     assert abs(np.mean(est) - f_true) < 0.02
 
@@ -249,6 +250,38 @@ def test_fraction_on_pvalues_covers_the_truth() -> None:
         r = pvalue_mixture(np.log10(np.maximum(p, 1e-300)))
         cover += r.ci_low <= 0.2 <= r.ci_high
     assert cover >= 25
+
+
+def test_a_fraction_of_too_few_records_is_not_stated(tmp_path: Path, key_file: Path,
+                                                     paragraphs: list[str]) -> None:
+    """One clean record can give a fraction of 100% with an interval of 0% to 100%: with
+    fewer than 10 records, or an interval that rules out nothing, none is stated."""
+    p0, theta_min = 0.25, theta_floor(0.25, 0.65)
+    one = binomial_mixture(np.array([80]), np.array([22]), np.array([1]), p0=p0,
+                           theta_min=theta_min)
+    assert one.n_records == 1 and not one.is_estimated()
+    assert one.to_dict()["estimated"] is False
+    few = binomial_mixture(np.array([200]), np.array([150]), np.array([9]), p0=p0,
+                           theta_min=theta_min)
+    assert few.ci_low > 0.5 and not few.is_estimated()  # 9 records: their own tests say it
+    many = binomial_mixture(np.array([200]), np.array([150]), np.array([10]), p0=p0,
+                            theta_min=theta_min)
+    assert many.is_estimated() and many.estimate == pytest.approx(1.0)
+    short = binomial_mixture(np.array([3]), np.array([1]), np.array([12]), p0=p0,
+                             theta_min=theta_min)  # 12 records of 3 units: anything fits
+    assert short.estimate == 1.0 and (short.ci_low, short.ci_high) == (0.0, 1.0)
+    assert not short.is_estimated()
+
+    path = write_jsonl(tmp_path / "one.jsonl", [{"text": " ".join(paragraphs[:3])}])
+    r = _run("scan", path, "-k", key_file, "--field", "text")
+    assert r.exit_code == 1
+    lines = r.stdout.splitlines()
+    assert lines[3] == ("watermarked fraction: cannot be estimated (only 1 record with >= 25 "
+                        "fresh scored units, fewer than 10: the flags test each record on its "
+                        "own)")
+    assert lines[4].startswith("evidence: ") and "at most" not in lines[4]
+    d = json.loads(_run("scan", path, "-k", key_file, "--field", "text", "--json").stdout)
+    assert (d["fraction_n_records"], d["fraction_estimated"]) == (1, False)
 
 
 def test_pair_counts_merge_and_round_trip() -> None:
@@ -654,6 +687,7 @@ def test_cli_exit_codes_json_and_report(tmp_path: Path, mixed: Any, key_file: Pa
               "n_flagged", "fraction", "fraction_ci_low", "fraction_ci_high",
               "detectable_fraction", "key_id", "per_key"):
         assert k in d, k
+    assert d["fraction_estimated"] is True
     assert d["verdict"] == "watermarked" and r.stderr == ""
     page = (tmp_path / "rep.html").read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == 3 and "watermarked" in page
