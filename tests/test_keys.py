@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from distillmark.watermark import (
+    InputError,
     SpecError,
     TokenizerInfo,
     WatermarkSpec,
@@ -105,7 +106,7 @@ def test_interrupted_save_leaves_no_file(fresh_spec: WatermarkSpec, tmp_path: Pa
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "fsync", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(InputError, match=r"^cannot write key file .*key\.json: disk full$"):
         save_spec(fresh_spec, tmp_path / "key.json")
     assert list(tmp_path.iterdir()) == []
 
