@@ -95,7 +95,7 @@ def read_text(name: str, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
                "--max-bytes if memory allows")
     data: bytes | None
     if name == "-":
-        stream = getattr(sys.stdin, "buffer", sys.stdin)
+        stream: Any = getattr(sys.stdin, "buffer", sys.stdin)
         if isinstance(stream.read(0), str):  # a text stream (tests): already decoded
             text = stream.read(max_bytes + 1)
             if len(text) > max_bytes:

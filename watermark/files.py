@@ -33,7 +33,8 @@ def read_at_most(stream: IO[bytes], max_bytes: int) -> bytes | None:
     """The bytes of ``stream`` to its end, read in blocks; None as soon as more than
     ``max_bytes`` arrive (the rest is left unread), whatever the stream is: a pipe or a device
     (``/dev/zero``) is cut off like a regular file."""
-    chunks, n = [], 0
+    chunks: list[bytes] = []
+    n = 0
     while True:
         block = stream.read(min(_READ_BLOCK, max_bytes + 1 - n))
         if not block:
