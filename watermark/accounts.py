@@ -131,7 +131,7 @@ def wht(x: np.ndarray) -> np.ndarray:
     while half < size:
         y = out.reshape(*lead, size // (2 * half), 2, half)
         a = y[..., 0, :].copy()
-        y[..., 0, :] += y[..., 1, :]
+        np.add(y[..., 0, :], y[..., 1, :], out=y[..., 0, :])
         np.subtract(a, y[..., 1, :], out=y[..., 1, :])
         half *= 2
     return out.astype(np.int64, copy=False)
