@@ -36,6 +36,18 @@ def test_every_json_failure_is_one_problem(text: str, line: bool, message: str) 
     assert exc.value.too_deep == message.startswith("JSON arrays")
 
 
+def test_lone_surrogates_become_replacement_characters() -> None:
+    """A \\ud800 escape without its pair is no character: no tokenizer, no UTF-8 file takes
+    it. Pairs stay the characters they encode; an escaped backslash stays text."""
+    got = parse_json('{"a\\ud800": ["x\\udc00y", {"k": "\\ud83d\\ude00 \\uD83D"}], "n": 1}')
+    assert got == {"a\ufffd": ["x\ufffdy", {"k": "\U0001f600 \ufffd"}], "n": 1}
+    assert parse_json('"\\\\ud800"') == "\\ud800"
+    deep = parse_json("[" * 500 + '"\\udfff"' + "]" * 500)
+    for _ in range(500):
+        deep = deep[0]
+    assert deep == "\ufffd"
+
+
 def test_decode_json_names_what_it_read() -> None:
     assert parse_json('{"a": [1, 2]}') == {"a": [1, 2]}
     with pytest.raises(SpecError, match=r"^key file k nests JSON arrays or objects too deeply$"):

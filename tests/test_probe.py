@@ -500,7 +500,7 @@ def test_cache_files_are_whole_answers_keyed_by_the_question(tmp_path: Path) -> 
         assert cache.get(k) is None
 
 
-def test_empty_and_malformed_answers() -> None:
+def test_empty_and_malformed_answers(tmp_path: Path) -> None:
     def odd(prompt: str, attempt: int) -> Response:
         if "tides" in prompt or prompt.startswith("Explain"):
             return completion(None if attempt % 2 else "")
@@ -510,6 +510,11 @@ def test_empty_and_malformed_answers() -> None:
     with scripted(odd) as (url, _):
         got = fetch_answers(url, "m", prompts)
     assert len(got.pairs) == 4 and sum(not a for _, a in got.pairs) >= 1
+
+    half = '{"choices": [{"message": {"content": "a \\ud800 b"}}]}'  # half a surrogate pair
+    with scripted(lambda p, a: Response(half, media_type="application/json")) as (url, _):
+        got = fetch_answers(url, "m", prompts[:1], cache=tmp_path)
+    assert got.pairs == [(prompts[0], "a \ufffd b")]  # cached as UTF-8 like any answer
 
     deep = '{"choices": ' + "[" * 100_000 + "]" * 100_000 + "}"
     long_number = '{"choices": [{"message": {"content": 1' + "9" * 5000 + "}}]}"

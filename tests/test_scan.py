@@ -488,6 +488,20 @@ def test_files_that_are_not_regular_are_never_opened(tmp_path: Path, spec: Water
                         "symbolic link to a character device (--skip-bad skips bad records)\n")
 
 
+def test_a_lone_surrogate_is_scored_as_a_replacement_character(tmp_path: Path,
+                                                                spec: WatermarkSpec) -> None:
+    """JSON can spell a half of a surrogate pair (no character: the tokenizer refuses it); the
+    record is scored with U+FFFD in its place, as detect scores the text."""
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"text": "one \\ud800 two three four five six seven"}\n')
+    out = tmp_path / "out.jsonl"
+    res = scan([path], [spec], field="text", out=out)
+    assert (res.n_records_read, res.n_records_scored) == (1, 1)
+    row = read_rows(out)[0]
+    assert row["n_tokens"] == Detector(spec).detect("one \ufffd two three four five six "
+                                                    "seven").n_tokens
+
+
 def test_bad_chat_records(tmp_path: Path, spec: WatermarkSpec) -> None:
     recs = [{"messages": "hello"}, {"messages": [{"content": "no role"}]},
             {"messages": [{"role": "assistant", "content": 5}]}]

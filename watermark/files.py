@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -81,13 +82,49 @@ class JSONProblem(ValueError):
         self.too_deep = too_deep
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _mend_surrogates(value: Any) -> Any:
+    """``value`` with every lone surrogate in its strings (keys too) replaced by U+FFFD; an
+    explicit stack, not recursion, for values nested as deep as the parser allows."""
+
+    def mend(s: Any) -> Any:
+        return _SURROGATE.sub("\ufffd", s) if isinstance(s, str) else s
+
+    root = [value]
+    stack: list[Any] = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            for i, item in enumerate(node):
+                node[i] = mend(item)
+                if isinstance(item, (list, dict)):
+                    stack.append(item)
+        elif isinstance(node, dict):
+            items = list(node.items())
+            node.clear()
+            for k, v in items:
+                node[mend(k)] = mend(v)
+                if isinstance(v, (list, dict)):
+                    stack.append(v)
+    return root[0]
+
+
 def parse_json(text: str, *, line: bool = False,
                object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None) -> Any:
     """``json.loads``, with every way it fails one :class:`JSONProblem`: bad syntax, nesting
     too deep for the parser, an integer longer than Python converts (``sys.int_info``'s
-    4300 digits). ``line``: the text is one line of a file, so only the column is named."""
+    4300 digits). ``line``: the text is one line of a file, so only the column is named.
+
+    Every string it returns is Unicode text: a lone surrogate (a ``\\ud800`` escape without
+    its pair, which is no character, cannot be written as UTF-8 and is refused by tokenizers)
+    becomes U+FFFD, the rest of the string kept.
+    """
     try:
-        return json.loads(text, object_pairs_hook=object_pairs_hook)
+        value = json.loads(text, object_pairs_hook=object_pairs_hook)
+        return _mend_surrogates(value) if _SURROGATE_ESCAPE.search(text) else value
     except json.JSONDecodeError as exc:
         where = f"column {exc.colno}" if line else f"line {exc.lineno} column {exc.colno}"
         raise JSONProblem(f"not valid JSON: {exc.msg} at {where}") from None
