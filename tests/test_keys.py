@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from distillmark.watermark import (
     InputError,
@@ -375,6 +377,69 @@ def test_a_relative_tokenizer_path_is_recorded_absolute(tmp_path: Path,
     spec = load_spec(path)
     assert spec.tokenizer.source == str(made / "tok.json")
     tokenizer_for(spec.tokenizer)
+
+
+# -- any file at all: a spec, or one SpecError line -------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=12)
+#: Where a mutation of a valid key file lands: a top-level field, or one inside the nested ones.
+FIELDS = [("distillmark_spec",), ("key_id",), ("secret",), ("scheme",), ("params",),
+          ("tokenizer",), ("created",), ("accounts",), ("mac",), ("account",),
+          ("params", "gamma"), ("params", "delta"), ("params", "context_width"),
+          ("params", "seeding"), ("params", "n_lists"), ("tokenizer", "source"),
+          ("tokenizer", "sha256"), ("tokenizer", "vocab_size"), ("accounts", "gamma"),
+          ("accounts", "delta")]
+
+
+def _load_anything(content: bytes, folder: Path) -> None:
+    path = _write(folder / "key.json", content)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # version 1 files warn
+        try:
+            assert isinstance(load_spec(path), WatermarkSpec)
+        except SpecError as exc:
+            assert "\n" not in str(exc) and str(exc).startswith(f"key file {path}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=JSON_VALUES)
+def test_any_json_loads_as_a_spec_or_one_spec_error(value: Any,
+                                                    tmp_path_factory: pytest.TempPathFactory
+                                                    ) -> None:
+    _load_anything(json.dumps(value).encode(), tmp_path_factory.mktemp("k"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(edits=st.lists(st.tuples(st.sampled_from(FIELDS), st.none() | JSON_VALUES), min_size=1,
+                      max_size=3),
+       version=st.sampled_from([None, 1, 2]))
+def test_any_edit_of_a_key_loads_as_a_spec_or_one_spec_error(
+        edits: list[tuple[tuple[str, ...], Any]], version: int | None,
+        spec_factory: Callable[..., WatermarkSpec],
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Fields replaced by any JSON value or deleted (None), at any version."""
+    from distillmark.watermark.accounts import AccountLayerParams
+
+    spec = new_spec("greenlist", {}, spec_factory().tokenizer, secret=SECRET,
+                    accounts=AccountLayerParams())
+    d = _valid_dict(spec)
+    for path, value in edits:
+        node = d
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        if value is None:
+            node.pop(path[-1], None)
+        else:
+            node[path[-1]] = value
+    if version is not None:
+        d["distillmark_spec"] = version
+    _load_anything(json.dumps(d).encode(), tmp_path_factory.mktemp("k"))
 
 
 # -- per-account specs -------------------------------------------------------------------------

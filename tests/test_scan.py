@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 from tokenizers import Tokenizer
 from typer.testing import CliRunner
@@ -500,6 +502,51 @@ def test_a_lone_surrogate_is_scored_as_a_replacement_character(tmp_path: Path,
     row = read_rows(out)[0]
     assert row["n_tokens"] == Detector(spec).detect("one \ufffd two three four five six "
                                                     "seven").n_tokens
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["text", "messages", "role", "content", "type", "x"]) | st.text(
+            max_size=6), inner, max_size=4),
+    max_leaves=12)
+#: Lines of a hostile JSON Lines file: any bytes, any JSON value (ASCII-escaped or not), JSON
+#: cut short, nested past the parser, a number past int's digits, half a surrogate pair.
+LINES = st.one_of(
+    st.binary(max_size=40),
+    JSON_VALUES.map(lambda v: json.dumps(v).encode()),
+    JSON_VALUES.map(lambda v: json.dumps(v, ensure_ascii=False).encode()),
+    st.tuples(JSON_VALUES, st.integers(0, 30)).map(lambda t: json.dumps(t[0]).encode()[:t[1]]),
+    st.integers(1, 5000).map(lambda n: b'{"text": ' + b"[" * n * 30 + b"]" * n * 30 + b"}"),
+    st.integers(4290, 4400).map(lambda n: b'{"text": ' + b"9" * n + b"}"),
+    st.text(max_size=10).map(lambda t: json.dumps({"text": t + "\ud800"}).encode()),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(LINES, max_size=8), ends=st.sampled_from([b"\n", b"\r\n"]),
+       limit=st.sampled_from([16, 200, 1 << 20]))
+def test_any_bytes_read_as_records_or_bad_records(lines: list[bytes], ends: bytes, limit: int,
+                                                  tmp_path_factory: pytest.TempPathFactory
+                                                  ) -> None:
+    """Whatever a JSON Lines file holds, the reader and the selectors give records or bad
+    records, one per non-blank line, and never raise."""
+    from distillmark.verify.sources import BadRecord, Selector, Shard, iter_shard
+
+    path = tmp_path_factory.mktemp("r") / "r.jsonl"
+    path.write_bytes(ends.join(lines))
+    got = list(iter_shard(Shard(str(path), "jsonl"), max_record_bytes=limit))
+    assert len(got) <= len(lines)
+    for loc, rec in got:
+        assert loc.startswith(f"{path}:")
+        for selector in (Selector(field="text"), Selector(chat="messages")):
+            segs = rec if isinstance(rec, BadRecord) else selector.segments(rec)
+            if isinstance(segs, BadRecord):
+                assert "\n" not in segs.reason
+            else:
+                for seg in segs:  # text a tokenizer and a UTF-8 file take
+                    seg.text.encode("utf-8")
+                    seg.context.encode("utf-8")
 
 
 def test_bad_chat_records(tmp_path: Path, spec: WatermarkSpec) -> None:
