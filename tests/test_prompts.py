@@ -72,3 +72,12 @@ def test_prompts_from_a_request_log(tmp_path):
     hashed.close()
     with pytest.raises(InputError, match="keeps only digests"):
         prompts_from_log(tmp_path / "h.jsonl")
+
+
+def test_prompt_and_reference_files_are_read_bounded() -> None:
+    """The limit holds for the bytes read: /dev/zero (size 0) is cut off, not read for ever."""
+    from distillmark.verify.textfiles import read_input
+
+    with pytest.raises(InputError, match=r"^/dev/zero: prompts file larger than 1000 bytes$"):
+        read_input(Path("/dev/zero"), "prompts", max_bytes=1000)
+

@@ -13,15 +13,24 @@ from pathlib import Path
 from typing import Any
 
 from distillmark.watermark.errors import InputError
-from distillmark.watermark.files import JSONProblem, parse_json
+from distillmark.watermark.files import JSONProblem, parse_json, read_at_most
 
-__all__ = ["json_line", "read_input", "text_line"]
+__all__ = ["MAX_INPUT_BYTES", "json_line", "read_input", "text_line"]
 
 
-def read_input(path: Path, kind: str) -> bytes:
+#: The largest prompts or reference file read (counted on the bytes read: a pipe or a device
+#: is cut off there too).
+MAX_INPUT_BYTES = 1 << 30
+
+
+def read_input(path: Path, kind: str, *, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
     """The bytes of ``path``, a ``kind`` file (``prompts``, ``reference``)."""
     try:
-        return path.read_bytes()
+        with open(path, "rb") as fh:
+            data = read_at_most(fh, max_bytes)
+        if data is None:
+            raise InputError(f"{path}: {kind} file larger than {max_bytes} bytes")
+        return data
     except FileNotFoundError:
         raise InputError(f"{path}: no such {kind} file") from None
     except IsADirectoryError:
