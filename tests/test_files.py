@@ -36,6 +36,16 @@ def test_every_json_failure_is_one_problem(text: str, line: bool, message: str) 
     assert exc.value.too_deep == message.startswith("JSON arrays")
 
 
+def test_the_pairs_hooks_own_refusal_passes_through() -> None:
+    def no_twice(items: list[tuple[str, object]]) -> dict[str, object]:
+        if len({k for k, _ in items}) < len(items):
+            raise InputError("a key appears twice")
+        return dict(items)
+
+    with pytest.raises(InputError, match=r"^a key appears twice$"):
+        parse_json('{"k": 1, "k": 2}', object_pairs_hook=no_twice)
+
+
 def test_lone_surrogates_become_replacement_characters() -> None:
     """A \\ud800 escape without its pair is no character: no tokenizer, no UTF-8 file takes
     it. Pairs stay the characters they encode; an escaped backslash stays text."""

@@ -130,6 +130,8 @@ def parse_json(text: str, *, line: bool = False,
         raise JSONProblem(f"not valid JSON: {exc.msg} at {where}") from None
     except RecursionError:
         raise JSONProblem("JSON arrays or objects nested too deeply", too_deep=True) from None
+    except DistillmarkError:  # the object_pairs_hook's own refusal, as it is
+        raise
     except ValueError:  # int("1" * 5000): past the interpreter's integer-string limit
         raise JSONProblem(f"a JSON number with more than {sys.get_int_max_str_digits()} "
                           "digits") from None
