@@ -13,7 +13,7 @@ import typer
 
 from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED
 from distillmark.verify.stats import format_pvalue
-from distillmark.watermark import InputError, load_spec
+from distillmark.watermark import load_spec
 
 from .common import (
     DEFAULT_MAX_BYTES,
@@ -104,12 +104,12 @@ def attribute(
     from distillmark.verify.attribute import Attributor
     from distillmark.verify.attribute_run import attribute_inputs, logged_answers
     from distillmark.verify.candidates import Candidates
-    from distillmark.watermark.files import atomic_write
+    from distillmark.watermark.files import atomic_write, check_writable
 
     require_open_unit("--alpha", alpha)
     with errors_exit(), tempfile.TemporaryDirectory(prefix="distillmark-attribute-") as tmp:
-        if out is not None and not out.parent.is_dir():
-            raise InputError(f"--out {out}: folder {out.parent} does not exist")
+        if out is not None:  # refused now, not after every record is attributed
+            check_writable(out, what=f"--out {out}")
         spec = load_spec(key)
         cands = Candidates.given(accounts, account_space)
         att = Attributor(spec, cands, tokenizer=tokenizer, min_scored=min_scored)
@@ -142,7 +142,7 @@ def attribute(
             "skip_bad": skip_bad, "max_record_bytes": max_record_bytes, "alpha": alpha,
             "log": logged, "progress": progress}
         if out is not None:
-            with atomic_write(out) as fh:
+            with atomic_write(out, what=f"--out {out}") as fh:
                 run = attribute_inputs(paths, att, on_records=lambda b: emit(b, fh), **kwargs)
         else:
             run = attribute_inputs(paths, att, on_records=lambda b: emit(b, None), **kwargs)

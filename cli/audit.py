@@ -10,6 +10,7 @@ import typer
 from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED
 from distillmark.verify.stats import format_pvalue
 from distillmark.watermark import InputError, load_spec
+from distillmark.watermark.files import JSONProblem, parse_json
 
 from .common import (
     DEFAULT_MAX_BYTES,
@@ -43,9 +44,9 @@ def _texts(name: str, max_bytes: int) -> list[str]:
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{label}:{i}: not valid JSON ({exc.msg})") from None
+            rec = parse_json(line, line=True)
+        except JSONProblem as exc:
+            raise InputError(f"{label}:{i}: {exc}") from None
         if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
             raise InputError(f"{label}:{i}: each line needs a string field 'text'")
         out.append(rec["text"])

@@ -19,6 +19,7 @@ from typing import Any
 import typer
 
 from distillmark.watermark import DistillmarkError, InputError
+from distillmark.watermark.files import read_at_most
 
 EXIT_FOUND, EXIT_NOT_FOUND, EXIT_ERROR = 0, 1, 2
 
@@ -84,28 +85,36 @@ def input_label(name: str) -> str:
 
 
 def read_text(name: str, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
-    """Read one input (``-`` is stdin) as strict UTF-8; problems become one-line InputErrors."""
-    too_big = (f"{name}: larger than --max-bytes {max_bytes} bytes; split it, or raise "
+    """Read one input (``-`` is stdin) as strict UTF-8; problems become one-line InputErrors.
+
+    ``max_bytes`` holds for the bytes read, not the size the file system reports: a pipe, a
+    FIFO or a device is cut off there like a regular file.
+    """
+    label = input_label(name)
+    too_big = (f"{label}: larger than --max-bytes {max_bytes} bytes; split it, or raise "
                "--max-bytes if memory allows")
+    data: bytes | None
     if name == "-":
-        stream = getattr(sys.stdin, "buffer", sys.stdin)
-        data = stream.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            raise InputError(too_big.replace(name, "<stdin>", 1))
-        if isinstance(data, str):
-            return data
+        stream: Any = getattr(sys.stdin, "buffer", sys.stdin)
+        if isinstance(stream.read(0), str):  # a text stream (tests): already decoded
+            text = stream.read(max_bytes + 1)
+            if len(text) > max_bytes:
+                raise InputError(too_big)
+            return str(text)
+        data = read_at_most(stream, max_bytes)
     else:
         path = Path(name)
         if path.is_dir():
             raise InputError(f"{name}: is a directory (give text files)")
         try:
-            if path.stat().st_size > max_bytes:
-                raise InputError(too_big)
-            data = path.read_bytes()
+            with open(path, "rb") as fh:
+                data = read_at_most(fh, max_bytes)
         except FileNotFoundError:
             raise InputError(f"{name}: no such file") from None
         except OSError as exc:
             raise InputError(f"{name}: cannot read: {exc.strerror}") from None
+    if data is None:
+        raise InputError(too_big)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

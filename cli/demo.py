@@ -162,8 +162,9 @@ def demo(
     if students:
         with errors_exit():
             info("\nNow the distillation story: was a model trained on our answers?", as_json)
-            given = tuple([o for label, o, _ in rows if label == kind][:train_answers]
-                          for kind in ("watermarked", "control"))
+            marked, control = ([o for label, o, _ in rows if label == kind][:train_answers]
+                               for kind in ("watermarked", "control"))
+            given = (marked, control)
             from distillmark.verify.lab import demo_story
 
             story = demo_story(gen, spec, Path(tmp) / "students", given,

@@ -14,7 +14,13 @@ from typing import Annotated
 import typer
 
 from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, Detector
-from distillmark.verify.probe import ProbeResult, SamplingParams, probe, read_reference
+from distillmark.verify.probe import (
+    DEFAULT_MAX_ANSWER_BYTES,
+    ProbeResult,
+    SamplingParams,
+    probe,
+    read_reference,
+)
 from distillmark.verify.prompts import builtin_prompts, prompts_from_log, read_prompts
 from distillmark.verify.stats import format_pvalue
 from distillmark.watermark import InputError, load_spec
@@ -117,9 +123,14 @@ def probe_command(
         help="Request budget of this run, retries included (cached answers are free).")
     ] = None,
     retries: Annotated[int, typer.Option(
-        help="Retries after a 429, a 5xx, a timeout or a dropped connection (exponential "
+        help="Retries after a 429, a 5xx, a timeout, a dropped connection or a malformed or "
+             "oversized answer (exponential "
              "backoff).")] = 5,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for one answer.")] = 120.0,
+    timeout: Annotated[float, typer.Option(
+        help="Seconds for one whole answer, from the request to its last byte.")] = 120.0,
+    max_answer_bytes: Annotated[int, typer.Option(
+        help="Largest answer read; a larger one is dropped as it streams in.")
+    ] = DEFAULT_MAX_ANSWER_BYTES,
     backoff: Annotated[float, typer.Option(
         help="First retry delay in seconds (doubles each time).")] = 0.5,
     cache: Annotated[Path | None, typer.Option(
@@ -178,6 +189,7 @@ def probe_command(
                            allow_marked_reference=allow_marked_reference, samples=samples,
                            concurrency=concurrency, max_requests=max_requests,
                            cache=cache, retries=retries, timeout=timeout, backoff=backoff,
+                           max_answer_bytes=max_answer_bytes,
                            progress=progress)
     if result.queries.n_failed and not as_json:
         info(f"{result.queries.n_failed} of {result.queries.n_wanted} answers were not obtained"

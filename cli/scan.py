@@ -14,6 +14,8 @@ from typing import Annotated, Any
 import typer
 
 from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED
+from distillmark.verify.fraction import MIN_FRACTION_RECORDS
+from distillmark.verify.nulls import BINOMIAL_TESTS
 from distillmark.verify.stats import format_pvalue
 
 from .common import (
@@ -157,18 +159,30 @@ def _human(result: Any, alpha: float, rejects: Path | None) -> str:
     lines.append(f"flagged: {result.n_flagged:,} records at FDR {result.fdr:g} "
                  "(Benjamini-Hochberg)")
     f = result.fraction
-    fresh = "fresh " if f.method == "binomial-mixture" else ""
-    lines.append(f"watermarked fraction of the {f.n_records:,} records with >= {f.min_units} "
-                 f"{fresh}scored units: {f.estimate:.2%} ({f.confidence:.0%} CI {f.ci_low:.2%} "
-                 f"to {f.ci_high:.2%}; {f.method})")
+    fresh = "fresh " if a.test in BINOMIAL_TESTS else ""  # the fraction's units (fraction.py)
+    units = f">= {f.min_units} {fresh}scored units"
+    if f.is_estimated():
+        lines.append(f"watermarked fraction of the {f.n_records:,} records with {units}: "
+                     f"{f.estimate:.2%} ({f.confidence:.0%} CI {f.ci_low:.2%} to "
+                     f"{f.ci_high:.2%}; {f.method})")
+    else:
+        n = f.n_records
+        why = (f"no record has {units}" if n == 0 else
+               f"only {n} record{'s' if n != 1 else ''} with {units}, fewer than "
+               f"{MIN_FRACTION_RECORDS}: the flags test each record on its own"
+               if n < MIN_FRACTION_RECORDS else
+               f"the {n:,} records with {units} rule out no fraction from 0% to 100% at "
+               f"{f.confidence:.0%}")
+        lines.append(f"watermarked fraction: cannot be estimated ({why})")
     if not result.is_watermarked(alpha):
         det = result.detectable_fraction(alpha)
         power = (f"a watermark on {det:.2%} of the {a.n_scored:,} distinct tuples would have "
                  f"been found half of the time at alpha {alpha:g}" if det != float("inf")
                  else f"{a.n_scored:,} distinct tuples are too few to find even a fully "
                       f"watermarked dataset at alpha {alpha:g}")
-        lines.append(f"evidence: {power}; at most {f.ci_high:.2%} of those {f.n_records:,} "
-                     f"records are watermarked ({f.confidence:.0%} upper bound)")
+        bound = (f"; at most {f.ci_high:.2%} of those {f.n_records:,} records are watermarked "
+                 f"({f.confidence:.0%} upper bound)" if f.is_estimated() else "")
+        lines.append(f"evidence: {power}{bound}")
     if result.accounts is not None:
         found = result.accounts.found(alpha)
         lines.append(f"accounts: {len(found)} found among {result.accounts.n_candidates:,}"

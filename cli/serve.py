@@ -12,6 +12,7 @@ import typer
 from distillmark.watermark import InputError, load_spec
 from distillmark.watermark.engine_types import Generator
 from distillmark.watermark.engines import load_generator, resolve_engine
+from distillmark.watermark.files import check_writable
 from distillmark.watermark.models import DEFAULT_MODEL_FILE
 
 from .common import errors_exit, info
@@ -95,6 +96,8 @@ def serve(
                                  default_max_tokens=max_tokens,
                                  max_tokens_limit=max_tokens_limit, max_n=max_n,
                                  max_body_bytes=max_body_bytes, max_messages=max_messages)
+        if log is not None:  # before loading: a log that cannot be written fails at once
+            check_writable(log, what=f"--log {log}")
         sock = srv.bind_socket(host, port)  # before loading: a busy port fails at once
         info(f"loading {name} ({resolved})…")
         gen: Generator

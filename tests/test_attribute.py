@@ -210,6 +210,9 @@ def test_attribute_errors_are_one_line(tmp_path: Path, tokenizer_info):
                                   "--account-space N")),
         (("--key", plain, "--account-space", 5, text), "has no account layer"),
         (("--key", plain, "--accounts", tmp_path / "none.txt", text), "does not exist"),
+        (("--key", plain, "--account-space", 5, "--out", tmp_path / "no" / "o.jsonl", text),
+         (f"cannot write --out {tmp_path / 'no' / 'o.jsonl'}: folder {tmp_path / 'no'} does "
+         "not exist")),
     ]:
         r = _run("attribute", *args)
         assert r.exit_code == 2, r.output

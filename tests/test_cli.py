@@ -6,6 +6,7 @@ import base64
 import inspect
 import json
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -154,6 +155,19 @@ def test_keygen_writes_a_0600_key_file(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["k.json"]  # no temp file left behind
 
 
+def test_keygen_with_a_relative_tokenizer_works_from_anywhere(
+        tmp_path: Path, texts: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    made = tmp_path / "made"
+    made.mkdir()
+    shutil.copy(builtin_tokenizer_path(), made / "tokenizer.json")
+    monkeypatch.chdir(made)
+    assert run("keygen", "-o", "k.json", "--tokenizer", "tokenizer.json").exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    assert load_spec(made / "k.json").tokenizer.source == str(made / "tokenizer.json")
+    result = run("detect", "-k", made / "k.json", texts["wm.txt"])
+    assert result.exit_code == 1, result.stderr  # a text of another key: read, not found
+
+
 def test_keygen_json_prints_public_fields_only(tmp_path: Path) -> None:
     out = tmp_path / "k.json"
     result = run("keygen", "-o", out, "--json")
@@ -258,6 +272,10 @@ def test_keygen_bad_destination(tmp_path: Path) -> None:
     result = run("keygen", "-o", missing)
     assert result.exit_code == 2
     assert result.stderr == error_line(f"directory {missing.parent} does not exist")
+    a_file = tmp_path / "a.txt"
+    a_file.write_text("x")
+    result = run("keygen", "-o", a_file / "k.json")
+    assert result.stderr == error_line(f"{a_file} is not a directory")
 
 
 def test_keygen_gives_green_list_keys_an_account_layer(tmp_path: Path) -> None:
@@ -437,6 +455,17 @@ def test_detect_max_bytes(key_file: Path, texts: dict[str, Path]) -> None:
                                        "bytes; split it, or raise --max-bytes if memory allows")
 
 
+def test_detect_max_bytes_holds_for_pipes_and_devices(key_file: Path) -> None:
+    """The limit counts the bytes read, not the size the file system reports (0 here)."""
+    result = run("detect", "-k", key_file, "--max-bytes", 1000, "/dev/zero")
+    assert result.exit_code == 2
+    assert result.stderr == error_line("/dev/zero: larger than --max-bytes 1000 bytes; split it, "
+                                       "or raise --max-bytes if memory allows")
+    result = run("detect", "-k", key_file, "--max-bytes", 1000, "-", input=b"x" * 1001)
+    assert result.stderr == error_line("<stdin>: larger than --max-bytes 1000 bytes; split it, "
+                                       "or raise --max-bytes if memory allows")
+
+
 def _write_0600(path: Path, content: str) -> Path:
     path.write_text(content)
     path.chmod(0o600)
@@ -448,9 +477,11 @@ def test_detect_key_errors(key_file: Path, texts: dict[str, Path], tmp_path: Pat
     missing = tmp_path / "missing.json"
     not_json = _write_0600(tmp_path / "notjson.json", "this is not json\n")
     truncated = _write_0600(tmp_path / "truncated.json", key_file.read_text()[:40])
-    v2 = _write_0600(tmp_path / "v2.json", json.dumps({**good, "distillmark_spec": 2}))
+    v3 = _write_0600(tmp_path / "v3.json", json.dumps({**good, "distillmark_spec": 3}))
     other = _write_0600(tmp_path / "other.json", json.dumps({"hello": "world"}))
     edited = _write_0600(tmp_path / "edited.json", json.dumps({**good, "key_id": "dmk-0"}))
+    weaker = _write_0600(tmp_path / "weaker.json",
+                         json.dumps({**good, "params": {**good["params"], "gamma": 0.05}}))
     latin1 = tmp_path / "latin1.json"
     latin1.write_bytes(b'{"caf\xe9": 1}')
     latin1.chmod(0o600)
@@ -461,12 +492,14 @@ def test_detect_key_errors(key_file: Path, texts: dict[str, Path], tmp_path: Pat
         (tmp_path, f"key file {tmp_path} is a directory, not a key file"),
         (not_json, f"key file {not_json} is not valid JSON: Expecting value at line 1 column 1"),
         (truncated, f"key file {truncated} is not valid JSON: "),
-        (v2, (f"key file {v2} has spec version 2; this distillmark reads version 1 "
+        (v3, (f"key file {v3} has spec version 3; this distillmark reads versions 1 and 2 "
               "(upgrade distillmark)")),
         (other, f"key file {other} is not a distillmark spec (no 'distillmark_spec' field)"),
         (edited, (f"key file {edited}: key_id 'dmk-0' does not belong to this secret "
                   "(the spec was edited or corrupted)")),
         (no_secret, f"key file {no_secret}: missing field 'secret'"),
+        (weaker, (f"key file {weaker} was edited: its parameters do not match its integrity tag "
+                  "(make a new key with `distillmark keygen`)")),
         (latin1, f"key file {latin1} is not UTF-8 (byte offset 5)"),
     ]
     for key, message in cases:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import os
+import shutil
 import stat
 import warnings
 from collections.abc import Callable
@@ -12,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from distillmark.watermark import (
+    InputError,
     SpecError,
     TokenizerInfo,
     WatermarkSpec,
@@ -23,10 +29,14 @@ from distillmark.watermark import (
 )
 from distillmark.watermark.keys import key_id_of
 from distillmark.watermark.prf import derive_subkey
+from distillmark.watermark.tokenizer import tokenizer_for
 
 SECRET = bytes(range(32))
 #: Recorded from the implementation: ``key_id_of(bytes(range(32)))``.
 KAT_KEY_ID = "dmk-c0a43a3c32eb211e"
+#: Recorded from the implementation: the integrity tag of the spec in
+#: ``test_the_tag_is_an_hmac_of_the_canonical_fields``.
+KAT_SPEC_MAC = "57c528bc522aa7f165f1b1a921189aea05fef334ee1b4263295e357bf8149643"
 
 
 def _secret_forms(secret: bytes) -> list[str]:
@@ -105,7 +115,7 @@ def test_interrupted_save_leaves_no_file(fresh_spec: WatermarkSpec, tmp_path: Pa
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "fsync", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(InputError, match=r"^cannot write key file .*key\.json: disk full$"):
         save_spec(fresh_spec, tmp_path / "key.json")
     assert list(tmp_path.iterdir()) == []
 
@@ -218,8 +228,9 @@ BAD_CONTENT: dict[str, tuple[Any, list[str]]] = {
     "json list": ("[1, 2]", ["must hold a JSON object"]),
     "no format field": (_drop("distillmark_spec"),
                         ["is not a distillmark spec (no 'distillmark_spec' field)"]),
-    "version 2": (_set("distillmark_spec", 2),
-                  ["has spec version 2; this distillmark reads version 1 (upgrade distillmark)"]),
+    "version 3": (_set("distillmark_spec", 3),
+                  [("has spec version 3; this distillmark reads versions 1 and 2 (upgrade "
+                   "distillmark)")]),
     "version string": (_set("distillmark_spec", "1"), ["has spec version '1'"]),
     "missing secret": (_drop("secret"), ["missing field 'secret'"]),
     "missing scheme": (_drop("scheme"), ["missing field 'scheme'"]),
@@ -279,6 +290,156 @@ def test_load_accepts_the_unmodified_file(spec_factory: Callable[..., WatermarkS
     spec = spec_factory(gamma=0.3)
     path = _write(tmp_path / "key.json", json.dumps(_valid_dict(spec)))
     assert load_spec(path) == spec
+
+
+# -- the integrity tag ------------------------------------------------------------------------
+
+def _edit(path: Path, mutate: Callable[[dict[str, Any]], None]) -> Path:
+    d = json.loads(path.read_text())
+    mutate(d)
+    return _write(path, json.dumps(d, indent=2))
+
+
+def test_the_tag_is_an_hmac_of_the_canonical_fields() -> None:
+    """Pinned: a change of the construction would make every key on disk unreadable."""
+    tok = TokenizerInfo(source="builtin:smollm2-135m-instruct", sha256="ab" * 32,
+                        vocab_size=49152)
+    spec = WatermarkSpec(secret=SECRET, scheme="greenlist", params={"gamma": 0.25},
+                         tokenizer=tok, created="2026-01-01T00:00:00Z")
+    d = json.loads(spec.to_json())
+    assert d["distillmark_spec"] == 2
+    body = {k: v for k, v in d.items() if k not in ("secret", "mac")}
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    assert d["mac"] == hmac.new(derive_subkey(SECRET, "spec-mac"), canon,
+                                hashlib.sha256).hexdigest()
+    assert d["mac"] == KAT_SPEC_MAC
+
+
+@pytest.mark.parametrize("mutate", [
+    _set_param("gamma", 0.05),  # still a valid key, with other verdicts
+    _set_param("delta", 4.0),
+    _set("created", "2020-01-01T00:00:00Z"),
+    lambda d: d["tokenizer"].__setitem__("source", "/elsewhere/tokenizer.json"),
+    lambda d: d["accounts"].__setitem__("gamma", 0.5),
+    _drop("accounts"),
+    _set("mac", "00" * 32),
+    _set("mac", "caf\u00e9"),
+    _set("mac", 7),
+    _set("distillmark_spec", 1),  # a version 1 file has no tag: one with a tag was edited
+])
+def test_an_edited_key_is_refused(mutate: Callable[[dict[str, Any]], None],
+                                  tokenizer_info: TokenizerInfo, tmp_path: Path) -> None:
+    from distillmark.watermark.accounts import AccountLayerParams
+
+    spec = new_spec("greenlist", {"gamma": 0.25}, tokenizer_info, secret=SECRET,
+                    accounts=AccountLayerParams())
+    path = _edit(save_spec(spec, tmp_path / "key.json"), mutate)
+    assert _load_error(path) == (f"key file {path} was edited: its parameters do not match "
+                                 "its integrity tag (make a new key with `distillmark keygen`)")
+
+
+def test_a_version_2_key_needs_its_tag(spec_factory: Callable[..., WatermarkSpec],
+                                       tmp_path: Path) -> None:
+    path = _edit(save_spec(spec_factory(), tmp_path / "key.json"), _drop("mac"))
+    assert _load_error(path) == f"key file {path}: missing field 'mac' (its integrity tag)"
+
+
+def test_version_1_keys_are_read_with_one_warning(spec_factory: Callable[..., WatermarkSpec],
+                                                  tmp_path: Path) -> None:
+    spec = spec_factory(gamma=0.3)
+
+    def v1(d: dict[str, Any]) -> None:
+        d["distillmark_spec"] = 1
+        del d["mac"]
+
+    path = _edit(save_spec(spec, tmp_path / "key.json"), v1)
+    with pytest.warns(UserWarning) as caught:
+        assert load_spec(path) == spec
+    assert [str(w.message) for w in caught] == [
+        (f"key file {path} is of spec version 1 and carries no integrity tag: an edit of its "
+        "parameters would go unnoticed")]
+
+
+def test_a_relative_tokenizer_path_is_recorded_absolute(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from distillmark.watermark.tokenizer import builtin_tokenizer_path, load_tokenizer
+
+    made = tmp_path / "made"
+    made.mkdir()
+    shutil.copy(builtin_tokenizer_path(), made / "tok.json")
+    monkeypatch.chdir(made)
+    _, info = load_tokenizer("tok.json")
+    assert info.source == str(made / "tok.json")
+    _, builtin = load_tokenizer("builtin:smollm2-135m-instruct")
+    assert builtin.source == "builtin:smollm2-135m-instruct"  # names stay names
+    path = save_spec(new_spec("greenlist", {}, info), made / "key.json")
+    monkeypatch.chdir(tmp_path)  # elsewhere, the key still finds its tokenizer
+    spec = load_spec(path)
+    assert spec.tokenizer.source == str(made / "tok.json")
+    tokenizer_for(spec.tokenizer)
+
+
+# -- any file at all: a spec, or one SpecError line -------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=12)
+#: Where a mutation of a valid key file lands: a top-level field, or one inside the nested ones.
+FIELDS = [("distillmark_spec",), ("key_id",), ("secret",), ("scheme",), ("params",),
+          ("tokenizer",), ("created",), ("accounts",), ("mac",), ("account",),
+          ("params", "gamma"), ("params", "delta"), ("params", "context_width"),
+          ("params", "seeding"), ("params", "n_lists"), ("tokenizer", "source"),
+          ("tokenizer", "sha256"), ("tokenizer", "vocab_size"), ("accounts", "gamma"),
+          ("accounts", "delta")]
+
+
+def _load_anything(content: bytes, folder: Path) -> None:
+    path = _write(folder / "key.json", content)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # version 1 files warn
+        try:
+            assert isinstance(load_spec(path), WatermarkSpec)
+        except SpecError as exc:
+            assert "\n" not in str(exc) and str(exc).startswith(f"key file {path}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=JSON_VALUES)
+def test_any_json_loads_as_a_spec_or_one_spec_error(value: Any,
+                                                    tmp_path_factory: pytest.TempPathFactory
+                                                    ) -> None:
+    _load_anything(json.dumps(value).encode(), tmp_path_factory.mktemp("k"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(edits=st.lists(st.tuples(st.sampled_from(FIELDS), st.none() | JSON_VALUES), min_size=1,
+                      max_size=3),
+       version=st.sampled_from([None, 1, 2]))
+def test_any_edit_of_a_key_loads_as_a_spec_or_one_spec_error(
+        edits: list[tuple[tuple[str, ...], Any]], version: int | None,
+        spec_factory: Callable[..., WatermarkSpec],
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Fields replaced by any JSON value or deleted (None), at any version."""
+    from distillmark.watermark.accounts import AccountLayerParams
+
+    spec = new_spec("greenlist", {}, spec_factory().tokenizer, secret=SECRET,
+                    accounts=AccountLayerParams())
+    d = _valid_dict(spec)
+    for path, value in edits:
+        node = d
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        if value is None:
+            node.pop(path[-1], None)
+        else:
+            node[path[-1]] = value
+    if version is not None:
+        d["distillmark_spec"] = version
+    _load_anything(json.dumps(d).encode(), tmp_path_factory.mktemp("k"))
 
 
 # -- per-account specs -------------------------------------------------------------------------

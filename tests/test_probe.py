@@ -4,6 +4,7 @@ scripted fake endpoints for retries, budgets and faults), and the ``probe`` comm
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from scipy import stats
 from serving_helpers import MODEL_NAME, serving, tiny_generator
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -499,7 +500,7 @@ def test_cache_files_are_whole_answers_keyed_by_the_question(tmp_path: Path) -> 
         assert cache.get(k) is None
 
 
-def test_empty_and_malformed_answers() -> None:
+def test_empty_and_malformed_answers(tmp_path: Path) -> None:
     def odd(prompt: str, attempt: int) -> Response:
         if "tides" in prompt or prompt.startswith("Explain"):
             return completion(None if attempt % 2 else "")
@@ -510,10 +511,72 @@ def test_empty_and_malformed_answers() -> None:
         got = fetch_answers(url, "m", prompts)
     assert len(got.pairs) == 4 and sum(not a for _, a in got.pairs) >= 1
 
-    with scripted(lambda p, a: Response("not json", status_code=200)) as (url, _), \
-            pytest.raises(EndpointError, match=r"^the endpoint sent a malformed answer \(not an "
-                                               r"OpenAI chat completion\) \(after 2 attempts\)"):
-        fetch_answers(url, "m", prompts, retries=1, backoff=0.01)
+    half = '{"choices": [{"message": {"content": "a \\ud800 b"}}]}'  # half a surrogate pair
+    with scripted(lambda p, a: Response(half, media_type="application/json")) as (url, _):
+        got = fetch_answers(url, "m", prompts[:1], cache=tmp_path)
+    assert got.pairs == [(prompts[0], "a \ufffd b")]  # cached as UTF-8 like any answer
+
+    deep = '{"choices": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    long_number = '{"choices": [{"message": {"content": 1' + "9" * 5000 + "}}]}"
+    for body in ("not json", deep, long_number):
+        with scripted(lambda p, a, body=body: Response(body, status_code=200)) as (url, _), \
+                pytest.raises(EndpointError, match=r"^the endpoint sent a malformed answer \(not "
+                                                   r"an OpenAI chat completion\) \(after 2 "
+                                                   r"attempts\)"):
+            fetch_answers(url, "m", prompts, retries=1, backoff=0.01)
+
+
+def endless(byte_every: float = 0.0, chunk: bytes = b"x") -> StreamingResponse:
+    """An answer that never ends: ``chunk`` after ``chunk``, one every ``byte_every`` s."""
+
+    async def body() -> Any:
+        yield b'{"choices": [{"message": {"content": "'
+        while True:
+            await asyncio.sleep(byte_every)
+            yield chunk
+
+    return StreamingResponse(body(), media_type="application/json")
+
+
+def test_an_answer_trickling_in_is_cut_off_at_the_timeout(spec: WatermarkSpec,
+                                                          tmp_path: Path) -> None:
+    """The timeout holds for the whole answer: one byte every 0.1 s never idles long enough
+    for a timeout per read, and never ends."""
+    with scripted(lambda p, a: endless(byte_every=0.1)) as (url, script):
+        t0 = time.monotonic()
+        with pytest.raises(EndpointError, match=r"^no answer within 1 s \(timeout\) \(after 2 "
+                                                r"attempts\); 0 of 1 answers were received"):
+            fetch_answers(url, "m", PROMPTS[:1], timeout=1, retries=1, backoff=0.01)
+        assert time.monotonic() - t0 < 30  # two deadlines of 1 s, not an endless read
+        assert sum(script.attempts.values()) == 2
+        key = save_spec(spec, tmp_path / "wm.json")
+        r = cli("probe", "--endpoint", url, "--model", "m", "--key", key, "--n-prompts", 1,
+                "--timeout", 1, "--retries", 0)
+        assert r.exit_code == 2
+        assert error_line(r) == ("distillmark: error: no answer within 1 s (timeout) (after 1 "
+                                 "attempts); 0 of 1 answers were received (use --cache DIR to "
+                                 "keep them across runs)")
+
+
+def test_an_answer_past_the_size_cap_is_dropped_as_it_streams() -> None:
+    too_big = (r"^the endpoint sent an answer larger than 4096 bytes \(--max-answer-bytes\) "
+               r"\(after 2 attempts\)")
+    # streamed without a length and never ending: read up to the cap, not to the end
+    with scripted(lambda p, a: endless(chunk=b"x" * 1024)) as (url, _), \
+            pytest.raises(EndpointError, match=too_big):
+        fetch_answers(url, "m", PROMPTS[:1], max_answer_bytes=4096, retries=1, backoff=0.01,
+                      timeout=60)
+    # a length over the cap is refused from the header
+    with scripted(lambda p, a: completion("y" * 5000)) as (url, _), \
+            pytest.raises(EndpointError, match=too_big):
+        fetch_answers(url, "m", PROMPTS[:1], max_answer_bytes=4096, retries=1, backoff=0.01)
+    with scripted(lambda p, a: completion("y" * 3000)) as (url, _):
+        got = fetch_answers(url, "m", PROMPTS[:1], max_answer_bytes=4096)
+        assert got.pairs == [(PROMPTS[0], "y" * 3000)]
+    # an error's body is capped alike
+    with scripted(lambda p, a: error(503, "z" * 5000)) as (url, _), \
+            pytest.raises(EndpointError, match=too_big):
+        fetch_answers(url, "m", PROMPTS[:1], max_answer_bytes=4096, retries=1, backoff=0.01)
 
 
 def test_requests_rejected_as_bad_stop_early() -> None:
@@ -531,13 +594,18 @@ def test_probe_command_faults_are_one_line(spec: WatermarkSpec, tmp_path: Path) 
     base = ("probe", "--model", "m", "--key", key)
     broken = tmp_path / "prompts.jsonl"
     broken.write_text('{"prompt": "one"}\n{"prompt": "two"\n')
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
     cases = [
         ((*base, "--endpoint", down, "--n-prompts", 2, "--retries", 1, "--backoff", 0.01),
          (f"distillmark: error: cannot reach {down}/v1/chat/completions: ConnectError: "
           "All connection attempts failed (after 2 attempts); 0 of 2 answers were received "
           "(use --cache DIR to keep them across runs)")),
         ((*base, "--endpoint", down, "--prompts", broken),
-         f"distillmark: error: {broken}:2: invalid JSON (Expecting ',' delimiter at column 17)"),
+         (f"distillmark: error: {broken}:2: not valid JSON: Expecting ',' delimiter at "
+          "column 17")),
+        ((*base, "--endpoint", down, "--prompts", deep),
+         f"distillmark: error: {deep}:1: JSON arrays or objects nested too deeply"),
         ((*base, "--endpoint", "ftp://x"),
          "distillmark: error: --endpoint must be an http:// or https:// URL, got 'ftp://x'"),
         ((*base, "--endpoint", down, "--n-prompts", 0),

@@ -33,7 +33,10 @@ def test_read_prompts_text_and_jsonl(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    (b'{"prompt": "a"}\n{"prompt": \n', "p.jsonl:2: invalid JSON"),
+    (b'{"prompt": "a"}\n{"prompt": \n',
+     "p.jsonl:2: not valid JSON: Expecting value at column 12"),
+    (b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n",
+     "p.jsonl:1: JSON arrays or objects nested too deeply"),
     (b'{"prompt": "a"}\n{"text": "b"}\n', "p.jsonl:2: record has no 'prompt' field"),
     (b'{"prompt": 3}\n', "p.jsonl:1: 'prompt' must be a non-empty string"),
     (b'{"prompt": "ok"}\n\xff\xfe\n', "p.jsonl:2: not valid UTF-8"),
@@ -69,3 +72,12 @@ def test_prompts_from_a_request_log(tmp_path):
     hashed.close()
     with pytest.raises(InputError, match="keeps only digests"):
         prompts_from_log(tmp_path / "h.jsonl")
+
+
+def test_prompt_and_reference_files_are_read_bounded() -> None:
+    """The limit holds for the bytes read: /dev/zero (size 0) is cut off, not read for ever."""
+    from distillmark.verify.textfiles import read_input
+
+    with pytest.raises(InputError, match=r"^/dev/zero: prompts file larger than 1000 bytes$"):
+        read_input(Path("/dev/zero"), "prompts", max_bytes=1000)
+

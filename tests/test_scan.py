@@ -4,10 +4,12 @@ resume, the Dask engine and the ``scan`` command."""
 from __future__ import annotations
 
 import csv
+import errno
 import gzip
 import hashlib
 import json
 import math
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -16,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 from tokenizers import Tokenizer
 from typer.testing import CliRunner
@@ -234,6 +238,7 @@ def test_fraction_interval_covers_the_truth(f_true: float) -> None:
         cover += r.ci_low <= f_true <= r.ci_high
         est.append(r.estimate)
         assert 0.0 <= r.ci_low <= r.estimate <= r.ci_high <= 1.0
+        assert r.is_estimated()
     assert cover >= 26, cover  # nominal 95%: 28.5 of 30 expected; P(<= 25) < 2%
     assert abs(np.mean(est) - f_true) < 0.02
 
@@ -247,6 +252,38 @@ def test_fraction_on_pvalues_covers_the_truth() -> None:
         r = pvalue_mixture(np.log10(np.maximum(p, 1e-300)))
         cover += r.ci_low <= 0.2 <= r.ci_high
     assert cover >= 25
+
+
+def test_a_fraction_of_too_few_records_is_not_stated(tmp_path: Path, key_file: Path,
+                                                     paragraphs: list[str]) -> None:
+    """One clean record can give a fraction of 100% with an interval of 0% to 100%: with
+    fewer than 10 records, or an interval that rules out nothing, none is stated."""
+    p0, theta_min = 0.25, theta_floor(0.25, 0.65)
+    one = binomial_mixture(np.array([80]), np.array([22]), np.array([1]), p0=p0,
+                           theta_min=theta_min)
+    assert one.n_records == 1 and not one.is_estimated()
+    assert one.to_dict()["estimated"] is False
+    few = binomial_mixture(np.array([200]), np.array([150]), np.array([9]), p0=p0,
+                           theta_min=theta_min)
+    assert few.ci_low > 0.5 and not few.is_estimated()  # 9 records: their own tests say it
+    many = binomial_mixture(np.array([200]), np.array([150]), np.array([10]), p0=p0,
+                            theta_min=theta_min)
+    assert many.is_estimated() and many.estimate == pytest.approx(1.0)
+    short = binomial_mixture(np.array([3]), np.array([1]), np.array([12]), p0=p0,
+                             theta_min=theta_min)  # 12 records of 3 units: anything fits
+    assert short.estimate == 1.0 and (short.ci_low, short.ci_high) == (0.0, 1.0)
+    assert not short.is_estimated()
+
+    path = write_jsonl(tmp_path / "one.jsonl", [{"text": " ".join(paragraphs[:3])}])
+    r = _run("scan", path, "-k", key_file, "--field", "text")
+    assert r.exit_code == 1
+    lines = r.stdout.splitlines()
+    assert lines[3] == ("watermarked fraction: cannot be estimated (only 1 record with >= 25 "
+                        "fresh scored units, fewer than 10: the flags test each record on its "
+                        "own)")
+    assert lines[4].startswith("evidence: ") and "at most" not in lines[4]
+    d = json.loads(_run("scan", path, "-k", key_file, "--field", "text", "--json").stdout)
+    assert (d["fraction_n_records"], d["fraction_estimated"]) == (1, False)
 
 
 def test_pair_counts_merge_and_round_trip() -> None:
@@ -391,7 +428,11 @@ def test_other_schemes_scan_like_detect(tmp_path: Path, paragraphs: list[str],
 
 BAD_CASES = [
     (b'{"text": "fine"}\n{"text": "oops"\n', 2,
-     "not valid JSON: Expecting ',' delimiter (column 16)"),
+     "not valid JSON: Expecting ',' delimiter at column 16"),
+    (b'{"text": "fine"}\n{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n", 2,
+     "JSON arrays or objects nested too deeply"),
+    (b'{"text": "fine"}\n{"text": ' + b"7" * 5000 + b"}\n", 2,
+     "a JSON number with more than 4300 digits"),
     (b'{"text": "fine"}\n\n{"other": 1}\n', 3, "no field 'text'"),
     (b'{"text": "fine"}\n{"text": 12}\n', 2, "field 'text' is a number, not a string"),
     (b'{"text": "fine"}\n{"text": "' + b"x" * 300 + b'"}\n', 2,
@@ -406,15 +447,106 @@ def test_bad_records_stop_or_are_skipped(tmp_path: Path, spec: WatermarkSpec, da
     path = tmp_path / "bad.jsonl"
     path.write_bytes(data)
     out = tmp_path / "out.jsonl"
+    limit = 200 if len(data) < 1000 else 300_000
     with pytest.raises(InputError) as exc:
-        scan([path], [spec], field="text", out=out, max_record_bytes=200)
+        scan([path], [spec], field="text", out=out, max_record_bytes=limit)
     assert str(exc.value) == f"{path}:{line}: {reason} (--skip-bad skips bad records)"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]  # nothing half-written
-    res = scan([path], [spec], field="text", out=out, max_record_bytes=200, skip_bad=True)
+    res = scan([path], [spec], field="text", out=out, max_record_bytes=limit, skip_bad=True)
     assert (res.n_records_read, res.n_records_scored, res.n_records_skipped) == (2, 1, 1)
     assert len(read_rows(out)) == 1
     rejects = read_rows(tmp_path / "out.jsonl.rejects.jsonl")
     assert rejects == [{"location": f"{path}:{line}", "reason": reason}]
+
+
+def test_files_that_are_not_regular_are_never_opened(tmp_path: Path, spec: WatermarkSpec,
+                                                     key_file: Path) -> None:
+    """A FIFO would block the scan for ever and /dev/zero never end: a folder holding them is
+    refused before any record is read, or with --skip-bad each is one bad record."""
+    folder = tmp_path / "leak"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", [{"text": "a short text to score"}])
+    os.mkfifo(folder / "b.jsonl")
+    (folder / "c.jsonl").symlink_to("/dev/zero")
+    (folder / "d.jsonl").symlink_to(tmp_path / "gone.jsonl")
+    calls: list[Any] = []
+    with pytest.raises(InputError) as exc:
+        scan([folder], [spec], field="text", progress=calls.append)
+    assert str(exc.value) == (f"{folder / 'b.jsonl'}: not a regular file: a FIFO (--skip-bad "
+                              "skips bad records)")
+    assert calls == []
+    rejects = tmp_path / "rejects.jsonl"
+    res = scan([folder], [spec], field="text", skip_bad=True, rejects=rejects)
+    assert (res.n_records_read, res.n_records_scored, res.n_records_skipped) == (4, 1, 3)
+    assert read_rows(rejects) == [
+        {"location": str(folder / "b.jsonl"), "reason": "not a regular file: a FIFO"},
+        {"location": str(folder / "c.jsonl"),
+         "reason": "not a regular file: a symbolic link to a character device"},
+        {"location": str(folder / "d.jsonl"),
+         "reason": "not a regular file: a broken symbolic link"}]
+    r = _run("scan", folder / "c.jsonl", "-k", key_file, "--field", "text")
+    assert (r.exit_code, r.stdout) == (2, "")
+    assert r.stderr == (f"distillmark: error: {folder / 'c.jsonl'}: not a regular file: a "
+                        "symbolic link to a character device (--skip-bad skips bad records)\n")
+
+
+def test_a_lone_surrogate_is_scored_as_a_replacement_character(tmp_path: Path,
+                                                                spec: WatermarkSpec) -> None:
+    """JSON can spell a half of a surrogate pair (no character: the tokenizer refuses it); the
+    record is scored with U+FFFD in its place, as detect scores the text."""
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"text": "one \\ud800 two three four five six seven"}\n')
+    out = tmp_path / "out.jsonl"
+    res = scan([path], [spec], field="text", out=out)
+    assert (res.n_records_read, res.n_records_scored) == (1, 1)
+    row = read_rows(out)[0]
+    assert row["n_tokens"] == Detector(spec).detect("one \ufffd two three four five six "
+                                                    "seven").n_tokens
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["text", "messages", "role", "content", "type", "x"]) | st.text(
+            max_size=6), inner, max_size=4),
+    max_leaves=12)
+#: Lines of a hostile JSON Lines file: any bytes, any JSON value (ASCII-escaped or not), JSON
+#: cut short, nested past the parser, a number past int's digits, half a surrogate pair.
+LINES = st.one_of(
+    st.binary(max_size=40),
+    JSON_VALUES.map(lambda v: json.dumps(v).encode()),
+    JSON_VALUES.map(lambda v: json.dumps(v, ensure_ascii=False).encode()),
+    st.tuples(JSON_VALUES, st.integers(0, 30)).map(lambda t: json.dumps(t[0]).encode()[:t[1]]),
+    st.integers(1, 5000).map(lambda n: b'{"text": ' + b"[" * n * 30 + b"]" * n * 30 + b"}"),
+    st.integers(4290, 4400).map(lambda n: b'{"text": ' + b"9" * n + b"}"),
+    st.text(max_size=10).map(lambda t: json.dumps({"text": t + "\ud800"}).encode()),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(LINES, max_size=8), ends=st.sampled_from([b"\n", b"\r\n"]),
+       limit=st.sampled_from([16, 200, 1 << 20]))
+def test_any_bytes_read_as_records_or_bad_records(lines: list[bytes], ends: bytes, limit: int,
+                                                  tmp_path_factory: pytest.TempPathFactory
+                                                  ) -> None:
+    """Whatever a JSON Lines file holds, the reader and the selectors give records or bad
+    records, one per non-blank line, and never raise."""
+    from distillmark.verify.sources import BadRecord, Selector, Shard, iter_shard
+
+    path = tmp_path_factory.mktemp("r") / "r.jsonl"
+    path.write_bytes(ends.join(lines))
+    got = list(iter_shard(Shard(str(path), "jsonl"), max_record_bytes=limit))
+    assert len(got) <= len(lines)
+    for loc, rec in got:
+        assert loc.startswith(f"{path}:")
+        for selector in (Selector(field="text"), Selector(chat="messages")):
+            segs = rec if isinstance(rec, BadRecord) else selector.segments(rec)
+            if isinstance(segs, BadRecord):
+                assert "\n" not in segs.reason
+            else:
+                for seg in segs:  # text a tokenizer and a UTF-8 file take
+                    seg.text.encode("utf-8")
+                    seg.context.encode("utf-8")
 
 
 def test_bad_chat_records(tmp_path: Path, spec: WatermarkSpec) -> None:
@@ -427,6 +559,40 @@ def test_bad_chat_records(tmp_path: Path, spec: WatermarkSpec) -> None:
         "field 'messages' is a string, not a list of messages",
         "messages[0] is not a message (an object with 'role')",
         "messages[0].content is a number, not a string or a list of parts"]
+
+
+def test_outputs_are_checked_before_the_scan_starts(tmp_path: Path, spec: WatermarkSpec,
+                                                    key_file: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "a short text to score"}])
+    missing = tmp_path / "missing"
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"out": missing / "o.jsonl"}, (f"--out {missing / 'o.jsonl'}: folder {missing} does "
+                                       "not exist")),
+        ({"report": missing / "r.html"}, (f"--report {missing / 'r.html'}: folder {missing} "
+                                         "does not exist")),
+        ({"rejects": tmp_path, "skip_bad": True}, f"--rejects {tmp_path}: it is a directory"),
+        ({"resume": True, "state_dir": path}, f"--state-dir {path}: it is not a folder"),
+    ]
+    for kw, message in cases:
+        calls: list[Any] = []
+        with pytest.raises(InputError) as exc:
+            scan([path], [spec], field="text", progress=calls.append, **kw)
+        assert str(exc.value) == f"cannot write {message}"
+        assert calls == []  # not one record read
+    r = _run("scan", path, "-k", key_file, "--field", "text", "--report", missing / "r.html")
+    assert (r.exit_code, r.stdout) == (2, "")
+    assert r.stderr == f"distillmark: error: cannot write --report {missing / 'r.html'}: " \
+                       f"folder {missing} does not exist\n"
+
+    def disk_full(p: Any) -> None:
+        if p.records:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(InputError, match=r"^the scan stopped: No space left on device; run it "
+                                         r"again with --resume to continue$"):
+        scan([path], [spec], field="text", out=tmp_path / "o.jsonl", resume=True,
+             progress=disk_full)
+    assert (tmp_path / "o.jsonl.scan-state").is_dir()
 
 
 # --------------------------------------------------------------------------------------------
@@ -582,6 +748,7 @@ def test_cli_exit_codes_json_and_report(tmp_path: Path, mixed: Any, key_file: Pa
               "n_flagged", "fraction", "fraction_ci_low", "fraction_ci_high",
               "detectable_fraction", "key_id", "per_key"):
         assert k in d, k
+    assert d["fraction_estimated"] is True
     assert d["verdict"] == "watermarked" and r.stderr == ""
     page = (tmp_path / "rep.html").read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == 3 and "watermarked" in page

@@ -472,6 +472,10 @@ def test_serve_command_errors_are_one_line(tmp_path: Path, master: WatermarkSpec
         (("--key", tmp_path / "missing.json"),
          (f"key file {tmp_path / 'missing.json'} does not exist (make one with "
          "`distillmark keygen`)")),
+        (("--key", key, "--log", tmp_path / "no" / "log.jsonl"),  # refused before loading
+         (f"cannot write --log {tmp_path / 'no' / 'log.jsonl'}: folder {tmp_path / 'no'} does "
+         "not exist")),
+        (("--key", key, "--log", tmp_path), f"cannot write --log {tmp_path}: it is a directory"),
     ]
     for args, message in cases:
         r = _run("serve", *args)

@@ -60,8 +60,9 @@ def logged_answers(path: str | Path) -> dict[str, set[str]]:
 
 
 def _records(inputs: Sequence[str | Path], selector: Selector, *, fmt: str,
-             max_record_bytes: int) -> Iterator[tuple[str, list[Segment] | BadRecord]]:
-    for shard in plan_shards(list(inputs), fmt=fmt):
+             max_record_bytes: int, skip_bad: bool
+             ) -> Iterator[tuple[str, list[Segment] | BadRecord]]:
+    for shard in plan_shards(list(inputs), fmt=fmt, skip_bad=skip_bad):
         for loc, rec in iter_shard(shard, max_record_bytes=max_record_bytes):
             yield loc, rec if isinstance(rec, BadRecord) else selector.segments(rec)
 
@@ -88,7 +89,8 @@ def attribute_inputs(inputs: Sequence[str | Path], att: Attributor, *,
         if progress is not None:
             progress(run.n_read)
 
-    for loc, segs in _records(inputs, selector, fmt=fmt, max_record_bytes=max_record_bytes):
+    for loc, segs in _records(inputs, selector, fmt=fmt, max_record_bytes=max_record_bytes,
+                              skip_bad=skip_bad):
         run.n_read += 1
         if isinstance(segs, BadRecord):
             if not skip_bad:

@@ -40,7 +40,11 @@ from scipy import stats
 
 from distillmark.watermark.errors import ParameterError
 
-__all__ = ["FractionEstimate", "PairCounts", "binomial_mixture", "pvalue_mixture"]
+__all__ = ["MIN_FRACTION_RECORDS", "FractionEstimate", "PairCounts", "binomial_mixture",
+           "pvalue_mixture"]
+
+#: Fewer records than this, and the fraction of them is not stated (their own tests are).
+MIN_FRACTION_RECORDS = 10
 
 _RHOS = (0.0, 0.015, 0.05)
 _N_THETA = 16
@@ -76,8 +80,18 @@ class FractionEstimate:
     min_units: int
     min_effect: float
 
-    def to_dict(self) -> dict[str, float | int | str]:
-        return asdict(self)
+    def is_estimated(self) -> bool:
+        """Whether the data say enough about the fraction to state it: at least
+        :data:`MIN_FRACTION_RECORDS` records fitted, and an interval that rules out some
+        fraction. Otherwise the point estimate is noise (one clean record can give 100%, with
+        an interval of 0% to 100%), and with a handful of records the per-record tests say
+        which are watermarked better than a fraction of them."""
+        return (self.n_records >= MIN_FRACTION_RECORDS
+                and (self.ci_low > 0.0 or self.ci_high < 1.0))
+
+    def to_dict(self) -> dict[str, float | int | str | bool]:
+        """The fields, and ``estimated``: :meth:`is_estimated`."""
+        return {**asdict(self), "estimated": self.is_estimated()}
 
 
 class PairCounts:

@@ -86,7 +86,7 @@ def read_prompts(path: str | Path, *, field: str = "prompt") -> list[str]:
     """Prompts from a file: one per line (blank lines skipped), or JSONL records (``.jsonl``
     or lines starting with ``{``) whose ``field`` holds the prompt.
 
-    Errors name the file and line: ``prompts.jsonl:3: invalid JSON (...)``.
+    Errors name the file and line: ``prompts.jsonl:3: not valid JSON: ...``.
     """
     p = Path(path)
     raw = read_input(p, "prompts")

@@ -2,21 +2,30 @@
 
 A spec is a small JSON file (mode 0600, written atomically)::
 
-    {"distillmark_spec": 1, "key_id": "dmk-3f9c0a...", "secret": "<base64, 32 bytes>",
+    {"distillmark_spec": 2, "key_id": "dmk-3f9c0a...", "secret": "<base64, 32 bytes>",
      "scheme": "greenlist", "params": {...},
      "tokenizer": {"source": "builtin:smollm2-135m-instruct", "sha256": "...", "vocab_size": 49152},
-     "created": "2026-11-28T21:00:00Z", "accounts": {"gamma": 0.25, "delta": 2.0}}
+     "created": "2026-11-28T21:00:00Z", "accounts": {"gamma": 0.25, "delta": 2.0},
+     "mac": "<hex, 32 bytes>"}
 
 ``key_id`` is public: a one-way function of the secret (HKDF label ``key-id``), safe to print and
 to put in reports. The secret itself never appears in ``repr``, logs, ``--json`` output or
 reports. ``accounts``, when present, is the key's account layer: answers served for accounts
 carry it on top of the key's own mark (:mod:`.accounts`).
+
+``mac`` is the file's integrity tag: HMAC-SHA256, under an HKDF sub-key of the secret (label
+``spec-mac``), of the canonical JSON (keys sorted, no spaces, ASCII) of every field but the
+secret and the tag. A key whose parameters were edited (gamma 0.25 to 0.05) keeps its
+``key_id``, and its verdicts would change under it: it is refused. Version 1 files carry no tag;
+they are read with a warning.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import secrets as _secrets
 import warnings
@@ -43,9 +52,12 @@ __all__ = [
     "save_spec",
 ]
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2
 SECRET_BYTES = 32
 _FORMAT_FIELD = "distillmark_spec"
+#: Versions read: 1 (no integrity tag, read with a warning) and 2.
+_READ_VERSIONS = (1, 2)
+_MAC_FIELD = "mac"
 #: A spec is a few hundred bytes; a file larger than this is not one.
 _MAX_SPEC_BYTES = 1 << 20
 
@@ -53,6 +65,15 @@ _MAX_SPEC_BYTES = 1 << 20
 def key_id_of(secret: bytes) -> str:
     """The public identifier of a secret: ``dmk-`` and 16 hex digits of an HKDF output."""
     return "dmk-" + derive_subkey(secret, "key-id", length=8).hex()
+
+
+def _spec_mac(secret: bytes, fields: Mapping[str, Any]) -> str:
+    """The integrity tag of a spec file's ``fields``: HMAC-SHA256 under the secret's
+    ``spec-mac`` sub-key of the canonical JSON of every field but the secret and the tag."""
+    body = {k: v for k, v in fields.items() if k not in ("secret", _MAC_FIELD)}
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hmac.new(derive_subkey(secret, "spec-mac"), canon.encode("ascii"),
+                    hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -133,6 +154,8 @@ class WatermarkSpec:
                              "tokenizer": self.tokenizer.to_dict(), "created": self.created}
         if self.accounts is not None:
             d["accounts"] = self.accounts.to_dict()
+        # tagged as the reader will see the fields: after a JSON round trip
+        d[_MAC_FIELD] = _spec_mac(self.secret, json.loads(json.dumps(d)))
         return json.dumps(d, indent=2) + "\n"
 
 
@@ -159,9 +182,11 @@ def save_spec(spec: WatermarkSpec, path: str | Path, *, overwrite: bool = False)
     if path.exists() and not overwrite:
         raise SpecError(f"{path} already exists; refusing to overwrite a key (use --force)")
     parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise SpecError(f"{parent} is not a directory")
     if not parent.is_dir():
         raise SpecError(f"directory {parent} does not exist")
-    with atomic_write(path, mode=0o600) as fh:
+    with atomic_write(path, mode=0o600, what=f"key file {path}") as fh:
         fh.write(spec.to_json())
     return path
 
@@ -198,9 +223,9 @@ def load_spec(path: str | Path) -> WatermarkSpec:
     if _FORMAT_FIELD not in d:
         raise SpecError(f"{where} is not a distillmark spec (no {_FORMAT_FIELD!r} field)")
     version = d[_FORMAT_FIELD]
-    if type(version) is not int or version != SPEC_VERSION:
-        raise SpecError(f"{where} has spec version {version!r}; this distillmark reads version "
-                        f"{SPEC_VERSION} (upgrade distillmark)")
+    if type(version) is not int or version not in _READ_VERSIONS:
+        raise SpecError(f"{where} has spec version {version!r}; this distillmark reads versions "
+                        f"{' and '.join(map(str, _READ_VERSIONS))} (upgrade distillmark)")
     secret_b64 = _require(d, "secret", str, where)
     try:
         secret = base64.b64decode(secret_b64, validate=True)
@@ -226,7 +251,25 @@ def load_spec(path: str | Path) -> WatermarkSpec:
                         "now a layer of the master key itself (docs/schemes/accounts.md): serve "
                         "and attribute with the master key")
     try:
-        return WatermarkSpec(secret=secret, scheme=scheme, params=params, tokenizer=tokenizer,
+        spec = WatermarkSpec(secret=secret, scheme=scheme, params=params, tokenizer=tokenizer,
                              key_id=key_id, created=str(d.get("created", "")), accounts=layer)
     except SpecError as exc:
         raise SpecError(f"{where}: {exc}") from None
+    _check_mac(d, secret, version, where)
+    return spec
+
+
+def _check_mac(d: Mapping[str, Any], secret: bytes, version: int, where: str) -> None:
+    """Refuse a file whose fields do not match its integrity tag; warn about a version 1 file,
+    which has none (a tag, when a file has one, must match whatever its version)."""
+    if _MAC_FIELD not in d:
+        if version >= 2:
+            raise SpecError(f"{where}: missing field {_MAC_FIELD!r} (its integrity tag)")
+        warnings.warn(f"{where} is of spec version 1 and carries no integrity tag: an edit of "
+                      "its parameters would go unnoticed", stacklevel=3)
+        return
+    tag = d[_MAC_FIELD]
+    if not isinstance(tag, str) or not hmac.compare_digest(
+            tag.encode("utf-8", "surrogatepass"), _spec_mac(secret, d).encode("ascii")):
+        raise SpecError(f"{where} was edited: its parameters do not match its integrity tag "
+                        "(make a new key with `distillmark keygen`)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -104,7 +105,9 @@ def load_tokenizer(source: str | Path) -> tuple[Tokenizer, TokenizerInfo]:
     path = _resolve_path(source)
     st = path.stat()
     tok, sha, vocab = _load(str(path.resolve()), st.st_mtime_ns, st.st_size)
-    label = source if isinstance(source, str) and source.startswith("builtin:") else str(path)
+    # a path is recorded absolute, so that a key made with a relative one works from anywhere
+    label = (source if isinstance(source, str) and source.startswith("builtin:")
+             else os.path.abspath(path))
     return tok, TokenizerInfo(source=label, sha256=sha, vocab_size=vocab)
 
 

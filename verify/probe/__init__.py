@@ -17,6 +17,7 @@ Three parts, kept apart so that experiments can score answers they got by other 
 
 from .cache import ResponseCache
 from .client import (
+    DEFAULT_MAX_ANSWER_BYTES,
     EndpointError,
     FetchResult,
     QueryStats,
@@ -34,6 +35,7 @@ from .scoring import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_ANSWER_BYTES",
     "AnswersResult",
     "EndpointError",
     "FetchResult",

@@ -4,7 +4,9 @@ endpoint.
 :func:`fetch_answers` (needs the ``serve`` extra for httpx) sends concurrent queries
 (``samples`` answers per prompt in one request, OpenAI's ``n``), retries with exponential
 backoff on 429, 5xx, timeouts and dropped connections, keeps to a request budget, and reads and
-writes an on-disk cache of answers (:class:`~.cache.ResponseCache`) as they come.
+writes an on-disk cache of answers (:class:`~.cache.ResponseCache`) as they come. An endpoint
+is not trusted: each answer is read as it streams in, under one deadline for the whole answer
+and a cap on its size.
 """
 
 from __future__ import annotations
@@ -18,11 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from distillmark.watermark.errors import DistillmarkError, InputError, ParameterError
+from distillmark.watermark.files import decode_json
 
 from .cache import ResponseCache
 
-__all__ = ["EndpointError", "FetchResult", "QueryStats", "SamplingParams",
-           "chat_completions_url", "fetch_answers"]
+__all__ = ["DEFAULT_MAX_ANSWER_BYTES", "EndpointError", "FetchResult", "QueryStats",
+           "SamplingParams", "chat_completions_url", "fetch_answers"]
+
+#: The largest answer body a probe reads (16 MiB: thousands of times a long answer).
+DEFAULT_MAX_ANSWER_BYTES = 16 << 20
 
 
 class EndpointError(DistillmarkError, ConnectionError):
@@ -125,21 +131,43 @@ class _BadRequest(Exception):
     pass
 
 
-def _error_message(resp: Any) -> str:
+def _error_message(raw: bytes, reason: str) -> str:
+    """The first line of an error answer's message (OpenAI's ``{"error": {"message"}}``, else
+    the body's first 200 characters, else the status's reason)."""
     try:
-        err = resp.json().get("error", {})
+        err = decode_json(raw, what="the answer").get("error", {})
         msg = err.get("message") if isinstance(err, dict) else str(err)
-    except Exception:  # noqa: BLE001 - any non-JSON body
+    except (InputError, AttributeError):  # not JSON, or not an object
         msg = None
-    return str(msg or resp.text[:200] or resp.reason_phrase).splitlines()[0]
+    text = str(msg or raw[:200].decode("utf-8", "replace").strip() or reason)
+    return (text.splitlines() or [reason])[0][:200]
 
 
-def _retry_after(resp: Any) -> float | None:
-    value = resp.headers.get("retry-after")
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("retry-after")
     try:
         return max(0.0, float(value)) if value is not None else None
     except ValueError:
         return None
+
+
+async def _post(client: Any, url: str, body: dict[str, Any], headers: dict[str, str], *,
+                max_bytes: int) -> tuple[int, str, Any, bytes]:
+    """POST ``body``; the status, its reason, the headers and the body, read as it streams in
+    and refused once it passes ``max_bytes`` (or says it will, by its Content-Length)."""
+    too_big = (f"the endpoint sent an answer larger than {max_bytes} bytes "
+               "(--max-answer-bytes)")
+    async with client.stream("POST", url, json=body, headers=headers) as resp:
+        declared = resp.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise _Retryable(too_big)
+        chunks, n = [], 0
+        async for chunk in resp.aiter_bytes():  # decoded: a compressed body counts in full
+            n += len(chunk)
+            if n > max_bytes:
+                raise _Retryable(too_big)
+            chunks.append(chunk)
+        return resp.status_code, resp.reason_phrase, resp.headers, b"".join(chunks)
 
 
 def fetch_answers(endpoint: str, model: str, prompts: Sequence[str], *,
@@ -147,6 +175,7 @@ def fetch_answers(endpoint: str, model: str, prompts: Sequence[str], *,
                   samples: int = 1, concurrency: int = 4, max_requests: int | None = None,
                   cache: ResponseCache | str | Path | None = None, retries: int = 5,
                   timeout: float = 120.0, backoff: float = 0.5, max_backoff: float = 30.0,
+                  max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
                   progress: Callable[[int, int], None] | None = None) -> FetchResult:
     """Ask ``model`` at ``endpoint`` every prompt (one user message each) and collect answers.
 
@@ -165,9 +194,14 @@ def fetch_answers(endpoint: str, model: str, prompts: Sequence[str], *,
             limit); cached answers cost none.
         cache: directory (or :class:`ResponseCache`) of answers: read first, written as they
             come.
-        retries: further attempts after a 429, a 5xx, a timeout or a dropped connection, with
-            exponential backoff (``backoff * 2**k`` seconds, jittered, at most
-            ``max_backoff``; a 429's ``Retry-After`` is honoured up to ``max_backoff``).
+        retries: further attempts after a 429, a 5xx, a timeout, a dropped connection, a
+            malformed or oversized answer, with exponential backoff (``backoff * 2**k``
+            seconds, jittered, at most ``max_backoff``; a 429's ``Retry-After`` is honoured up
+            to ``max_backoff``).
+        timeout: seconds for one whole answer, from the request to the body's last byte (an
+            answer trickling in a byte at a time is cut off there, not only a silent one).
+        max_answer_bytes: the largest answer body read (after decompression); a larger one
+            is dropped as it streams in, never held whole.
         progress: ``progress(done, total)`` in answers (``total = len(prompts) * samples``).
 
     Raises:
@@ -192,6 +226,8 @@ def fetch_answers(endpoint: str, model: str, prompts: Sequence[str], *,
     if retries < 0 or timeout <= 0 or backoff < 0:
         raise ParameterError(f"need retries >= 0, timeout > 0 and backoff >= 0, got {retries}, "
                              f"{timeout}, {backoff}")
+    if max_answer_bytes < 1:
+        raise ParameterError(f"`max_answer_bytes` must be >= 1, got {max_answer_bytes}")
     if not isinstance(model, str) or not model:
         raise InputError("the model name must be a non-empty string")
     url = chat_completions_url(endpoint)
@@ -243,31 +279,35 @@ def fetch_answers(endpoint: str, model: str, prompts: Sequence[str], *,
                 raise _BadRequest("the request budget is spent")
             state["queries"] += 1
             try:
-                try:
-                    resp = await client.post(url, json=body, headers=headers)
-                except httpx.TimeoutException:
+                try:  # one deadline for the whole answer, however slowly it trickles in
+                    status, reason, resp_headers, raw = await asyncio.wait_for(
+                        _post(client, url, body, headers, max_bytes=max_answer_bytes), timeout)
+                except (httpx.TimeoutException, asyncio.TimeoutError):
                     raise _Retryable(f"no answer within {timeout:g} s (timeout)") from None
+                except httpx.DecodingError:
+                    raise _Retryable("the endpoint sent a malformed answer (its compression "
+                                     "is broken)") from None
                 except httpx.TransportError as exc:
                     raise _Retryable(f"cannot reach {url}: {type(exc).__name__}"
                                      f"{': ' + str(exc) if str(exc) else ''}") from None
-                status = resp.status_code
                 if status == 200:
                     try:
-                        data = resp.json()
+                        data = decode_json(raw, what="the answer")
                         choices = data["choices"]
                         if not isinstance(choices, list) or not choices:
                             raise TypeError
                         contents = [c["message"].get("content") for c in choices[:n]]
                     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+                        # InputError (a ValueError) too: not UTF-8, not JSON, nested too deep
                         raise _Retryable("the endpoint sent a malformed answer (not an OpenAI "
                                          "chat completion)") from None
                     if any(c is not None and not isinstance(c, str) for c in contents):
                         raise _Retryable("the endpoint sent a malformed answer (content is "
                                          "not a string)")
                     return [c or "" for c in contents]
-                msg = _error_message(resp)
+                msg = _error_message(raw, reason)
                 if status == 429 or status >= 500:
-                    raise _Retryable(f"HTTP {status}: {msg}", _retry_after(resp))
+                    raise _Retryable(f"HTTP {status}: {msg}", _retry_after(resp_headers))
                 if status in (401, 403):
                     raise _Fatal(f"the endpoint refused the API key (HTTP {status}: {msg})")
                 if status == 404:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from distillmark.watermark.errors import InputError
-from distillmark.watermark.files import atomic_write
+from distillmark.watermark.files import atomic_write, check_writable
 
 from ..sources import Shard
 from .state import ScanState
@@ -27,9 +27,13 @@ def plan_fingerprint(shards: list[Shard], config: ScanConfig) -> str:
     the shards cut from them and the configuration."""
     files = []
     for sh in shards:
-        st = os.stat(sh.path)
-        files.append([sh.path, sh.fmt, sh.compression, sh.start, sh.stop, st.st_size,
-                      st.st_mtime_ns])
+        try:
+            st = os.stat(sh.path)
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:  # a file skipped as unreadable (a broken link)
+            size, mtime = -1, -1
+        files.append([sh.path, sh.fmt, sh.compression, sh.start, sh.stop, size, mtime,
+                      sh.bad])
     blob = json.dumps({"files": files, "config": config.fingerprint()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -37,13 +41,20 @@ def plan_fingerprint(shards: list[Shard], config: ScanConfig) -> str:
 class WorkFolder:
     """The work files of a scan (result lines, rejects) and its checkpoint, in one folder."""
 
-    def __init__(self, folder: Path, keep: bool) -> None:
+    def __init__(self, folder: Path, keep: bool, *, what: str = "") -> None:
         self.folder = folder
         self.keep = keep
-        folder.mkdir(parents=True, exist_ok=True)
+        label = what or str(folder)
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"cannot write {label}: it is not a folder")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot write {label}: {exc.strerror or exc}") from None
         self.rows = folder / "rows.jsonl"
         self.rejects = folder / "rejects.jsonl"
         self.checkpoint = folder / "checkpoint.npz"
+        check_writable(self.checkpoint, what=label)
 
     def save(self, meta: dict[str, Any], state: ScanState, rows_fh: Any, rej_fh: Any) -> None:
         rows_fh.flush()

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from distillmark.watermark.errors import DistillmarkError, InputError, ParameterError
-from distillmark.watermark.files import atomic_write
+from distillmark.watermark.files import atomic_write, check_writable
 from distillmark.watermark.keys import WatermarkSpec
 
 from ..attribute_dataset import DatasetAccumulator
@@ -82,8 +82,6 @@ def scan(inputs: Sequence[str | Path], specs: Sequence[WatermarkSpec], *,
     out_p = Path(out) if out is not None else None
     if out_p is not None and out_p.suffix.lower() not in (".jsonl", ".parquet"):
         raise InputError(f"--out must end in .jsonl or .parquet, got {out_p.name}")
-    if out_p is not None and not out_p.parent.is_dir():
-        raise InputError(f"--out {out_p}: folder {out_p.parent} does not exist")
     if resume and engine != "local":
         raise InputError("--resume works with the local engine only")
     if accounts is not None and (resume or engine != "local"):
@@ -95,7 +93,11 @@ def scan(inputs: Sequence[str | Path], specs: Sequence[WatermarkSpec], *,
     rej_p = (Path(rejects) if rejects is not None
              else out_p.with_name(out_p.name + ".rejects.jsonl") if out_p is not None and skip_bad
              else None)
-    shards = plan_shards(list(inputs), fmt=fmt,
+    # outputs that cannot be written are refused now, not after the whole scan
+    for name, path in (("--out", out_p), ("--rejects", rej_p), ("--report", report)):
+        if path is not None:
+            check_writable(path, what=f"{name} {path}")
+    shards = plan_shards(list(inputs), fmt=fmt, skip_bad=skip_bad,
                          shard_bytes=shard_bytes if engine == "dask" else None)
     w = Worker.of(config)
     state = ScanState(w.schemes)
@@ -105,11 +107,15 @@ def scan(inputs: Sequence[str | Path], specs: Sequence[WatermarkSpec], *,
         folder = Path(state_dir) if state_dir is not None else (
             out_p.with_name(out_p.name + ".scan-state") if out_p is not None
             else Path(".distillmark-scan-state"))
-        work = WorkFolder(folder, keep=True)
+        work = WorkFolder(folder, keep=True, what=f"--state-dir {folder}")
     else:
-        base = out_p.parent if out_p is not None else None
-        work = WorkFolder(Path(tempfile.mkdtemp(prefix=".distillmark-scan-", dir=base)),
-                          keep=False)
+        base = out_p.parent if out_p is not None else Path(tempfile.gettempdir())
+        try:
+            tmp = tempfile.mkdtemp(prefix=".distillmark-scan-", dir=base)
+        except OSError as exc:
+            raise InputError(f"cannot make the scan's work folder in {base}: "
+                             f"{exc.strerror or exc}") from None
+        work = WorkFolder(Path(tmp), keep=False)
     ok = False
     try:
         if engine == "dask":
@@ -128,7 +134,8 @@ def scan(inputs: Sequence[str | Path], specs: Sequence[WatermarkSpec], *,
         if out_p is not None:
             write_results(work.rows, flags, out_p)
         if rej_p is not None:
-            with open(work.rejects, "rb") as src, atomic_write(rej_p, text=False) as dst:
+            with open(work.rejects, "rb") as src, \
+                    atomic_write(rej_p, text=False, what=f"--rejects {rej_p}") as dst:
                 shutil.copyfileobj(src, dst)
         if report is not None:
             from .report import write_report
@@ -141,6 +148,10 @@ def scan(inputs: Sequence[str | Path], specs: Sequence[WatermarkSpec], *,
     except DistillmarkError:
         ok = True  # an input or usage error: a checkpoint of it is of no use
         raise
+    except OSError as exc:  # the disk full, a work file gone: one line; a checkpoint is kept
+        where = f"{exc.filename}: " if exc.filename else ""
+        again = "; run it again with --resume to continue" if work.keep else ""
+        raise InputError(f"the scan stopped: {where}{exc.strerror or exc}{again}") from None
     finally:
         if ok or not work.keep:
             shutil.rmtree(work.folder, ignore_errors=True)

@@ -131,8 +131,10 @@ def render(result: ScanResult, rec_log10p: np.ndarray, ks: KeyState, *,
                  else "even a fully watermarked dataset of this size could go unnoticed")
         summary = (f"No watermark found (p = {p_text}) over "
                    f"{d['n_scored']:,} distinct tuples from {d['n_records_scored']:,} records; "
-                   f"{power}. At most {frac.ci_high:.2%} of the {frac.n_records:,} records with "
-                   f"enough evidence are watermarked ({frac.confidence:.0%} upper bound).")
+                   f"{power}." + (f" At most {frac.ci_high:.2%} of the {frac.n_records:,} "
+                                  "records with enough evidence are watermarked "
+                                  f"({frac.confidence:.0%} upper bound)."
+                                  if frac.is_estimated() else ""))
     rows = [
         ("verdict", f"{verdict} (alpha = {alpha:g})"),
         ("dataset p-value", p_text
@@ -147,7 +149,8 @@ def render(result: ScanResult, rec_log10p: np.ndarray, ks: KeyState, *,
         ((f"watermarked fraction of the {frac.n_records:,} records with >= {frac.min_units} "
          "(fresh) scored units"),
          (f"{frac.estimate:.3%} ({frac.confidence:.0%} CI {frac.ci_low:.3%} to "
-          f"{frac.ci_high:.3%}; {frac.method})")),
+          f"{frac.ci_high:.3%}; {frac.method})" if frac.is_estimated() else
+          "cannot be estimated (too few records, or they rule out no fraction)")),
         (f"records flagged at FDR {result.fdr:g} (Benjamini-Hochberg)", d["n_flagged"]),
         ("smallest detectable watermarked share of tuples",
          f"{det:.3%}" if det is not None else "none within 100%"),

@@ -5,13 +5,14 @@ uncompressed JSONL file or a range of Parquet row groups.
 
 from __future__ import annotations
 
-import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from distillmark.watermark.errors import InputError, MissingDependencyError
+from distillmark.watermark.files import read_json
 
 __all__ = ["FORMATS", "READ_BLOCK", "Shard", "plan_shards", "pyarrow_parquet"]
 
@@ -22,6 +23,8 @@ _TEXT_EXT = (".txt", ".text", ".md")
 _COMPRESSED = {".gz": "gz", ".zst": "zst", ".zstd": "zst"}
 #: Bytes read at a time.
 READ_BLOCK = 1 << 20
+#: A datasets folder's state.json or dataset_dict.json: a few kB.
+_MAX_META_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class Shard:
             or the row groups ``start..stop-1`` of a Parquet file; unused otherwise.
         first_line: line number of the line at byte ``start`` (JSONL).
         size: bytes of input the shard covers (for progress).
+        bad: why the file is not read (not a regular file: a FIFO, a device, a broken link);
+            its reader yields this as one bad record, the file's path as its location.
     """
 
     path: str
@@ -45,6 +50,7 @@ class Shard:
     stop: int = -1
     first_line: int = 1
     size: int = 0
+    bad: str = ""
 
 
 def _format_of(path: Path) -> tuple[str, str]:
@@ -75,16 +81,24 @@ def _hf_files(folder: Path) -> list[Path] | None:
     """Arrow files of a ``save_to_disk`` folder (a Dataset or a DatasetDict), else None."""
     state = folder / "state.json"
     if state.is_file():
+        d = read_json(state, max_bytes=_MAX_META_BYTES)
         try:
-            files = json.loads(state.read_text(encoding="utf-8"))["_data_files"]
-            return [folder / f["filename"] for f in files]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            names = [f["filename"] for f in d["_data_files"]]
+        except (KeyError, TypeError) as exc:
             raise InputError(f"{state}: not a datasets state file: {exc}") from None
+        for name in names:  # files of the folder itself, never a path out of it
+            if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+                raise InputError(f"{state}: data file {name!r} is not a file name in "
+                                 f"{folder}")
+        return [folder / name for name in names]
     dd = folder / "dataset_dict.json"
     if dd.is_file():
+        d = read_json(dd, max_bytes=_MAX_META_BYTES)
         try:
-            splits = json.loads(dd.read_text(encoding="utf-8"))["splits"]
-        except (OSError, ValueError, KeyError) as exc:
+            splits = d["splits"]
+            if not isinstance(splits, list) or not all(isinstance(s, str) for s in splits):
+                raise TypeError("'splits' is not a list of names")
+        except (KeyError, TypeError) as exc:
             raise InputError(f"{dd}: not a datasets dict file: {exc}") from None
         out: list[Path] = []
         for split in splits:
@@ -139,13 +153,33 @@ def _format_of_comp(path: Path) -> str:
     return ""
 
 
+def _not_regular(path: Path) -> str:
+    """Why ``path`` is not read as data ("" for a regular file, or a link to one): a FIFO
+    would block the scan, a device (``/dev/zero``) never end."""
+    link = "a symbolic link to " if path.is_symlink() else ""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return ("not a regular file: a broken symbolic link" if link
+                else f"cannot read: {exc.strerror or exc}")
+    if stat.S_ISREG(mode):
+        return ""
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a directory" if stat.S_ISDIR(mode) else "not a file")
+    return f"not a regular file: {link}{kind}"
+
+
 def plan_shards(inputs: list[str | Path], *, fmt: str = "auto",
-                shard_bytes: int | None = None) -> list[Shard]:
+                shard_bytes: int | None = None, skip_bad: bool = False) -> list[Shard]:
     """The shards of ``inputs`` (files and directories), in a fixed order.
 
     With ``shard_bytes``, uncompressed JSONL files are cut into line-aligned byte ranges of
     about that size (their first line numbers counted here) and Parquet files into runs of row
     groups; without it each file is one shard.
+
+    Only regular files are read: a FIFO, a device, a socket or a broken link among the inputs
+    is an :class:`InputError` naming it, or with ``skip_bad`` a shard that is one bad record.
     """
     if fmt not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -156,6 +190,12 @@ def plan_shards(inputs: list[str | Path], *, fmt: str = "auto",
         for path, f, comp in _expand(Path(inp), fmt):
             if f not in ("jsonl", "csv", "text", "parquet", "arrow"):
                 raise InputError(f"{path}: unknown format {f!r}")
+            bad = _not_regular(path)
+            if bad and not skip_bad:
+                raise InputError(f"{path}: {bad} (--skip-bad skips bad records)")
+            if bad:
+                shards.append(Shard(str(path), f, comp, bad=bad))
+                continue
             try:
                 size = path.stat().st_size
             except OSError as exc:

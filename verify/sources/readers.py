@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import IO, Any
 
 from distillmark.watermark.errors import InputError, MissingDependencyError
+from distillmark.watermark.files import JSONProblem, parse_json, read_at_most
 
 from .plan import READ_BLOCK, Shard, pyarrow_parquet
 from .records import BadRecord
@@ -63,9 +62,13 @@ def iter_shard(shard: Shard, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
 
     Locations: ``file:line`` (JSONL, CSV), ``file`` (text), ``file:row_group:row`` (Parquet),
     ``file:batch:row`` (Arrow). Blank JSONL lines are not records. ``columns``: the only
-    columns a columnar reader needs to read (Parquet, Arrow).
+    columns a columnar reader needs to read (Parquet, Arrow). A shard of a file that is not
+    read (``shard.bad``: a FIFO, a device) is one bad record at ``file``.
     """
-    if shard.fmt == "parquet":
+    if shard.bad:
+        if not skip:
+            yield shard.path, BadRecord(shard.bad)
+    elif shard.fmt == "parquet":
         yield from _iter_parquet(shard, max_record_bytes, skip, columns)
     elif shard.fmt == "arrow":
         yield from _iter_arrow(shard, max_record_bytes, skip, columns)
@@ -119,9 +122,9 @@ def _iter_jsonl(shard: Shard, limit: int, skip: int) -> Iterator[tuple[str, Any]
                 yield loc, _utf8_error(line, exc)
                 continue
             try:
-                yield loc, json.loads(text.rstrip("\r\n"))
-            except json.JSONDecodeError as exc:
-                yield loc, BadRecord(f"not valid JSON: {exc.msg} (column {exc.colno})")
+                yield loc, parse_json(text.rstrip("\r\n"), line=True)
+            except JSONProblem as exc:
+                yield loc, BadRecord(str(exc))
     finally:
         fh.close()
 
@@ -195,9 +198,13 @@ def _iter_text(shard: Shard, limit: int, skip: int) -> Iterator[tuple[str, Any]]
         if size > limit:
             yield path, _too_long(size, limit)
             return
-        data = Path(path).read_bytes()
+        with open(path, "rb") as fh:  # the limit holds for what is read, should the file grow
+            data = read_at_most(fh, limit)
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    if data is None:
+        yield path, BadRecord(f"record longer than --max-record-bytes {limit}")
+        return
     try:
         yield path, {"text": data.decode("utf-8")}
     except UnicodeDecodeError as exc:

@@ -132,8 +132,8 @@ def read_log(path: str | Path, *, account: str | None = None) -> Iterator[LogRec
     """The records of a request log and its rotated files, oldest first (only ``account``'s
     when given); a bad line is one :class:`InputError` naming its file and line."""
     for f in _log_files(Path(path)):
-        with open(f, "rb") as fh:
-            for lineno, raw in enumerate(fh, 1):
+        with open(f, "rb") as fh:  # a line is read up to the limit, never held whole past it
+            for lineno, raw in enumerate(iter(lambda: fh.readline(_MAX_LINE + 1), b""), 1):
                 where = f"{f}:{lineno}"
                 if len(raw) > _MAX_LINE:
                     raise InputError(f"{where}: line longer than {_MAX_LINE} bytes")
