@@ -127,3 +127,16 @@ def test_dipmark_on_llamacpp_is_detected(model):
     joined = "\n\n".join(o.text for o in marked)
     assert Detector(spec).detect(joined).pvalue < 1e-6
     assert Detector(other).detect(joined).pvalue > 1e-3
+
+
+def test_prompts_are_counted_exactly_and_in_linear_time(model):
+    from distillmark.watermark.serve.limits import prompt_counter
+
+    count = prompt_counter(model)
+    for n in (1, 2, 7, 300):
+        msgs = [{"role": ("user", "assistant")[i % 2],
+                 "content": f"turn {i}: <|im_end|> and <|not_a_token|>\n\n  end"}
+                for i in range(n)]
+        assert count(msgs) == len(model.tokenize(model._prompt_text(msgs), special=True))
+    huge = [{"role": "user", "content": "hello there"}] * 20_000
+    assert 8192 < count(huge, 8192) < 8192 + 64  # stops soon after the limit

@@ -613,6 +613,17 @@ def test_oversized_deep_or_crowded_bodies_get_one_clear_error(master: WatermarkS
         assert httpx.get(url.removesuffix("/v1") + "/health").status_code == 200
 
 
+def test_a_request_of_20000_messages_is_answered_in_seconds(master: WatermarkSpec) -> None:
+    with serving(tiny_generator(), spec=master, max_messages=20_000) as url:
+        msgs = [{"role": "user", "content": f"message {i}"} for i in range(20_000)]
+        t0 = time.monotonic()
+        resp = httpx.post(url + "/chat/completions", timeout=60,
+                          json={"model": MODEL_NAME, "messages": msgs, "max_tokens": 4})
+        assert resp.status_code == 400 and time.monotonic() - t0 < 10
+        assert resp.json()["error"]["code"] == "context_length_exceeded"
+        assert httpx.get(url.removesuffix("/v1") + "/health").status_code == 200
+
+
 def test_the_request_log_records_what_each_account_was_served(tmp_path: Path,
                                                                master: WatermarkSpec) -> None:
     from distillmark.watermark.serve.log import RequestLog, read_log, text_digest

@@ -211,11 +211,12 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
                     for i, m in enumerate(body.messages)]
         prompt: Prompt = messages
         if count_prompt is not None and context_limit is not None:
+            room = context_limit - max_tokens
             n_prompt = await asyncio.get_running_loop().run_in_executor(None, count_prompt,
-                                                                        prompt)
-            if n_prompt + max_tokens > context_limit:
+                                                                        prompt, room)
+            if n_prompt > room:
                 raise APIError(400, f"this model's context is {context_limit} tokens; the "
-                               f"messages take {n_prompt} and max_tokens asks for "
+                               f"messages take at least {n_prompt} and max_tokens asks for "
                                f"{max_tokens}: shorten them or lower max_tokens",
                                param="messages", code="context_length_exceeded")
         temperature = 1.0 if body.temperature is None else body.temperature
