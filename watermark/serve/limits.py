@@ -52,7 +52,10 @@ def prompt_counter(generator: Generator) -> Callable[[Prompt, int | None], int] 
     render = getattr(generator, "_prompt_text", None)
     tokenize = getattr(generator, "tokenize", None)
     if render is not None and tokenize is not None:  # llama.cpp
-        return lambda prompt, at_most=None: split_count(render(prompt), tokenize, at_most)
+        def count_split(prompt: Prompt, at_most: int | None = None) -> int:
+            return split_count(render(prompt), tokenize, at_most)
+
+        return count_split
     return None
 
 
