@@ -15,6 +15,7 @@ from distillmark.verify import Detector, detect_ids
 from distillmark.watermark import (
     BUILTIN_SMOLLM2,
     GreenList,
+    InputError,
     ModelNotFoundError,
     ParameterError,
     TokenizerInfo,
@@ -357,6 +358,18 @@ def test_hf_generate_rejects_bad_arguments(tiny_model: LlamaForCausalLM,
                                              r"spec's vocab_size 49153 \(key made for another "
                                              r"model\?\)$"):
         hf.generate(lm, ["Hi"], scheme=big)
+
+
+def test_hf_generate_refuses_an_empty_prompt(tiny_model: LlamaForCausalLM,
+                                            hf_tok: PreTrainedTokenizerFast) -> None:
+    """A prompt of no tokens (messages without text, no chat template) is one InputError
+    naming it, not a failure deep inside the model."""
+    lm = hf.LoadedModel(model=tiny_model, tokenizer=hf_tok, source="tiny")
+    empty_chat = [{"role": "user", "content": ""}]
+    for prompts, index in (([""], 0), ([empty_chat], 0), (["Hi", ""], 1)):
+        with pytest.raises(InputError, match=rf"^prompt {index} is empty: the model needs at "
+                                             "least one token to answer from$"):
+            hf.generate(lm, prompts, scheme=make_scheme(), max_new_tokens=4)
 
 
 # --------------------------------------------------------------------------------------------

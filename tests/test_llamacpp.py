@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from distillmark.verify import Detector
 from distillmark.watermark import (
     BUILTIN_SMOLLM2,
+    InputError,
     TokenizerMismatchError,
     llamacpp,
     load_tokenizer,
@@ -140,3 +143,13 @@ def test_prompts_are_counted_exactly_and_in_linear_time(model):
         assert count(msgs) == len(model.tokenize(model._prompt_text(msgs), special=True))
     huge = [{"role": "user", "content": "hello there"}] * 20_000
     assert 8192 < count(huge, 8192) < 8192 + 64  # stops soon after the limit
+
+
+def test_an_empty_prompt_is_refused(model):
+    """No tokens to answer from (no chat template, no text): one InputError, not llama.cpp's
+    own assertion."""
+    plain = dataclasses.replace(model, chat_template=None)
+    with pytest.raises(InputError, match=r"^prompt 1 is empty: the model needs at least one "
+                                         r"token to answer from$"):
+        plain.generate(["Hi", [{"role": "user", "content": ""}]], scheme=None,
+                       max_new_tokens=2)

@@ -309,6 +309,8 @@ BAD_REQUESTS = [
     ({"messages": None}, 400, "messages", None),
     ({"messages": []}, 400, "messages", None),
     ({"messages": [{"role": "robot", "content": "x"}]}, 400, "messages.0.role", None),
+    # no text, and the model has no chat template: nothing to answer from
+    ({"messages": [{"role": "user", "content": []}]}, 400, "messages", None),
     ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400,
      "messages.0.content", None),
     ({"model": "gpt-4"}, 404, "model", "model_not_found"),

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from .keys import WatermarkSpec
 
 __all__ = ["Completion", "Generator", "Marker", "Prompt", "TextCallback", "WatermarkHook",
-           "check_generate_args", "messages_of", "plain_prompt_text", "prompt_label",
-           "prompt_text"]
+           "check_generate_args", "empty_prompt", "messages_of", "plain_prompt_text",
+           "prompt_label", "prompt_text"]
 
 #: A prompt: one user message's text, or a whole conversation as chat messages
 #: (``[{"role": "system", "content": ...}, {"role": "user", "content": ...}, ...]``).
@@ -124,6 +124,14 @@ def check_generate_args(prompts: Sequence[Prompt], *, max_new_tokens: int, tempe
     if temperature < 0 or not 0 < top_p <= 1:
         raise ParameterError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, "
                              f"{top_p}")
+
+
+def empty_prompt(index: int) -> InputError:
+    """The error of prompt ``index`` once it is tokenised to nothing (an empty string, or
+    messages without text given to a model without a chat template): a model answers from at
+    least one token, and engines fail on none in ways of their own."""
+    return InputError(f"prompt {index} is empty: the model needs at least one token to "
+                      "answer from")
 
 
 class WatermarkHook:

@@ -30,6 +30,7 @@ from .engine_types import (
     Prompt,
     TextCallback,
     check_generate_args,
+    empty_prompt,
     prompt_label,
     prompt_text,
 )
@@ -284,6 +285,9 @@ def generate(lm: LoadedModel, prompts: Sequence[Prompt], *, scheme: Marker | Non
         # so the watermark's context (and the model's next token) never comes from pads.
         enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False,
                   padding_side="left")
+        for j, n in enumerate(enc["attention_mask"].sum(dim=1).tolist()):
+            if n == 0:
+                raise empty_prompt(i + j)
         enc = {k: v.to(model.device) for k, v in enc.items()}
         processors: list[Any] = (
             [WatermarkLogitsProcessor(scheme, temperature=temperature, top_p=top_p)]

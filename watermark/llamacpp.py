@@ -27,6 +27,7 @@ from .engine_types import (
     TextCallback,
     WatermarkHook,
     check_generate_args,
+    empty_prompt,
     prompt_label,
     prompt_text,
 )
@@ -151,6 +152,8 @@ class LlamaCppModel:
             self.llm.set_seed(seed + i if seed is not None
                               else int.from_bytes(os.urandom(4), "little"))
             p_ids = self.tokenize(self._prompt_text(prompt), special=True)
+            if not p_ids:
+                raise empty_prompt(i)
             comp: list[int] = []
             for tok in self.llm.generate(p_ids, temp=temp, top_k=tk, top_p=tp,
                                          min_p=0.0, typical_p=1.0, repeat_penalty=1.0,

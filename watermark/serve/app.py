@@ -214,6 +214,9 @@ def create_app(generator: Generator, config: ServeConfig) -> FastAPI:
             room = context_limit - max_tokens
             n_prompt = await asyncio.get_running_loop().run_in_executor(None, count_prompt,
                                                                         prompt, room)
+            if n_prompt == 0:  # messages without text, and no chat template to add some
+                raise APIError(400, "messages: the messages give the model no text to answer "
+                               "from", param="messages")
             if n_prompt > room:
                 raise APIError(400, f"this model's context is {context_limit} tokens; the "
                                f"messages take at least {n_prompt} and max_tokens asks for "
