@@ -4,6 +4,7 @@ streaming, per-account keys, authentication, OpenAI error bodies, concurrency, a
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -613,6 +614,24 @@ def test_oversized_deep_or_crowded_bodies_get_one_clear_error(master: WatermarkS
             r = chat(url, seed=seed)
             assert r.status_code == 400 and r.json()["error"]["param"] == "seed", r.text
         assert httpx.get(url.removesuffix("/v1") + "/health").status_code == 200
+
+
+def test_a_client_that_leaves_mid_body_is_no_server_fault(marked_url: str,
+                                                          caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    """A client that hangs up before its body ends is not logged as an internal error (any
+    client could fill the log with them)."""
+    base = httpx.URL(marked_url)
+    with caplog.at_level(logging.ERROR):
+        for _ in range(3):
+            with socket.create_connection((base.host, base.port)) as sock:
+                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Type: application/json\r\nContent-Length: 1000\r\n"
+                             b'\r\n{"model": ')
+                time.sleep(0.1)
+        time.sleep(0.5)
+        assert httpx.get(marked_url.removesuffix("/v1") + "/health").status_code == 200
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def test_a_request_of_20000_messages_is_answered_in_seconds(master: WatermarkSpec) -> None:

@@ -1,11 +1,11 @@
 """A request's body, read within limits and checked, before any work is done for it.
 
 The body is read only after the request's API key was accepted, at most ``max_bytes`` of it
-(a 413 as soon as it passes the limit, whatever its ``Content-Length`` says), parsed as JSON
-(a nesting too deep for the parser is a 400, not a crash) and validated against
-:class:`~.request.ChatRequest`; a request with more than ``max_messages`` messages is refused
-before its prompt is rendered or counted. Every refusal is an :class:`~.protocol.APIError`
-worded as OpenAI would.
+(a 413 as soon as it passes the limit, whatever its ``Content-Length`` says; a client that
+leaves before its body ends is no fault of the server's), parsed as JSON (a nesting too deep
+for the parser is a 400, not a crash) and validated against :class:`~.request.ChatRequest`; a
+request with more than ``max_messages`` messages is refused before its prompt is rendered or
+counted. Every refusal is an :class:`~.protocol.APIError` worded as OpenAI would.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .request import ChatRequest
 
 try:
     from pydantic import ValidationError
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise missing_extra(exc) from None
 
@@ -55,11 +55,14 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
     if declared.isdigit() and int(declared) > max_bytes:
         raise too_big
     chunks, n = [], 0
-    async for chunk in request.stream():
-        n += len(chunk)
-        if n > max_bytes:
-            raise too_big
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            n += len(chunk)
+            if n > max_bytes:
+                raise too_big
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone before its body ended: nobody to answer, nothing failed
+        raise APIError(499, "the client closed the request", code="client_closed") from None
     return b"".join(chunks)
 
 
