@@ -137,7 +137,7 @@ def _mutate(raw: bytes, edits: list[tuple[int, bytes]]) -> bytes:
     return bytes(out)
 
 
-def _encode(body: dict[str, Any]) -> bytes:
+def _encode(body: Any) -> bytes:
     return json.dumps(body, allow_nan=True).encode()
 
 

@@ -153,10 +153,12 @@ async def valid(client: httpx.AsyncClient, rng: random.Random) -> str:
     return _outcome(await _post(client, json.dumps(body)))
 
 
-BAD = [{"model": "gpt-4"}, {"model": 7}, {"messages": []}, {"messages": "hi"},
-       {"temperature": 9}, {"n": 99}, {"max_tokens": 10**30}, {"seed": -1},
-       {"stop": ["a"] * 9}, {"logprobs": True}, {"messages": [{"role": "robot"}]},
-       {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}]
+#: Changes that make a valid request a refused one (400, or 404 for the model).
+BAD: list[dict[str, Any]] = [
+    {"model": "gpt-4"}, {"model": 7}, {"messages": []}, {"messages": "hi"},
+    {"temperature": 9}, {"n": 99}, {"max_tokens": 10**30}, {"seed": -1}, {"stop": ["a"] * 9},
+    {"logprobs": True}, {"messages": [{"role": "robot"}]},
+    {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}]
 
 
 async def invalid(client: httpx.AsyncClient, rng: random.Random) -> str:
