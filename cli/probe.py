@@ -36,7 +36,8 @@ from .options import (
 
 PROBE_EXIT_HELP = ("Exit status: 0 if the watermark was found in the answers, 1 if not (or the "
                    "evidence was insufficient), 2 on a usage or input error or an endpoint that "
-                   "cannot be used (answers already received stay in --cache: rerun to resume).")
+                   "cannot be used, 130 if interrupted (answers already received stay in "
+                   "--cache: rerun to resume).")
 
 
 def render(result: ProbeResult, alpha: float) -> str:

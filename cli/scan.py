@@ -21,6 +21,7 @@ from distillmark.verify.stats import format_pvalue
 from .common import (
     EXIT_ERROR,
     EXIT_FOUND,
+    EXIT_INTERRUPTED,
     EXIT_NOT_FOUND,
     err,
     errors_exit,
@@ -122,7 +123,7 @@ def scan(
             except KeyboardInterrupt:
                 hint = "; run it again with --resume to continue" if resume else ""
                 err(f"interrupted{hint}")
-                raise typer.Exit(130) from None
+                raise typer.Exit(EXIT_INTERRUPTED) from None
     if as_json:
         typer.echo(json.dumps(result.to_dict(alpha)))
     else:
