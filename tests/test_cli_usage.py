@@ -47,6 +47,17 @@ def test_a_near_miss_command_is_suggested_on_the_same_line() -> None:
                              "'detect'? (see distillmark --help)\n")
 
 
+def test_keygen_refuses_alpha_naming_its_new_name(tmp_path: Path) -> None:
+    """--alpha is the significance level everywhere else; DiPmark's strength has its own name."""
+    result = run("keygen", "-o", tmp_path / "k.json", "--scheme", "dipmark", "--alpha", "0.4")
+    assert result.exit_code == 2 and not (tmp_path / "k.json").exists()
+    assert result.stderr == ("distillmark: error: keygen's --alpha is now --dipmark-alpha "
+                             "(DiPmark's reweighting strength); --alpha is the significance "
+                             "level of the tests\n")
+    shown = " ".join(run("keygen", "--help").stdout.split()).replace("--dipmark-alpha", "")
+    assert "--alpha" not in shown and "--dipmark-alpha" in run("keygen", "--help").stdout
+
+
 def test_help_is_still_typers() -> None:
     result = run("detect", "--help")
     assert result.exit_code == 0 and result.stderr == ""
