@@ -88,7 +88,7 @@ def keygen(
         help="Account layer: share of cells green for an account, 0.25 or 0.5.")] = 0.25,
     account_delta: Annotated[float, typer.Option(
         help="Account layer: logit bias of an account's green tokens.")] = 2.0,
-    force: Annotated[bool, typer.Option(help="Replace an existing key file.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing key file.")] = False,
     as_json: Annotated[bool, json_option("Print the key's public fields as JSON.")] = False,
 ) -> None:
     """Make a new watermark key (a spec file, mode 0600).

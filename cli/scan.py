@@ -78,7 +78,8 @@ def scan(
         help="Longer records are bad records.")] = 8 << 20,
     report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report.")] = None,
     resume: Annotated[bool, typer.Option(
-        help="Checkpoint, and continue an interrupted scan from its checkpoint.")] = False,
+        "--resume", help="Checkpoint, and continue an interrupted scan from its checkpoint.")
+    ] = False,
     state_dir: Annotated[Path | None, typer.Option(
         help="Checkpoint folder of --resume (default OUT.scan-state).")] = None,
     engine: Annotated[str, typer.Option(
