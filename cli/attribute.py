@@ -35,7 +35,8 @@ from .options import (
 )
 
 ATTRIBUTE_EXIT_HELP = ("Exit status: 0 if some account was named, 1 if none was (or the "
-                       "evidence was insufficient), 2 on a usage or input error.")
+                       "evidence was insufficient), 2 on a usage or input error, 130 if "
+                       "interrupted.")
 
 
 def _human(r: Any, alpha: float, in_log: bool | None) -> str:

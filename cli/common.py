@@ -1,10 +1,12 @@
 """What every ``distillmark`` command shares: the Typer app, exit codes, diagnostics and inputs.
 
 Exit codes, like grep: 0 = a watermark was found, 1 = not found or insufficient evidence,
-2 = usage or input error. Human output goes to stdout, diagnostics to stderr; ``--json`` prints
-each result's ``to_dict()`` (one object per input, JSON Lines for several). Library errors
-(:class:`~distillmark.watermark.DistillmarkError`) become one line on stderr and exit status 2
-inside :func:`errors_exit`, never a traceback.
+2 = usage or input error, 130 = interrupted (Ctrl-C). Human output goes to stdout, diagnostics
+to stderr; ``--json`` prints each result's ``to_dict()`` (one object per input, JSON Lines for
+several). Library errors (:class:`~distillmark.watermark.DistillmarkError`) become one line on
+stderr and exit status 2 inside :func:`errors_exit`, never a traceback; so do the errors of
+option parsing (a missing or unknown option, a value that does not parse), in
+:class:`OneLineErrors`.
 """
 
 from __future__ import annotations
@@ -17,19 +19,73 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from typer.core import TyperGroup
+
+try:  # typer carries its own copy of click (typer >= 0.20); older versions use click itself
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException, UsageError  # type: ignore[assignment]
 
 from distillmark.watermark import DistillmarkError, InputError
 from distillmark.watermark.files import read_at_most
 
-EXIT_FOUND, EXIT_NOT_FOUND, EXIT_ERROR = 0, 1, 2
+EXIT_FOUND, EXIT_NOT_FOUND, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 EXIT_HELP = ("Exit status: 0 if a watermark was found, 1 if not (or the evidence was "
-             "insufficient), 2 on a usage or input error.")
+             "insufficient), 2 on a usage or input error, 130 if interrupted.")
 
 DEFAULT_MAX_BYTES = 1 << 30
 
+
+def usage_line(exc: UsageError) -> str:
+    """A usage error as one line: the command, what is wrong and where its options are listed:
+    ``detect: missing option '--key' / '-k' (see distillmark detect --help)``."""
+    msg = " ".join(exc.format_message().split()).rstrip(".")
+    msg = msg[:1].lower() + msg[1:]
+    ctx = exc.ctx
+    if ctx is None:
+        return msg
+    if ctx.parent is not None:
+        msg = f"{ctx.info_name}: {msg}"
+    return f"{msg} (see {ctx.command_path} --help)"
+
+
+class OneLineErrors(TyperGroup):
+    """The command group, whose option-parsing errors are one line on stderr and exit status 2
+    (``distillmark: error: ...``), as every other error is; ``--help`` and the help shown for
+    no arguments are typer's own. Called with ``standalone_mode=False`` it behaves as click
+    does (errors raised, exit statuses returned)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        standalone = kwargs.get("standalone_mode", True)
+        kwargs["standalone_mode"] = False
+        if not standalone:
+            return super().main(*args, **kwargs)
+        try:
+            rv = super().main(*args, **kwargs)
+        except UsageError as exc:
+            if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help
+                err(usage_line(exc))
+            sys.exit(EXIT_ERROR)
+        except ClickException as exc:
+            err(" ".join(exc.format_message().split()))
+            sys.exit(EXIT_ERROR)
+        except typer.Abort:
+            err("aborted")
+            sys.exit(EXIT_ERROR)
+        sys.exit(rv if isinstance(rv, int) else 0)  # typer.Exit's status
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # Ctrl-C anywhere: one line and 130, as a shell reports it
+            err("interrupted")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
 app = typer.Typer(
     name="distillmark",
+    cls=OneLineErrors,
     help="Watermark language-model output and test texts for the watermark. " + EXIT_HELP,
     no_args_is_help=True,
     add_completion=False,
@@ -76,7 +132,7 @@ def errors_exit() -> Iterator[None]:
         raise typer.Exit(EXIT_ERROR) from None
     except KeyboardInterrupt:
         err("interrupted")
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def input_label(name: str) -> str:

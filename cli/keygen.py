@@ -49,8 +49,10 @@ def keygen(
     gamma: Annotated[float | None, typer.Option(
         help="Green fraction of the vocabulary (dipmark: detection's threshold, default 0.5).")
     ] = None,
-    alpha: Annotated[float | None, typer.Option(
-        help="dipmark: reweighting strength in [0, 0.5] (default 0.45).")] = None,
+    dipmark_alpha: Annotated[float | None, typer.Option(
+        "--dipmark-alpha", help="dipmark: reweighting strength in [0, 0.5] (default 0.45), the "
+        "key's parameter alpha.")] = None,
+    renamed_alpha: Annotated[str | None, typer.Option("--alpha", hidden=True)] = None,
     delta: Annotated[float | None, typer.Option(help="Logit bias of green tokens.")] = None,
     context_width: Annotated[int | None, typer.Option(
         "--context-width", help="Tokens before a token that pick its list (or row).")] = None,
@@ -86,7 +88,7 @@ def keygen(
         help="Account layer: share of cells green for an account, 0.25 or 0.5.")] = 0.25,
     account_delta: Annotated[float, typer.Option(
         help="Account layer: logit bias of an account's green tokens.")] = 2.0,
-    force: Annotated[bool, typer.Option(help="Replace an existing key file.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing key file.")] = False,
     as_json: Annotated[bool, json_option("Print the key's public fields as JSON.")] = False,
 ) -> None:
     """Make a new watermark key (a spec file, mode 0600).
@@ -96,6 +98,9 @@ def keygen(
     which `attribute` recovers (docs/schemes/accounts.md).
     """
     with errors_exit():
+        if renamed_alpha is not None:  # elsewhere --alpha is the significance level
+            raise InputError("keygen's --alpha is now --dipmark-alpha (DiPmark's reweighting "
+                             "strength); --alpha is the significance level of the tests")
         params: dict[str, Any]
         if scheme_name is not None:
             if scheme_name not in SCHEMES:
@@ -113,7 +118,7 @@ def keygen(
                         if keys is not None else None)
         except ValueError:
             raise InputError(f"--keys must be comma-separated integers, got {keys!r}") from None
-        for name, value in [("gamma", gamma), ("alpha", alpha), ("delta", delta),
+        for name, value in [("gamma", gamma), ("alpha", dipmark_alpha), ("delta", delta),
                             ("context_width", context_width), ("seeding", seeding),
                             ("combine", combine), ("n_lists", n_lists),
                             ("hashing_key", hashing_key),

@@ -28,15 +28,16 @@ from distillmark.watermark import InputError, load_spec
 from .common import EXIT_FOUND, EXIT_NOT_FOUND, errors_exit, info, require_open_unit
 from .options import (
     AlphaOption,
+    KeyRingOption,
     TokenizerOverrideOption,
     json_option,
-    key_option,
     min_scored_option,
 )
 
 PROBE_EXIT_HELP = ("Exit status: 0 if the watermark was found in the answers, 1 if not (or the "
                    "evidence was insufficient), 2 on a usage or input error or an endpoint that "
-                   "cannot be used (answers already received stay in --cache: rerun to resume).")
+                   "cannot be used, 130 if interrupted (answers already received stay in "
+                   "--cache: rerun to resume).")
 
 
 def render(result: ProbeResult, alpha: float) -> str:
@@ -46,8 +47,10 @@ def render(result: ProbeResult, alpha: float) -> str:
              f"{a.null_mean:.1%} expected without the key" if a.test == "binomial" else
              f"{a.n_scored} scored tuples, mean score {a.score_mean:.3g}, {a.null_mean:.3g} "
              "expected without the key")
+    keys = (f"best of {result.n_keys} keys: {a.key_id}, p corrected for {result.n_keys} keys"
+            if result.n_keys > 1 else f"key {a.key_id}")
     head = (f"{result.model} at {result.endpoint}: {result.verdict(alpha)} "
-            f"(p = {format_pvalue(a.pvalue, a.log10_pvalue)}; {green}; key {a.key_id})")
+            f"(p = {format_pvalue(result.pvalue, result.log10_pvalue)}; {green}; {keys})")
     asked = (f"{q.n_prompts} prompts" if q.n_samples == 1 else
              f"{q.n_wanted} ({q.n_prompts} prompts x {q.n_samples} samples)")
     cost = (f"answers: {result.answers.n_answers} of {asked} "
@@ -64,7 +67,7 @@ def render(result: ProbeResult, alpha: float) -> str:
                      f"1e{result.answers.reference_log10_pvalue:.1f}): this p-value is not "
                      "exact, it can find the watermark in a model that never saw it")
     if not result.is_watermarked(alpha):
-        frac = a.detectable_fraction(alpha)
+        frac = result.detectable_fraction(alpha)
         if math.isfinite(frac):
             lines.append(f"power: at this level the test finds, one time in two, a mark "
                          f"carried by {frac:.1%} of the scored tuples; a weaker mark needs "
@@ -97,7 +100,7 @@ def probe_command(
         help="OpenAI-compatible server: http://HOST:PORT, its /v1 URL or the full "
              "/v1/chat/completions URL.")],
     model: Annotated[str, typer.Option(help="Model id to ask for.")],
-    key: Annotated[Path, key_option("The watermark key (spec file).")],
+    key: KeyRingOption,
     api_key_env: Annotated[str | None, typer.Option(
         help="Environment variable holding the API key (sent as Bearer; never printed).")
     ] = None,
@@ -151,7 +154,8 @@ def probe_command(
 ) -> None:
     """Query a suspect model through its API and test all its answers for KEY's watermark.
 
-    The answers are re-tokenised with the key's tokenizer (valid whatever tokenizer the suspect
+    Repeat --key to test several keys on the same answers (Bonferroni-corrected). The answers
+    are re-tokenised with the key's tokenizer (valid whatever tokenizer the suspect
     uses); repeated (context, token) tuples count once across all answers; tuples found in the
     prompts are left out; the p-value is exact.
     """
@@ -173,8 +177,10 @@ def probe_command(
             asked = prompts_from_log(prompts_from, account=account)
         else:
             asked = builtin_prompts(n_prompts)
-        detector = Detector(load_spec(key), tokenizer=tokenizer, min_scored=min_scored)
-        ref = read_reference(reference, detector) if reference is not None else None
+        detectors = [Detector(load_spec(k), tokenizer=tokenizer, min_scored=min_scored)
+                     for k in key]
+        refs = ([read_reference(reference, d) for d in detectors] if reference is not None
+                else None)
         try:
             sampling = SamplingParams(max_tokens=max_tokens, temperature=temperature,
                                       top_p=top_p, seed=seed)
@@ -184,7 +190,7 @@ def probe_command(
             raise InputError(f"--samples must be >= 1, got {samples}")
         show = not as_json and sys.stderr.isatty()
         with _progress(show, len(asked) * samples) as progress:
-            result = probe(endpoint, model, detector, asked, reference=ref,
+            result = probe(endpoint, model, detectors, asked, reference=refs,
                            min_scored=min_scored, api_key=api_key, sampling=sampling,
                            allow_marked_reference=allow_marked_reference, samples=samples,
                            concurrency=concurrency, max_requests=max_requests,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,9 +23,11 @@ from distillmark.verify.stats import format_pvalue
 from .common import (
     EXIT_ERROR,
     EXIT_FOUND,
+    EXIT_INTERRUPTED,
     EXIT_NOT_FOUND,
     err,
     errors_exit,
+    info,
     require_open_unit,
 )
 from .options import (
@@ -65,15 +69,17 @@ def scan(
              "floor).")] = None,
     confidence: Annotated[float, typer.Option(help="Confidence of the fraction interval.")] = 0.95,
     skip_bad: Annotated[bool, typer.Option(
-        "--skip-bad", help="Skip bad records (counted, and written to the rejects file) instead "
-        "of stopping.")] = False,
+        "--skip-bad", help="Skip bad records instead of stopping: counted, and written to the "
+        "rejects file (--rejects, or OUT.rejects.jsonl with --out), else named on stderr.")
+    ] = False,
     rejects: Annotated[Path | None, typer.Option(
         help="Rejects file of --skip-bad (default OUT.rejects.jsonl).")] = None,
     max_record_bytes: Annotated[int, typer.Option(
         help="Longer records are bad records.")] = 8 << 20,
     report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report.")] = None,
     resume: Annotated[bool, typer.Option(
-        help="Checkpoint, and continue an interrupted scan from its checkpoint.")] = False,
+        "--resume", help="Checkpoint, and continue an interrupted scan from its checkpoint.")
+    ] = False,
     state_dir: Annotated[Path | None, typer.Option(
         help="Checkpoint folder of --resume (default OUT.scan-state).")] = None,
     engine: Annotated[str, typer.Option(
@@ -102,7 +108,10 @@ def scan(
         err("give one of --field PATH or --chat PATH")
         raise typer.Exit(EXIT_ERROR)
     show = not as_json and sys.stderr.isatty()
-    with errors_exit():
+    # --skip-bad with no file for the rejects: they are named on stderr, from a scratch file
+    scratch = (tempfile.TemporaryDirectory(prefix="distillmark-rejects-")
+               if skip_bad and out is None and rejects is None else None)
+    with errors_exit(), scratch or nullcontext():
         specs = [load_spec(k) for k in key]
         cands = None
         if accounts is not None or account_space is not None:  # each record attributed too
@@ -112,7 +121,8 @@ def scan(
         with _progress(show) as progress:
             try:
                 result = run_scan(
-                    inputs, specs, field=field, chat=chat, fmt=fmt, out=out, rejects=rejects,
+                    inputs, specs, field=field, chat=chat, fmt=fmt, out=out,
+                    rejects=rejects if scratch is None else Path(scratch.name) / "rejects.jsonl",
                     skip_bad=skip_bad, max_record_bytes=max_record_bytes, fdr=fdr,
                     min_scored=min_scored, effect=effect, confidence=confidence,
                     tokenizer=tokenizer, resume=resume, state_dir=state_dir, engine=engine,
@@ -122,7 +132,9 @@ def scan(
             except KeyboardInterrupt:
                 hint = "; run it again with --resume to continue" if resume else ""
                 err(f"interrupted{hint}")
-                raise typer.Exit(130) from None
+                raise typer.Exit(EXIT_INTERRUPTED) from None
+        if scratch is not None:
+            _name_rejects(Path(scratch.name) / "rejects.jsonl")
     if as_json:
         typer.echo(json.dumps(result.to_dict(alpha)))
     else:
@@ -131,12 +143,21 @@ def scan(
 
 
 def rejects_path(out: Path | None, rejects: Path | None, skip_bad: bool) -> Path | None:
-    """Where the records ``--skip-bad`` skipped went: ``--rejects``, else OUT.rejects.jsonl."""
+    """Where the records ``--skip-bad`` skipped went: ``--rejects``, else OUT.rejects.jsonl,
+    else nowhere but stderr (None)."""
     if rejects is not None:
         return rejects
     if out is not None and skip_bad:
         return out.with_name(out.name + ".rejects.jsonl")
     return None
+
+
+def _name_rejects(path: Path) -> None:
+    """Each skipped record on stderr, ``distillmark: skipped FILE:LINE: reason``."""
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            rec = json.loads(line)
+            info(f"distillmark: skipped {rec['location']}: {rec['reason']}")
 
 
 def _human(result: Any, alpha: float, rejects: Path | None) -> str:
@@ -152,8 +173,8 @@ def _human(result: Any, alpha: float, rejects: Path | None) -> str:
     p = format_pvalue(result.pvalue, result.log10_pvalue)
     lines = [f"dataset: {result.verdict(alpha)} (p = {p}; {score}; {keys})"]
     skipped = f"{result.n_records_skipped:,} skipped"
-    if result.n_records_skipped and rejects is not None:
-        skipped += f" (see {rejects})"
+    if result.n_records_skipped:
+        skipped += f" (see {rejects})" if rejects is not None else " (named on stderr)"
     lines.append(f"records: {result.n_records_read:,} read, {result.n_records_scored:,} scored, "
                  f"{skipped}; {a.n_tokens:,} tokens")
     lines.append(f"flagged: {result.n_flagged:,} records at FDR {result.fdr:g} "

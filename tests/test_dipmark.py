@@ -499,8 +499,8 @@ def test_params_round_trip_registry_and_preset(tmp_path: Path) -> None:
 def test_cli_keygen_options(tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "k.json"
-    r = runner.invoke(app, ["keygen", "-o", str(out), "--scheme", "dipmark", "--alpha", "0.4",
-                            "--context-width", "2", "--gamma", "0.4", "--json"])
+    r = runner.invoke(app, ["keygen", "-o", str(out), "--scheme", "dipmark", "--dipmark-alpha",
+                            "0.4", "--context-width", "2", "--gamma", "0.4", "--json"])
     assert r.exit_code == 0, r.stderr
     params = load_spec(out).params
     assert params == {"alpha": 0.4, "gamma": 0.4, "context_width": 2, "combine": "hash",
@@ -510,7 +510,7 @@ def test_cli_keygen_options(tmp_path: Path) -> None:
                                  "dipmark"])
     assert preset.exit_code == 0 and load_spec(tmp_path / "p.json").params["alpha"] == 0.45
     bad = runner.invoke(app, ["keygen", "-o", str(tmp_path / "b.json"), "--scheme", "dipmark",
-                              "--alpha", "0.7"])
+                              "--dipmark-alpha", "0.7"])
     assert bad.exit_code == 2
     assert bad.stderr == "distillmark: error: `alpha` must be in [0, 0.5], got 0.7\n"
     assert not (tmp_path / "b.json").exists()

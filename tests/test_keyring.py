@@ -91,3 +91,56 @@ def test_cli_several_keys(ring, tmp_path):
                                      "scored against several keys without any watermark in it.")
     assert human.exit_code == 1
     assert "best of 3 keys" in human.stdout
+
+
+def test_probe_tests_several_keys_on_the_same_answers(ring, tmp_path):
+    """probe with several keys: one set of answers, every key's test, the best one corrected
+    for their number and the correction recorded, as detect, scan and audit do."""
+    from serving_helpers import MODEL_NAME, serving, tiny_generator
+
+    from distillmark.verify.probe import SamplingParams, probe
+
+    paths = [save_spec(spec, tmp_path / f"k{i}.json") for i, spec in enumerate(ring[:3])]
+    keys = [a for p in paths for a in ("--key", str(p))]
+    with serving(tiny_generator(seed=5), spec=ring[1]) as url:
+        res = probe(url, MODEL_NAME, ring[:3], ["Say something.", "And more."],
+                    sampling=SamplingParams(max_tokens=40))
+        cli = CliRunner().invoke(app, ["probe", "--endpoint", url, "--model", MODEL_NAME,
+                                       *keys, "--n-prompts", "2", "--max-tokens", "40",
+                                       "--json"])
+        human = CliRunner().invoke(app, ["probe", "--endpoint", url, "--model", MODEL_NAME,
+                                         *keys, "--n-prompts", "2", "--max-tokens", "40",
+                                         "--cache", str(tmp_path / "c")])
+        twice = CliRunner().invoke(app, ["probe", "--endpoint", url, "--model", MODEL_NAME,
+                                         "--key", str(paths[0]), "--key", str(paths[0])])
+    assert res.n_keys == 3 and res.answers.aggregate.key_id == ring[1].key_id
+    assert [r.aggregate.key_id for r in res.per_key] == [s.key_id for s in ring[:3]]
+    best = min(res.per_key, key=lambda r: r.log10_pvalue)
+    assert res.answers is best
+    assert res.pvalue == pytest.approx(min(1.0, 3 * best.pvalue))
+    assert res.log10_pvalue == pytest.approx(min(0.0, best.log10_pvalue + np.log10(3)))
+    assert res.is_watermarked(1e-6)
+    assert {r.n_answers for r in res.per_key} == {res.queries.n_prompts} == {2}
+    assert cli.exit_code == 0, cli.stderr
+    d = json.loads(cli.stdout)
+    assert (d["n_keys"], d["correction"], d["key_id"]) == (3, "bonferroni", ring[1].key_id)
+    assert d["log10_pvalue"] == pytest.approx(d["uncorrected_log10_pvalue"] + np.log10(3))
+    assert len(d["per_key"]) == 3 and d["verdict"] == "watermarked"
+    assert human.exit_code == 0, human.stderr
+    assert f"best of 3 keys: {ring[1].key_id}, p corrected for 3 keys" in human.stdout
+    assert twice.exit_code == 2
+    assert twice.stderr == f"distillmark: error: key {ring[0].key_id} is given twice\n"
+
+
+def test_probe_with_one_key_records_a_ring_of_one(ring, tmp_path):
+    from distillmark.verify.probe import ProbeResult, QueryStats, score_answers
+
+    text = _watermarked_text(ring[0], seed=4)
+    answers = score_answers([("Hi", text)], ring[0])
+    res = ProbeResult.of([answers], queries=QueryStats(1, 1, 1, 0, 0, 0, False), endpoint="e",
+                         model="m")
+    d = res.to_dict(1e-3)
+    assert (d["n_keys"], d["pvalue"], d["uncorrected_pvalue"]) == (1, answers.pvalue,
+                                                                  answers.pvalue)
+    assert d["verdict"] == answers.verdict(1e-3) == "watermarked"
+    assert d["detectable_fraction"] == answers.to_dict(1e-3)["detectable_fraction"]

@@ -786,6 +786,15 @@ def test_cli_errors_are_one_line(tmp_path: Path, key_file: Path) -> None:
     d = json.loads(r.stdout)
     assert r.exit_code == 1 and d["verdict"] == "insufficient evidence"
     assert (d["n_records_read"], d["n_records_scored"], d["n_records_skipped"]) == (2, 1, 1)
+    # with no --out and no --rejects, the skipped records are named on stderr
+    skipped = (f"distillmark: skipped {bad}:2: no field 'text' (the value above it is a list, "
+               "not an object)\n")
+    assert r.stderr == skipped
+    r = _run("scan", bad, "-k", key_file, "--field", "text", "--skip-bad")
+    assert r.stderr == skipped and "1 skipped (named on stderr)" in r.stdout
+    r = _run("scan", bad, "-k", key_file, "--field", "text", "--skip-bad", "--out",
+             tmp_path / "r.jsonl")
+    assert r.stderr == "" and f"1 skipped (see {tmp_path / 'r.jsonl.rejects.jsonl'})" in r.stdout
 
 
 def test_scan_imports_nothing_heavy() -> None:
