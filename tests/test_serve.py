@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -522,6 +523,22 @@ class FaultyGenerator(CountingGenerator):
         return super().generate(prompts, **kwargs)
 
 
+@contextmanager
+def _errors_logged() -> Iterator[list[logging.LogRecord]]:
+    """Error records of the server's loggers and the HTTP server's, while the block runs."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = records.append  # type: ignore[method-assign]
+    loggers = [logging.getLogger(n) for n in ("distillmark.serve", "uvicorn.error")]
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        yield records
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+
+
 def test_engine_faults_become_error_bodies_and_spare_batched_neighbours(
         master: WatermarkSpec) -> None:
     gen = FaultyGenerator(tiny_generator())
@@ -533,8 +550,13 @@ def test_engine_faults_become_error_bodies_and_spare_batched_neighbours(
         assert bad.status_code == 400
         assert bad.json()["error"]["message"] == ("the request cannot be answered: the engine "
                                                   "cannot take BOOM")
-        crash = ask("CRASH")
+        with _errors_logged() as errors:
+            crash = ask("CRASH")
         assert crash.status_code == 500
+        assert [(r.name, r.exc_info) for r in errors] == [("distillmark.serve", None)]
+        assert errors[0].getMessage() == (
+            "internal error on /v1/chat/completions: RuntimeError: internal state "
+            "/secret/path corrupted")
         assert crash.json()["error"] == {"message": "the server failed to answer; try again",
                                          "type": "server_error", "param": None,
                                          "code": "internal_error"}

@@ -78,12 +78,37 @@ def _answer_errors_as_openai_does(app: FastAPI) -> None:
                                    f"{request.url.path}", code="method_not_allowed"))
         return _reply(APIError(exc.status_code, str(exc.detail)))
 
-    @app.exception_handler(Exception)
-    async def _fault(request: Request, exc: Exception) -> JSONResponse:
-        log.error("internal error on %s: %s: %s", request.url.path, type(exc).__name__,
-                  str(exc).splitlines()[0] if str(exc) else "")
-        return _reply(APIError(500, "the server failed to answer; try again",
-                               type="server_error", code="internal_error"))
+    app.add_middleware(_OneLineFaults)
+
+
+class _OneLineFaults:
+    """A fault (an exception no handler answers) becomes a 500 that reveals nothing and one
+    line in the log. Outside the framework's own fault handler, which would log a traceback
+    and raise the fault again to the server (which logs another)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:  # noqa: BLE001 - every fault answered alike
+            log.error("internal error on %s: %s: %s", scope.get("path", "?"),
+                      type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            if not started:
+                await _reply(APIError(500, "the server failed to answer; try again",
+                                      type="server_error", code="internal_error")
+                             )(scope, receive, send)
 
 
 async def _watch_disconnect(request: Request, job: Job) -> None:
