@@ -136,6 +136,8 @@ def single_answers(att24: Attributor, att20: Attributor, answers: list[dict[str,
         "attributed_24000": rate(named24 == truth), "attributed_2^20": rate(named20 == truth),
         "top1_24000_300_tokens": rate((cand24 == truth)[full]),
         "attributed_24000_300_tokens": rate((named24 == truth)[full]),
+        "top1_2^20_300_tokens": rate((cand20 == truth)[full]),
+        "attributed_2^20_300_tokens": rate((named20 == truth)[full]),
         "wrong_named": int(np.sum((named24 != "") & (named24 != truth))
                            + np.sum((named20 != "") & (named20 != truth))),
         "nats_per_scored_cell": float(np.median(nats)),

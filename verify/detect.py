@@ -146,10 +146,9 @@ def detect_ids_batch(seqs: Sequence[np.ndarray], scheme: Scheme, *,
                           scheme.test_params)
     n_scorable = np.bincount(owner, minlength=n_seqs).tolist()
     n_scored = grouped.n_scored.tolist()
-    return [_result(grouped.outcome(j), scheme, n_tokens=int(s.size) - int(pl),
-                    n_scored=n_scored[j], n_scorable=n_scorable[j], min_scored=min_scored,
-                    dedup=True)
-            for j, (s, pl) in enumerate(zip(seqs, plens))]
+    return [_result(out, scheme, n_tokens=int(s.size) - int(pl), n_scored=n_scored[j],
+                    n_scorable=n_scorable[j], min_scored=min_scored, dedup=True)
+            for j, (out, s, pl) in enumerate(zip(grouped.outcomes(), seqs, plens))]
 
 
 class Detector:

@@ -30,6 +30,7 @@ import numpy as np
 from scipy import special
 
 from .stats import (
+    binomial_tail,
     binomial_tails,
     log_gammaincc,
     weighted_bernoulli_logsf_bound,
@@ -85,6 +86,13 @@ class GroupedOutcome:
     n_units: np.ndarray
     n_ones: np.ndarray
 
+    def outcomes(self) -> list[Outcome]:
+        """Every group's figures as Python numbers, in group order (what :meth:`outcome` gives
+        one by one, converted array by array)."""
+        cols = zip(self.statistic.tolist(), self.pvalue.tolist(), self.log10_pvalue.tolist(),
+                   self.score_mean.tolist(), self.null_mean.tolist(), self.z_score.tolist())
+        return [Outcome(*row) for row in cols]
+
     def outcome(self, i: int = 0) -> Outcome:
         """Group ``i``'s figures as Python numbers (``int`` statistic for counts)."""
         return Outcome(statistic=self.statistic[i].item(), pvalue=float(self.pvalue[i]),
@@ -101,7 +109,9 @@ def _check_groups(scores: np.ndarray, groups: np.ndarray, n_groups: int) -> np.n
     if groups.size != scores.shape[0]:
         raise ValueError(f"need one group per row of scores, got {groups.size} groups for "
                          f"{scores.shape[0]} rows")
-    if groups.size and (int(groups.min()) < 0 or int(groups.max()) >= n_groups):
+    outside = (groups.any() if n_groups == 1 else
+               groups.size and (int(groups.min()) < 0 or int(groups.max()) >= n_groups))
+    if outside:
         raise ValueError(f"groups must lie in 0..{n_groups - 1}")
     return groups
 
@@ -145,20 +155,38 @@ def binomial(scores: np.ndarray, groups: np.ndarray, n_groups: int, *, p: float
     """
     scores = np.asarray(scores)
     groups = _check_groups(scores, groups, n_groups)
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"need 0 < p < 1, got p={p}")
-    depth = 1 if scores.ndim == 1 else int(scores.shape[1])
-    per_row = scores != 0 if scores.ndim == 1 else np.count_nonzero(scores, axis=1)
+    depth, per_row = _ones(scores, p)
     n = np.bincount(groups, minlength=n_groups).astype(np.int64)
     k = np.bincount(groups, weights=per_row, minlength=n_groups).astype(np.int64)
     units = n * depth
     pv, lg = binomial_tails(k, units, p)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean = np.where(units > 0, k / np.maximum(units, 1), 0.0)
-        z = np.where(units > 0, (k - p * units) / np.sqrt(units * p * (1 - p)), 0.0)
+    some = np.maximum(units, 1)  # the figures of a group with nothing scored are 0
+    mean = np.where(units > 0, k / some, 0.0)
+    z = np.where(units > 0, (k - p * units) / np.sqrt(some * p * (1 - p)), 0.0)
     return GroupedOutcome(statistic=k, pvalue=pv, log10_pvalue=lg, score_mean=mean,
                           null_mean=np.full(n_groups, p), z_score=z, n_scored=n,
                           n_units=units, n_ones=k)
+
+
+def _ones(scores: np.ndarray, p: float) -> tuple[int, np.ndarray]:
+    """``(depth, ones per row)`` of binomial scores ``(n,)`` or ``(n, m)``; checks ``p``."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"need 0 < p < 1, got p={p}")
+    if scores.ndim == 1:
+        return 1, scores != 0
+    return int(scores.shape[1]), np.count_nonzero(scores, axis=1)
+
+
+def _binomial_outcome(n: int, k: int, depth: int, p: float) -> Outcome:
+    """:func:`binomial` of one group (one text) in Python numbers: the same figures bit for bit
+    (IEEE arithmetic and square root), without array work that costs more than the test itself
+    on a short text."""
+    units = n * depth
+    t = binomial_tail(k, units, p)
+    mean = k / units if units else 0.0
+    z = (k - p * units) / math.sqrt(units * p * (1 - p)) if units else 0.0
+    return Outcome(statistic=k, pvalue=t.pvalue, log10_pvalue=t.log10_pvalue, score_mean=mean,
+                   null_mean=p, z_score=z)
 
 
 def tournament_mean(scores: np.ndarray, groups: np.ndarray, n_groups: int, *, p: float = 0.5
@@ -283,6 +311,11 @@ def run_grouped(name: str, scores: np.ndarray, groups: np.ndarray, n_groups: int
 def run_test(name: str, scores: np.ndarray, params: dict[str, Any]) -> Outcome:
     """Run test ``name`` on the scores of one text's distinct tuples (one group)."""
     scores = np.asarray(scores)
+    if name in BINOMIAL_TESTS and scores.ndim in (1, 2) and set(params) == {"p"}:
+        # the common case, in Python numbers (the grouped form's figures, bit for bit)
+        depth, per_row = _ones(scores, params["p"])
+        return _binomial_outcome(int(scores.shape[0]), int(per_row.sum()), depth,
+                                 params["p"])
     return run_grouped(name, scores, np.zeros(scores.shape[0], dtype=np.int64), 1,
                        params).outcome(0)
 

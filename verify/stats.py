@@ -72,10 +72,12 @@ def binomial_tails(k: np.ndarray, n: np.ndarray, p: float) -> tuple[np.ndarray, 
     """
     k = np.asarray(k, dtype=np.int64)
     n = np.asarray(n, dtype=np.int64)
-    with np.errstate(divide="ignore"):
-        pv = np.where(k <= 0, 1.0, special.bdtrc(k - 1, n, p))
-        pv = np.minimum(pv, 1.0)
-        lg = np.log10(pv)
+    if k.size == 1:  # one text: the scalar path, same bits, a fifth of the cost
+        t = binomial_tail(int(k.flat[0]), int(n.flat[0]), p)
+        return np.array([t.pvalue]), np.array([t.log10_pvalue])
+    pv = np.where(k <= 0, 1.0, special.bdtrc(k - 1, n, p))
+    pv = np.minimum(pv, 1.0)
+    lg = np.log10(pv, out=np.full(pv.shape, -np.inf), where=pv > 0)
     for i in np.flatnonzero(pv < 1e-300):
         t = binomial_tail(int(k[i]), int(n[i]), p)
         pv[i], lg[i] = t.pvalue, t.log10_pvalue
