@@ -183,7 +183,7 @@ def test_detectable_fraction_is_a_power_statement(spec_factory: SpecFactory) -> 
 
 def test_power_on_pooled_watermarked_texts(spec_factory: SpecFactory) -> None:
     """Many short answers, each too short to convict alone, convict together."""
-    spec = spec_factory()
+    spec = spec_factory(n_lists=256)  # reads the whole table
     scheme = scheme_for(spec)
     rng = np.random.default_rng(10)
     texts = []
