@@ -11,8 +11,8 @@ accumulators merged in any order (a cluster, a resumed run):
 
 - :class:`TupleSet`: the distinct tuple keys seen so far. A bitmap over the scheme's table
   cells when the key space is bounded (``n_rows * V`` cells, one bit each: 12.6M bits, 1.5 MB,
-  for 256 green lists at V = 49,152, whatever the amount of text), a sorted array otherwise (8
-  bytes per distinct tuple).
+  for 256 green lists at V = 49,152, 403 MB for the default 65,536, whatever the amount of
+  text), a sorted array otherwise (8 bytes per distinct tuple).
 - :class:`AggregateAccumulator`: a tuple set plus the counts (texts, tokens, scorable tuples).
 - :class:`AggregateResult`: the exact test on the pooled distinct tuples, with a power statement
   (:meth:`AggregateResult.detectable_fraction`): "not found" always says how much evidence
