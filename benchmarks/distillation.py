@@ -2,13 +2,13 @@
 
     python benchmarks/distillation.py              # default run (under an hour on 2 idle cores)
     python benchmarks/distillation.py --quick      # smoke run, a few minutes
-    python benchmarks/distillation.py --lists 256  # the teacher key with keygen's default 256 lists
+    python benchmarks/distillation.py --lists 256  # the teacher key with 256 lists, not 65,536
     python benchmarks/distillation.py --scale 4    # 4x the data and a wider student (big machine)
 
 Teacher: the embedded SmolLM2-135M-Instruct (transformers engine, batched) answers the training
-prompts twice, once watermarked with a green-list key (gamma 0.25, delta 2, h = 1: the keygen
-defaults, but 65,536 lists) and once without a watermark. Many lists matter for radioactivity:
-with keygen's 256, the 12,600 distinct previous tokens of the training answers share each list
+prompts twice, once watermarked with a green-list key (gamma 0.25, delta 2, h = 1, 65,536
+lists: the keygen defaults) and once without a watermark. Many lists matter for radioactivity:
+with 256, the 12,600 distinct previous tokens of the training answers share each list
 about 49 to one, so a continuation they have in common is one cell of the tests, counted once;
 with 65,536 almost every previous token has a list of its own. Answers are cached on disk
 (``benchmarks/out/distill/``), so a rerun generates nothing.
@@ -653,7 +653,7 @@ def main() -> None:
     ap.add_argument("--stage", choices=("teacher", "all"), default="all")
     ap.add_argument("--threads", type=int, default=Config.threads, help="torch threads")
     ap.add_argument("--lists", type=int, default=Config.lists,
-                    help="green lists of the teacher's key (256: the keygen default)")
+                    help="green lists of the teacher's key (default: keygen's, 65,536)")
     ap.add_argument("--student", choices=("bigram", "transformer"), default="bigram")
     ap.add_argument("--closed", choices=("probe", "direct"), default="probe",
                     help="closed-model step: serve + probe the student on loopback (default), "

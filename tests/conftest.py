@@ -17,6 +17,9 @@ from distillmark.watermark import (
     new_spec,
 )
 
+#: Fixtures of the dataset-scan tests (test_scan*.py), with the helpers they import.
+pytest_plugins = ["scan_helpers"]
+
 #: The fixed key of every known-answer vector in this suite.
 SECRET = bytes(range(32))
 

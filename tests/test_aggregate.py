@@ -54,6 +54,30 @@ def test_tuple_set_add_contains_keys(n_cells: int | None) -> None:
     assert np.array_equal(back.keys(), expected)
 
 
+def test_large_key_spaces_are_sorted_arrays_and_read_old_bitmaps(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key space past 2**28 cells (65,536 lists x 49,152 tokens) is a sorted array, not a
+    bitmap of hundreds of MB; a bitmap saved for such a space (a scan checkpoint) reads back as
+    the same keys."""
+    import distillmark.verify.aggregate as agg
+
+    assert TupleSet(1 << 28).is_bitmap
+    big = TupleSet(65536 * V)
+    assert not big.is_bitmap and big.n_cells is None
+    keys = np.array([3, 17, 999, 65536 * V - 1], dtype=np.uint64)
+    big.add(keys)
+    assert np.array_equal(big.keys(), keys) and len(big) == 4
+    old = TupleSet(1000)
+    old.add(keys[:3])
+    saved = old.to_arrays()
+    monkeypatch.setattr(agg, "_MAX_BITMAP_CELLS", 100)
+    back = TupleSet.from_arrays(saved)
+    assert not back.is_bitmap
+    assert np.array_equal(back.keys(), keys[:3])
+    back.update(TupleSet.from_arrays({"n_cells": np.array([-1]), "keys": keys[3:]}))
+    assert np.array_equal(back.keys(), keys)
+
+
 def test_tuple_set_merge_is_order_free_and_checks_spaces() -> None:
     rng = np.random.default_rng(1)
     parts = [rng.integers(0, 5000, size=300).astype(np.uint64) for _ in range(4)]
@@ -183,7 +207,7 @@ def test_detectable_fraction_is_a_power_statement(spec_factory: SpecFactory) -> 
 
 def test_power_on_pooled_watermarked_texts(spec_factory: SpecFactory) -> None:
     """Many short answers, each too short to convict alone, convict together."""
-    spec = spec_factory()
+    spec = spec_factory(n_lists=256)  # reads the whole table
     scheme = scheme_for(spec)
     rng = np.random.default_rng(10)
     texts = []

@@ -45,7 +45,10 @@ IM_END = "<|im_end|>"
 
 
 def make_spec(secret: bytes = SECRET, **params: Any) -> WatermarkSpec:
-    return new_spec("greenlist", params, load_tokenizer(BUILTIN_SMOLLM2)[1], secret=secret)
+    """A green-list spec; 256 lists unless ``params`` say otherwise (:func:`stream` reads the
+    whole table)."""
+    return new_spec("greenlist", {"n_lists": 256, **params},
+                    load_tokenizer(BUILTIN_SMOLLM2)[1], secret=secret)
 
 
 def chain(seed: int = 0) -> np.ndarray:

@@ -211,7 +211,7 @@ def test_keygen_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("preset, expected", [
     ("greenlist", {"gamma": 0.25, "delta": 2.0, "context_width": 1, "seeding": "lefthash",
-                   "combine": "hash", "n_lists": 256, "top_k": 40}),
+                   "combine": "hash", "n_lists": 65536, "top_k": 40}),
     ("unigram", {"context_width": 0, "seeding": "lefthash"}),
     ("selfhash", {"context_width": 3, "seeding": "selfhash", "combine": "min"}),
 ])

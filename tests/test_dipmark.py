@@ -1,6 +1,7 @@
 """DiPmark (the α-reweight): known answers, the documented construction, exact distribution
-preservation, unbiasedness over keys, the exact null on human text, power, the transformers and
-llama.cpp adapters, parameters, and the CLI's keygen."""
+preservation, parameters, and the CLI's keygen. Unbiasedness over keys, the exact null and power
+are in test_dipmark_statistics.py, the transformers and llama.cpp adapters in
+test_dipmark_engines.py."""
 
 from __future__ import annotations
 
@@ -12,14 +13,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
+from dipmark_helpers import SECRET, V, make
 from scipy import stats
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from typer.testing import CliRunner
 
 from distillmark.cli.main import app
-from distillmark.verify import binomial_tail, detect_ids, detect_ids_batch, unique_keys
-from distillmark.verify.aggregate import DEFAULT_EFFECT, pool
 from distillmark.watermark import (
     BUILTIN_SMOLLM2,
     PRESETS,
@@ -28,7 +26,6 @@ from distillmark.watermark import (
     DiPmarkParams,
     ParameterError,
     SpecError,
-    hf,
     load_spec,
     load_tokenizer,
     new_spec,
@@ -36,11 +33,7 @@ from distillmark.watermark import (
     scheme_for,
 )
 from distillmark.watermark.dipmark import reweight_factors, reweight_log_factors
-from distillmark.watermark.llamacpp import LlamaCppWatermark
-from distillmark.watermark.tokenizer import builtin_tokenizer_path
 
-SECRET = bytes(range(32))
-V = 49152  # the builtin SmolLM2 tokenizer's vocabulary
 KAT_IDS = [0, 1, 2, 100, 49151, 7, 7, 7, 12345, 100, 49151]
 
 # Known answers, recorded from the implementation for SECRET and V = 49152 (parameters pinned:
@@ -76,10 +69,6 @@ KAT: dict[str, dict[str, Any]] = {
 KAT_PROCESS = [0.00869634, 0.01135399, 0.0, 0.01935406, 0.0, 0.03299103, 0.04307326, 0.0, 0.0,
                0.0, 0.125157, 0.0, 0.21334323, 0.27854203, 0.0, 0.26748907]
 KAT_PROCESS_PERM = [4, 9, 2, 11, 8, 7, 14, 15, 6, 1, 12, 3, 0, 13, 5, 10]
-
-
-def make(secret: bytes = SECRET, vocab_size: int = V, **params: Any) -> DiPmark:
-    return DiPmark(secret, DiPmarkParams(**params), vocab_size)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -271,186 +260,6 @@ def test_edge_cases_are_left_unwatermarked() -> None:
     # nothing finite: the row is left as it is
     bad = np.full((1, 64), -np.inf)
     np.testing.assert_array_equal(d.process(bad, np.array([[1, 2, 3]])), bad)
-
-
-# -- unbiasedness over keys --------------------------------------------------------------------
-
-P8 = np.array([0.3, 0.2, 0.15, 0.1, 0.1, 0.08, 0.05, 0.02])
-
-
-def _target(p: np.ndarray, temperature: float, top_p: float) -> np.ndarray:
-    q = p ** (1 / temperature)
-    q /= q.sum()
-    order = np.argsort(-q, kind="stable")
-    before = np.cumsum(q[order]) - q[order]
-    q[order[before >= top_p]] = 0.0
-    return q / q.sum()
-
-
-@pytest.mark.parametrize(("temperature", "top_p", "context"), [
-    (1.0, 1.0, [5, 1, 4, 7]), (1.0, 1.0, [0, 0, 0, 0]), (0.7, 0.8, [2, 6, 3, 1]),
-])
-def test_unbiased_over_keys(temperature: float, top_p: float, context: list[int]) -> None:
-    """Averaged over 2000 keys the watermarked distribution is the model's (after temperature
-    and top-p), and one token drawn per key is distributed as it: a chi-square test."""
-    n_keys = 2000
-    rng = np.random.default_rng(11)
-    target = _target(P8, temperature, top_p)
-    logits = np.log(P8)[None, :]
-    probs = np.empty((n_keys, 8))
-    for i in range(n_keys):
-        d = DiPmark(rng.bytes(32), DiPmarkParams(), 8)
-        probs[i] = np.exp(d.process(logits, np.array([context]), prompt_width=2,
-                                    temperature=temperature, top_p=top_p)[0])
-    mean, se = probs.mean(axis=0), probs.std(axis=0, ddof=1) / math.sqrt(n_keys)
-    support = target > 0
-    assert np.all(np.abs(mean - target)[support] < 4.5 * se[support])
-    assert np.all(probs[:, ~support] == 0.0)
-    draws = np.array([rng.choice(8, p=row / row.sum()) for row in probs])
-    counts = np.bincount(draws, minlength=8)
-    assert stats.chisquare(counts[support], n_keys * target[support]).pvalue > 1e-3
-    # and each key really does reweight (the tests above could not pass by doing nothing)
-    assert np.abs(probs - target).sum(axis=1).mean() > 0.3
-
-
-# -- the exact null on human text ----------------------------------------------------------------
-
-N_CALIBRATION = 300
-
-
-def test_null_calibration_on_human_text(human_texts: list[str]) -> None:
-    """One fresh random key per docstring: the binomial p-values are calibrated (FPR at 0.01
-    within the binomial bound; randomised p-values, exactly uniform under the null, pass a KS
-    test) and detect_ids gives the same p-value."""
-    tok = load_tokenizer(BUILTIN_SMOLLM2)[0]
-    rng = np.random.default_rng(2025)
-    plain, randomised = [], []
-    for text in human_texts[:N_CALIBRATION]:
-        d = DiPmark(rng.bytes(32), DiPmarkParams(), V)
-        ids = np.array(tok.encode(text, add_special_tokens=False).ids)
-        keys = unique_keys(d.tuple_keys(ids))
-        k, n, p = int(d.key_scores(keys).sum()), int(keys.size), d.p_green
-        ge, gt = binomial_tail(k, n, p).pvalue, binomial_tail(k + 1, n, p).pvalue
-        r = detect_ids(ids, d)
-        assert (r.statistic, r.n_scored, r.test) == (k, n, "binomial")
-        assert r.pvalue == pytest.approx(ge, rel=1e-12)
-        plain.append(ge)
-        randomised.append(gt + float(rng.random()) * (ge - gt))
-    assert len(plain) == N_CALIBRATION
-    assert np.count_nonzero(np.array(plain) < 0.01) <= stats.binom.ppf(0.999, N_CALIBRATION,
-                                                                        0.01)
-    assert stats.kstest(randomised, "uniform").pvalue > 1e-3
-
-
-def test_batch_detection_and_pooling_agree_with_one_by_one(human_texts: list[str]) -> None:
-    tok = load_tokenizer(BUILTIN_SMOLLM2)[0]
-    d = make()
-    seqs = [np.array(tok.encode(t, add_special_tokens=False).ids) for t in human_texts[:12]]
-    plens = [3] * len(seqs)
-    batch = detect_ids_batch(seqs, d, prompt_lens=plens)
-    for s, pl, r in zip(seqs, plens, batch):
-        assert r == detect_ids(s, d, prompt_len=pl)
-    res = pool(seqs, d).result()
-    keys = unique_keys(np.concatenate([d.tuple_keys(s) for s in seqs]))
-    assert (res.n_scored, res.statistic) == (keys.size, int(d.key_scores(keys).sum()))
-    assert res.test == "binomial" and res.effect == DEFAULT_EFFECT["dipmark"]
-
-
-# -- power ---------------------------------------------------------------------------------------
-
-def _toy_sequence(scheme: DiPmark | None, seed: int, *, n_tokens: int = 200,
-                  n_support: int = 500, scale: float = 4.0) -> tuple[np.ndarray, int]:
-    """Tokens sampled at temperature 1 from a seeded toy model: at each step normal logits
-    (sd ``scale``: ~1.8 nats of entropy) on a fixed set of 500 tokens, through ``process``."""
-    rng = np.random.default_rng(seed)
-    support = np.sort(rng.choice(V, n_support, replace=False))
-    ids = list(rng.integers(0, V, size=8))
-    prompt_len = len(ids)
-    for step in range(n_tokens):
-        logits = np.full(V, -np.inf)
-        logits[support] = np.random.default_rng([seed, step]).normal(size=n_support) * scale
-        if scheme is not None:
-            logits = scheme.process(logits[None, :], np.array([ids]),
-                                    prompt_width=prompt_len)[0]
-        p = np.exp(logits[support] - logits[support].max())
-        ids.append(int(support[rng.choice(n_support, p=p / p.sum())]))
-    return np.array(ids), prompt_len
-
-
-def test_power_on_toy_model() -> None:
-    """Ten 200-token sequences sampled through ``process``: detected at p < 1e-6; neither the
-    same model without the watermark nor another key is."""
-    detected = 0
-    for seed in range(10):
-        d = make(secret=bytes([seed + 1]) * 32)
-        ids, prompt_len = _toy_sequence(d, seed)
-        r = detect_ids(ids, d, prompt_len=prompt_len)
-        detected += r.pvalue < 1e-6
-        if seed < 3:
-            plain, _ = _toy_sequence(None, seed)
-            assert detect_ids(plain, d, prompt_len=prompt_len).pvalue > 1e-4
-            other = make(secret=bytes([seed + 101]) * 32)
-            assert detect_ids(ids, other, prompt_len=prompt_len).pvalue > 1e-4
-    assert detected >= 9, detected
-
-
-@pytest.fixture(scope="module")
-def tiny_lm() -> hf.LoadedModel:
-    torch.manual_seed(1234)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=512,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(builtin_tokenizer_path()),
-                                  eos_token="<|im_end|>", pad_token="<|im_end|>")
-    return hf.LoadedModel(model=LlamaForCausalLM(cfg).eval(), tokenizer=tok, source="tiny")
-
-
-def test_hf_generate_is_detected_and_another_key_is_not(tiny_lm: hf.LoadedModel) -> None:
-    info = load_tokenizer(BUILTIN_SMOLLM2)[1]
-    scheme = scheme_for(new_spec("dipmark", {}, info, secret=bytes(range(5, 37))))
-    other = scheme_for(new_spec("dipmark", {}, info, secret=bytes(range(50, 82))))
-    outs = hf.generate(tiny_lm, ["Write a poem about the sea and the sky", "Tell me a joke"],
-                       scheme=scheme, max_new_tokens=120, temperature=1.0, seed=0)
-    for out in outs:
-        assert len(out.completion_ids) >= 80
-        ids = np.array(out.prompt_ids + out.completion_ids)
-        r = detect_ids(ids, scheme, prompt_len=len(out.prompt_ids))
-        assert r.pvalue < 1e-6, r
-        assert detect_ids(ids, other, prompt_len=len(out.prompt_ids)).pvalue > 1e-4
-    plain = hf.generate(tiny_lm, ["Write a poem about the sea and the sky"], scheme=None,
-                        max_new_tokens=120, temperature=1.0, seed=0)[0]
-    ids = np.array(plain.prompt_ids + plain.completion_ids)
-    assert detect_ids(ids, scheme, prompt_len=len(plain.prompt_ids)).pvalue > 1e-4
-
-
-# -- adapters ----------------------------------------------------------------------------------------
-
-def test_hf_processor_equals_process() -> None:
-    d = make(context_width=2, n_lists=32)
-    rng = np.random.default_rng(4)
-    proc = hf.WatermarkLogitsProcessor(d, temperature=0.8, top_p=0.9)
-    ids = torch.tensor([[2, 2, 50, 60, 70], [11, 12, 13, 14, 15]])  # row 0 left-padded
-    for step in range(3):
-        scores = torch.from_numpy(rng.normal(size=(2, V + 8)).astype(np.float32))
-        want = d.process(scores.numpy()[:, :V], ids.numpy(), prompt_width=5, temperature=0.8,
-                         top_p=0.9)
-        got = proc(ids, scores.clone())
-        np.testing.assert_array_equal(got.numpy()[:, :V], want.astype(np.float32))
-        assert np.isneginf(got.numpy()[:, V:]).all()  # padded columns never sampled
-        ids = torch.cat([ids, ids[:, 2:3]], dim=1)
-
-
-def test_llamacpp_adapter_equals_process() -> None:
-    d = make(context_width=2, n_lists=32)
-    rng = np.random.default_rng(5)
-    proc = LlamaCppWatermark(d, temperature=1.2, top_p=0.95)
-    prompt = [5, 6, 7, 8]
-    for ids in (prompt, prompt + [9], prompt + [9, 7, 8]):
-        scores = rng.normal(size=V).astype(np.float32)
-        got = proc(np.array(ids, dtype=np.intc), scores.copy())
-        want = d.process(scores[None, :], np.array([ids]), prompt_width=len(prompt),
-                         temperature=1.2, top_p=0.95)[0]
-        np.testing.assert_array_equal(got, want)
 
 
 # -- parameters, registry, CLI -------------------------------------------------------------------

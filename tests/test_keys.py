@@ -304,7 +304,9 @@ def test_the_tag_is_an_hmac_of_the_canonical_fields() -> None:
     """Pinned: a change of the construction would make every key on disk unreadable."""
     tok = TokenizerInfo(source="builtin:smollm2-135m-instruct", sha256="ab" * 32,
                         vocab_size=49152)
-    spec = WatermarkSpec(secret=SECRET, scheme="greenlist", params={"gamma": 0.25},
+    # n_lists stated: the tag covers the params, defaults filled in
+    spec = WatermarkSpec(secret=SECRET, scheme="greenlist",
+                         params={"gamma": 0.25, "n_lists": 256},
                          tokenizer=tok, created="2026-01-01T00:00:00Z")
     d = json.loads(spec.to_json())
     assert d["distillmark_spec"] == 2

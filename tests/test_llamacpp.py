@@ -33,7 +33,8 @@ def model():
 @pytest.fixture(scope="module")
 def spec():
     _, info = load_tokenizer(BUILTIN_SMOLLM2)
-    return new_spec("greenlist", {}, info, secret=bytes(range(32)))
+    # 256 lists: a test below reads the whole table
+    return new_spec("greenlist", {"n_lists": 256}, info, secret=bytes(range(32)))
 
 
 def test_auto_engine_picks_llamacpp_for_gguf():

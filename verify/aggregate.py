@@ -10,9 +10,10 @@ The pieces are mergeable, so the same result comes out of one process or of many
 accumulators merged in any order (a cluster, a resumed run):
 
 - :class:`TupleSet`: the distinct tuple keys seen so far. A bitmap over the scheme's table
-  cells when the key space is bounded (``n_rows * V`` cells, one bit each: 12.6M bits, 1.5 MB,
-  for 256 green lists at V = 49,152, whatever the amount of text), a sorted array otherwise (8
-  bytes per distinct tuple).
+  cells when the key space is small (``n_rows * V`` cells, one bit each, up to 2**28: 12.6M
+  bits, 1.5 MB, for 256 green lists at V = 49,152, whatever the amount of text), a sorted
+  array otherwise (8 bytes per distinct tuple; the default 65,536 lists would need a 403 MB
+  bitmap).
 - :class:`AggregateAccumulator`: a tuple set plus the counts (texts, tokens, scorable tuples).
 - :class:`AggregateResult`: the exact test on the pooled distinct tuples, with a power statement
   (:meth:`AggregateResult.detectable_fraction`): "not found" always says how much evidence
@@ -44,8 +45,12 @@ __all__ = ["DEFAULT_EFFECT", "AggregateAccumulator", "AggregateResult", "TupleSe
 DEFAULT_EFFECT: dict[str, float] = {name: float(cast("Scheme", cls).default_effect)
                                     for name, (_, cls) in SCHEMES.items()}
 
-#: Largest key space kept as a bitmap (bits; 2**32 bits = 512 MiB).
-_MAX_BITMAP_CELLS = 1 << 32
+#: Largest key space kept as a bitmap (2**28 bits, 32 MiB: 4,096 green lists at V = 49,152).
+#: Every tuple set allocates its bitmap whole and counting or listing it reads all of it, so a
+#: larger one costs at every pooled test, probe and scan checkpoint whatever the text: 65,536
+#: lists make a 384 MiB bitmap, about a CPU-second per pooled test of 100,000 tokens. A sorted
+#: array (8 bytes per distinct tuple) is smaller until a 64th of the cells has been seen.
+_MAX_BITMAP_CELLS = 1 << 28
 #: Pending keys of a sorted-array set are merged in once they exceed this many.
 _COMPACT_EVERY = 1 << 22
 #: Bits set in each byte value, and the bytes of a bitmap counted at a time.
@@ -59,8 +64,8 @@ class TupleSet:
     Args:
         n_cells: size of the key space (keys lie in ``0..n_cells-1``): kept as a bitmap of
             ``n_cells`` bits packed eight to a byte (key ``k`` is bit ``7 - k % 8`` of byte
-            ``k // 8``, as ``np.packbits`` orders them). None (or a space too large for a
-            bitmap): a sorted array.
+            ``k // 8``, as ``np.packbits`` orders them). None (or a space larger than
+            ``2**28`` cells, :data:`_MAX_BITMAP_CELLS`): a sorted array.
     """
 
     def __init__(self, n_cells: int | None = None) -> None:
@@ -116,10 +121,7 @@ class TupleSet:
     def keys(self) -> np.ndarray:
         """The distinct keys, sorted: ``(n,) uint64``."""
         if self._bits is not None:
-            nz = np.flatnonzero(self._bits)
-            bits = np.unpackbits(self._bits[nz][:, None], axis=1).astype(bool)
-            rows, cols = np.nonzero(bits)
-            return (nz[rows].astype(np.uint64) << np.uint64(3)) | cols.astype(np.uint64)
+            return _bitmap_keys(self._bits)
         self._compact()
         return self._sorted
 
@@ -160,9 +162,20 @@ class TupleSet:
             out._sorted = np.asarray(arrays["keys"], dtype=np.uint64)
             return out
         out = cls(n)
-        assert out._bits is not None
-        out._bits[:] = np.asarray(arrays["bits"], dtype=np.uint8)
+        bits = np.asarray(arrays["bits"], dtype=np.uint8)
+        if out._bits is None:  # a bitmap of a key space now kept as a sorted array
+            out._sorted = _bitmap_keys(bits)
+        else:
+            out._bits[:] = bits
         return out
+
+
+def _bitmap_keys(bits: np.ndarray) -> np.ndarray:
+    """The keys whose bits are set in ``bits (m,) uint8``, sorted: ``(n,) uint64``."""
+    nz = np.flatnonzero(bits)
+    unpacked = np.unpackbits(bits[nz][:, None], axis=1).astype(bool)
+    rows, cols = np.nonzero(unpacked)
+    return (nz[rows].astype(np.uint64) << np.uint64(3)) | cols.astype(np.uint64)
 
 
 def _mask(keys: np.ndarray) -> np.ndarray:

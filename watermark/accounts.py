@@ -245,9 +245,9 @@ class AccountLayer:
         V = self.vocab_size
         d = logits.dtype.type(self.params.delta)
         for b, (r, a) in enumerate(zip(rows, numbers)):
-            if a:
-                np.add(logits[b, :V], d, out=logits[b, :V],
-                       where=self.green(self.row_values(int(r)), int(a)))
+            if a:  # green times delta, added (a masked add, ``where=``, is 10x slower)
+                np.add(logits[b, :V], self.green(self.row_values(int(r)), int(a)) * d,
+                       out=logits[b, :V])
 
     def counts(self, cells: np.ndarray, groups: np.ndarray, n_groups: int, *, bits: int
                ) -> np.ndarray:

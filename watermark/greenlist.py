@@ -35,9 +35,15 @@ test loses a little power but never validity.
 The parameters default to what the mission needs: ``h = 1`` (previous token), lefthash, "hash",
 gamma 0.25, delta 2. A student model trained on watermarked answers learns an ``h = 1`` mark far
 more easily than a wider one (Sander et al. 2024: log10 p of -43.7, -10.2 and -1.4 for h = 1, 2
-and 4 in one setting), and radioactivity is what catches distillation. The price: small ``h`` is
-the easiest to *steal* (estimate green lists from watermarked outputs, then spoof or scrub);
-docs/schemes/greenlist.md gives the trade-off.
+and 4 in one setting), and radioactivity is what catches distillation. And 65,536 lists: with
+``h = 1`` the previous token picks the list, and with few lists many previous tokens share one,
+so a continuation common to them ("the" after many words) is a single cell of every test; with
+65,536 lists nearly every token of a 49,152-token vocabulary has a list of its own, and a
+student trained on 5% watermarked answers gave p = 10^-12.4 (black box) and 10^-15.7 (open
+weights) against 10^-7.4 and 10^-7.0 with 256 lists (docs/benchmarks.md). The rows are then
+computed as met rather than held. The price: small ``h`` is the easiest to *steal* (estimate
+green lists from watermarked outputs, then spoof or scrub); docs/schemes/greenlist.md gives the
+trade-off. Keys record their parameters, so a key made with another default keeps its lists.
 """
 
 from __future__ import annotations
@@ -62,7 +68,8 @@ _MAX_LISTS = 65536
 _TABLE_THRESHOLD = 262_144
 _TABLE_CHUNK_CELLS = 1 << 24
 #: Tables of at most this many cells are held whole (256 lists x 49,152 tokens: 12.6M cells,
-#: 50 MB as float32 deltas); larger ones (many lists) are computed a row at a time.
+#: 50 MB as float32 deltas); larger ones (many lists, the default 65,536 among them) are
+#: computed a row at a time.
 _DENSE_MAX_CELLS = 1 << 26
 #: Rows kept by a scheme whose table is not held whole (4,096 x 49,152 bools: 200 MB).
 _ROW_CACHE = 4096
@@ -89,7 +96,7 @@ class GreenListParams(RowParams):
     context_width: int = 1
     seeding: str = "lefthash"
     combine: str = "hash"
-    n_lists: int = 256
+    n_lists: int = 65536
     top_k: int = 40
 
     def __post_init__(self) -> None:
@@ -206,10 +213,10 @@ class GreenList(RowScheme, name=SCHEME_NAME, params_class=GreenListParams, defau
             rows = self.rows(ctx)
             if self.dense:
                 out[:, :V] += self.delta_table[rows]
-            else:
+            else:  # a row times delta, added: as the table's row (a masked add is 10x slower)
                 d = out.dtype.type(self.params.delta)
                 for b, r in enumerate(rows.tolist()):
-                    np.add(out[b, :V], d, out=out[b, :V], where=self.green_row(r))
+                    np.add(out[b, :V], self.green_row(r) * d, out=out[b, :V])
             return out
         cand, green = self.selfhash_candidates(out[:, :V], ctx)
         np.add.at(out, (np.arange(out.shape[0])[:, None], cand),
@@ -239,7 +246,7 @@ class GreenList(RowScheme, name=SCHEME_NAME, params_class=GreenListParams, defau
             if table is not None:
                 np.add(logits[b, :V], table[row_of(win)], out=logits[b, :V])
             else:
-                np.add(logits[b, :V], d, out=logits[b, :V], where=self.green_row(row_of(win)))
+                np.add(logits[b, :V], self.green_row(row_of(win)) * d, out=logits[b, :V])
 
     def in_place_bias(self) -> GreenList:
         """The scheme itself: engines add its bias to their logits in place (:meth:`bias_`,

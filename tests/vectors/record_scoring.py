@@ -25,11 +25,14 @@ from distillmark.watermark import BUILTIN_SMOLLM2, load_tokenizer, new_spec, sch
 
 OUT = Path(__file__).with_name("scoring.json")
 SECRET = bytes(range(32))
-#: (label, scheme, params): every scheme, and the green-list's widths and table kinds.
+#: (label, scheme, params): every scheme, and the green-list's widths and table kinds. The
+#: green-list's ``n_lists`` is stated (256: a table held whole; 65,536: rows computed as met),
+#: so that a change of its default changes no recorded figure.
 CASES: list[tuple[str, str, dict[str, Any]]] = [
-    ("greenlist", "greenlist", {}),
-    ("unigram", "greenlist", {"context_width": 0}),
-    ("selfhash", "greenlist", {"context_width": 3, "seeding": "selfhash", "combine": "min"}),
+    ("greenlist", "greenlist", {"n_lists": 256}),
+    ("unigram", "greenlist", {"context_width": 0, "n_lists": 256}),
+    ("selfhash", "greenlist", {"context_width": 3, "seeding": "selfhash", "combine": "min",
+                               "n_lists": 256}),
     ("greenlist-65536", "greenlist", {"n_lists": 65536}),
     ("gumbel", "gumbel", {}),
     ("tournament", "tournament", {}),

@@ -3,10 +3,11 @@
 Each task is :func:`~.shards.process_shard` on one shard (a file, a line-aligned byte range of a
 JSONL file, a run of Parquet row groups): a pure function whose output, the shard's
 :class:`~.state.ScanState` and its result lines, merges into the client's state. Tuples are
-deduplicated globally by merging the shards' tuple sets (a bitmap OR for table schemes: what a
-hash-partitioned dedup computes, in one step). Results are taken in shard order, so the output
-is the local engine's, byte for byte. At most ``2 x workers`` shards are in flight: the client's
-memory holds a few shards' results, whatever the dataset size.
+deduplicated globally by merging the shards' tuple sets (a bitmap OR for small tables, a merge of
+sorted keys otherwise: what a hash-partitioned dedup computes, in one step). Results are taken
+in shard order, so the output is the local engine's, byte for byte. At most ``2 x workers``
+shards are in flight: the client's memory holds a few shards' results, whatever the dataset
+size.
 
 Needs the ``scale`` extra (``dask[distributed]``).
 """
