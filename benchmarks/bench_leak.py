@@ -70,7 +70,7 @@ def served(spec: Any, model_dir: Path, numbers: list[int], each: int, max_new: i
     lm = hf.load_model(model_dir)
     provider = scheme_for(spec)
     layer = AccountLayer(spec.secret, spec.vocab_size, spec.accounts)
-    prompts = builtin_prompts(2000)
+    prompts = builtin_prompts(1500)
     out = []
     for j, number in enumerate(numbers):
         asked = [prompts[(j * each + i) % len(prompts)] for i in range(each)]
