@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from dipmark_helpers import V, make
 from scipy import stats
+from toy_model import toy_sequence
 
 from distillmark.verify import binomial_tail, detect_ids, detect_ids_batch, unique_keys
 from distillmark.verify.aggregate import DEFAULT_EFFECT, pool
@@ -99,36 +100,17 @@ def test_batch_detection_and_pooling_agree_with_one_by_one(human_texts: list[str
 
 # -- power ---------------------------------------------------------------------------------------
 
-def _toy_sequence(scheme: DiPmark | None, seed: int, *, n_tokens: int = 200,
-                  n_support: int = 500, scale: float = 4.0) -> tuple[np.ndarray, int]:
-    """Tokens sampled at temperature 1 from a seeded toy model: at each step normal logits
-    (sd ``scale``: ~1.8 nats of entropy) on a fixed set of 500 tokens, through ``process``."""
-    rng = np.random.default_rng(seed)
-    support = np.sort(rng.choice(V, n_support, replace=False))
-    ids = list(rng.integers(0, V, size=8))
-    prompt_len = len(ids)
-    for step in range(n_tokens):
-        logits = np.full(V, -np.inf)
-        logits[support] = np.random.default_rng([seed, step]).normal(size=n_support) * scale
-        if scheme is not None:
-            logits = scheme.process(logits[None, :], np.array([ids]),
-                                    prompt_width=prompt_len)[0]
-        p = np.exp(logits[support] - logits[support].max())
-        ids.append(int(support[rng.choice(n_support, p=p / p.sum())]))
-    return np.array(ids), prompt_len
-
-
 def test_power_on_toy_model() -> None:
     """Ten 200-token sequences sampled through ``process``: detected at p < 1e-6; neither the
     same model without the watermark nor another key is."""
     detected = 0
     for seed in range(10):
         d = make(secret=bytes([seed + 1]) * 32)
-        ids, prompt_len = _toy_sequence(d, seed)
+        ids, prompt_len = toy_sequence(d, seed)
         r = detect_ids(ids, d, prompt_len=prompt_len)
         detected += r.pvalue < 1e-6
         if seed < 3:
-            plain, _ = _toy_sequence(None, seed)
+            plain, _ = toy_sequence(None, seed)
             assert detect_ids(plain, d, prompt_len=prompt_len).pvalue > 1e-4
             other = make(secret=bytes([seed + 101]) * 32)
             assert detect_ids(ids, other, prompt_len=prompt_len).pvalue > 1e-4

@@ -17,10 +17,9 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from scan_helpers import run_cli
 from serving_helpers import MODEL_NAME, serving, tiny_generator
-from typer.testing import CliRunner
 
-from distillmark.cli.main import app
 from distillmark.verify import Detector
 from distillmark.watermark import (
     InputError,
@@ -37,7 +36,6 @@ from distillmark.watermark.tokenizer import TokenizerInfo
 SERVE_SECRET = bytes(range(100, 100 + SECRET_BYTES))
 KEYS = {"sk-alice-0123456789": "alice", "sk-bob-9876543210": "bob"}
 FORMS = '{"API_KEY": "ACCOUNT_ID", ...} or {"API_KEY": {"account": "ID", "number": N}, ...}'
-RUNNER = CliRunner()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -450,14 +448,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _run(*args: Any) -> Any:
-    result = RUNNER.invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"uncaught {result.exception!r}") from result.exception
-    assert "Traceback" not in result.stdout + result.stderr
-    return result
-
-
 def test_serve_command_errors_are_one_line(tmp_path: Path, master: WatermarkSpec) -> None:
     key = save_spec(master, tmp_path / "wm.json")
     bad = tmp_path / "accounts.json"
@@ -482,14 +472,14 @@ def test_serve_command_errors_are_one_line(tmp_path: Path, master: WatermarkSpec
         (("--key", key, "--log", tmp_path), f"cannot write --log {tmp_path}: it is a directory"),
     ]
     for args, message in cases:
-        r = _run("serve", *args)
+        r = run_cli("serve", *args)
         assert r.exit_code == 2, (args, r.stdout, r.stderr)
         assert r.stderr.splitlines()[-1] == f"distillmark: error: {message}", r.stderr
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        r = _run("serve", "--no-watermark", "--port", port)
+        r = run_cli("serve", "--no-watermark", "--port", port)
         assert r.exit_code == 2
         assert r.stderr.splitlines()[-1].startswith(
             f"distillmark: error: cannot listen on 127.0.0.1:{port}: ")

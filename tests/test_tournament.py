@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from toy_model import toy_sequence
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from distillmark.verify import binomial_tail, detect_ids, unique_keys
@@ -384,38 +385,19 @@ def test_fewer_than_h_tokens_is_unwatermarked() -> None:
 
 # -- power -------------------------------------------------------------------------------------------
 
-def _toy_sequence(scheme: Tournament | None, seed: int, *, n_tokens: int = 200,
-                  n_support: int = 500, scale: float = 4.0) -> tuple[np.ndarray, int]:
-    """Tokens sampled at temperature 1 from a seeded toy model: at each step normal logits
-    (sd ``scale``: ~1.8 nats of entropy) on a fixed set of 500 tokens, through ``process``."""
-    rng = np.random.default_rng(seed)
-    support = np.sort(rng.choice(V, n_support, replace=False))
-    ids = list(rng.integers(0, V, size=8))
-    prompt_len = len(ids)
-    for step in range(n_tokens):
-        logits = np.full(V, -np.inf)
-        logits[support] = np.random.default_rng([seed, step]).normal(size=n_support) * scale
-        if scheme is not None:
-            logits = scheme.process(logits[None, :], np.array([ids]),
-                                    prompt_width=prompt_len)[0]
-        p = np.exp(logits[support] - logits[support].max())  # nothing outside the support
-        ids.append(int(support[rng.choice(n_support, p=p / p.sum())]))
-    return np.array(ids), prompt_len
-
-
 def test_power_on_toy_model() -> None:
     """Ten 200-token sequences sampled through ``process``: both tests detect at p < 1e-6."""
     detected = {"weighted": 0, "mean": 0}
     for seed in range(10):
         secret = bytes([seed + 1]) * 32
         t = make(secret=secret)
-        ids, prompt_len = _toy_sequence(t, seed)
+        ids, prompt_len = toy_sequence(t, seed)
         for score in detected:
             r = detect_ids(ids, make(secret=secret, score=score), prompt_len=prompt_len)
             assert r.test == f"tournament-{score}"
             detected[score] += r.pvalue < 1e-6
         if seed < 3:  # the same model without the watermark is not detected
-            plain, _ = _toy_sequence(None, seed)
+            plain, _ = toy_sequence(None, seed)
             assert detect_ids(plain, t, prompt_len=prompt_len).pvalue > 1e-6
     assert detected["weighted"] >= 9 and detected["mean"] >= 9, detected
 

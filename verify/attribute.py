@@ -15,7 +15,6 @@ account that stays valid after the records were chosen by their scores: see
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from .decision import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, Decision, check_min_sco
 from .detect import Detector
 from .grouping import batch_tuple_keys, group_distinct
 from .nulls import binomial
+from .stats import bonferroni, bonferroni_log10
 
 __all__ = ["AttributionResult", "AttributionVerdict", "Attributor"]
 
@@ -185,14 +185,13 @@ class Attributor:
         prov = binomial(self.scheme.key_scores(cells), groups, n_groups,
                         p=self.scheme.test_params["p"])
         n_cand = self.candidates.size
-        shift = math.log10(n_cand)
         out = []
         for i in range(n_groups):
             lg = float(acct.log10_pvalue[i])
-            corrected = min(0.0, lg + shift)
             out.append(AttributionResult(
                 source=sources[i], statistic=int(acct.statistic[i]),
-                pvalue=min(1.0, float(acct.pvalue[i]) * n_cand), log10_pvalue=corrected,
+                pvalue=bonferroni(float(acct.pvalue[i]), n_cand),
+                log10_pvalue=bonferroni_log10(lg, n_cand),
                 uncorrected_log10_pvalue=lg,
                 candidate=self.candidates.name(int(best.index[i])),
                 runner_up=int(best.second[i]), n_tokens=int(n_tokens[i]),

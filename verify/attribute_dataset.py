@@ -31,7 +31,7 @@ from .attribute import Attributor
 from .decision import DEFAULT_ALPHA
 from .grouping import group_distinct
 from .nulls import binomial
-from .stats import binomial_tails
+from .stats import binomial_tails, bonferroni, bonferroni_log10
 
 __all__ = ["AccountFound", "DatasetAccumulator", "DatasetAttribution", "attribute_cells"]
 
@@ -138,12 +138,12 @@ class DatasetAccumulator:
         green = layer.green(layer.cell_values(d.keys), cand.numbers[accounts[d.groups]])
         out = binomial(green, d.groups, accounts.size, p=layer.gamma)
         n_sel = np.bincount(slot, minlength=accounts.size)
-        shift = math.log10(cand.size)
         found = [AccountFound(account=cand.name(int(a)), number=int(cand.numbers[int(a)]),
                               n_records=int(n_sel[j]), statistic=int(out.statistic[j]),
                               n_scored=int(out.n_scored[j]),
-                              pvalue=min(1.0, float(out.pvalue[j]) * cand.size),
-                              log10_pvalue=min(0.0, float(out.log10_pvalue[j]) + shift))
+                              pvalue=bonferroni(float(out.pvalue[j]), cand.size),
+                              log10_pvalue=bonferroni_log10(float(out.log10_pvalue[j]),
+                                                            cand.size))
                  for j, a in enumerate(accounts.tolist())]
         found.sort(key=lambda a: a.log10_pvalue)
         return DatasetAttribution(tuple(found), self.n_records, cand.size, self.select_alpha)

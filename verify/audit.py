@@ -47,7 +47,6 @@ model copy green tokens from its context (:func:`text_contexts` refuses such tex
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
@@ -62,6 +61,7 @@ from .cells import PairTable, TableScheme, context_windows, pair_cells, pair_tab
 from .decision import DEFAULT_MIN_SCORED, Decision
 from .detect import detect_ids
 from .nulls import run_test
+from .stats import bonferroni, bonferroni_log10
 
 if TYPE_CHECKING:
     from distillmark.watermark.hf import LoadedModel
@@ -389,8 +389,8 @@ def audit_specs(readings: ModelReadings, specs: Sequence[WatermarkSpec], *,
     n = len(per_key)
     if n == 1:
         return best, per_key
-    l10 = min(0.0, best.log10_pvalue + math.log10(n))
-    corrected = replace(best, pvalue=min(1.0, best.pvalue * n), log10_pvalue=l10, n_keys=n)
+    corrected = replace(best, pvalue=bonferroni(best.pvalue, n),
+                        log10_pvalue=bonferroni_log10(best.log10_pvalue, n), n_keys=n)
     return corrected, per_key
 
 

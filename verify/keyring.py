@@ -7,7 +7,6 @@ the keys' tests, and records ``n_keys``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from distillmark.watermark.keys import WatermarkSpec
 
 from .decision import DEFAULT_MIN_SCORED, CorrectedDecision
 from .detect import DetectionResult, Detector
+from .stats import bonferroni, bonferroni_log10
 
 __all__ = ["KeyRingDetector", "KeyRingResult"]
 
@@ -75,6 +75,6 @@ class KeyRingDetector:
             results.append(det.detect_ids(ids, prompt_len=p_len))
         best = min(results, key=lambda r: r.log10_pvalue)
         k = len(results)
-        log10 = min(0.0, best.log10_pvalue + math.log10(k))
-        return KeyRingResult(best=best, pvalue=min(1.0, best.pvalue * k), log10_pvalue=log10,
+        return KeyRingResult(best=best, pvalue=bonferroni(best.pvalue, k),
+                             log10_pvalue=bonferroni_log10(best.log10_pvalue, k),
                              n_keys=k, results=tuple(results))

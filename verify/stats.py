@@ -319,6 +319,11 @@ def bonferroni(pvalue: float, n_tests: int) -> float:
     return min(1.0, pvalue * max(1, n_tests))
 
 
+def bonferroni_log10(log10_pvalue: float, n_tests: int) -> float:
+    """:func:`bonferroni` in log10: finite whatever the p-value's size."""
+    return min(0.0, log10_pvalue + math.log10(max(1, n_tests)))
+
+
 def benjamini_hochberg(log10_pvalues: np.ndarray, q: float) -> tuple[np.ndarray, float]:
     """Benjamini-Hochberg step-up at FDR ``q`` on ``(m,)`` log10 p-values: the flags ``(m,)
     bool`` and the log10 threshold (``-inf`` when nothing is flagged)."""

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from distillmark.watermark.keys import WatermarkSpec
 from ..aggregate import TupleSet
 from ..decision import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, CorrectedDecision
 from ..detect import Detector
-from ..stats import bonferroni
+from ..stats import bonferroni, bonferroni_log10
 from .client import EndpointError, QueryStats, chat_completions_url, fetch_answers
 from .scoring import AnswersResult, as_detector, score_answers
 
@@ -64,7 +63,7 @@ class ProbeResult(CorrectedDecision):
         k = len(per_key)
         return cls(answers=best, queries=queries, endpoint=endpoint, model=model,
                    pvalue=bonferroni(best.pvalue, k),
-                   log10_pvalue=min(0.0, best.log10_pvalue + math.log10(k)), n_keys=k,
+                   log10_pvalue=bonferroni_log10(best.log10_pvalue, k), n_keys=k,
                    per_key=tuple(per_key))
 
     @property

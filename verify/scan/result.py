@@ -16,7 +16,7 @@ from ..attribute_dataset import DatasetAttribution
 from ..decision import DEFAULT_ALPHA, DEFAULT_MIN_SCORED, CorrectedDecision
 from ..fraction import FractionEstimate, binomial_mixture, pvalue_mixture, theta_floor
 from ..nulls import BINOMIAL_TESTS
-from ..stats import benjamini_hochberg
+from ..stats import benjamini_hochberg, bonferroni, bonferroni_log10
 from .state import KeyState, ScanState
 
 __all__ = ["DEFAULT_FDR", "ScanResult", "finish"]
@@ -113,8 +113,8 @@ def finish(state: ScanState, *, fdr: float = DEFAULT_FDR, min_scored: int = DEFA
                          + math.log10(n_keys))
     flags, t = benjamini_hochberg(rec, fdr)
     res = ScanResult(
-        aggregate=agg, pvalue=min(1.0, agg.pvalue * n_keys),
-        log10_pvalue=min(0.0, agg.log10_pvalue + math.log10(n_keys)), n_keys=n_keys,
+        aggregate=agg, pvalue=bonferroni(agg.pvalue, n_keys),
+        log10_pvalue=bonferroni_log10(agg.log10_pvalue, n_keys), n_keys=n_keys,
         per_key=per_key, n_records_read=state.n_read,
         n_records_scored=state.n_scored_records, n_records_skipped=state.n_skipped, fdr=fdr,
         n_flagged=int(flags.sum()), bh_log10_threshold=t,
