@@ -2,10 +2,11 @@
 transformers' watermark, with the embedded SmolLM2-135M-Instruct.
 
     python benchmarks/bench_power.py [--quick] [--prompts N] [--threads N] [--no-control]
+                                     [--lists N]
 
 The same prompts (24 by default, 8 with --quick) are answered at temperature 1.0 (no top-k, no
 top-p), batch 8, max_new_tokens 300 (120 with --quick): watermarked by distillmark (greenlist,
-h = 1, gamma 0.25, delta 2) and watermarked by transformers (``WatermarkingConfig(bias=2.0,
+h = 1, gamma 0.25, delta 2, the key's default number of lists unless ``--lists N``) and watermarked by transformers (``WatermarkingConfig(bias=2.0,
 greenlist_ratio=0.25, context_width=1, seeding_scheme="lefthash")``); the first 8 prompts also
 without a watermark (the control). Each answer is scored on
 every prefix of its completion (the prompt is not scored, and not used as context) by each
@@ -206,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--no-control", action="store_true", help="skip the unwatermarked answers")
     ap.add_argument("--no-json", action="store_true", help="do not write benchmarks/out/")
+    ap.add_argument("--lists", type=int, default=None,
+                    help="lists of distillmark's key (default: the key's default)")
     args = ap.parse_args(argv)
     n_prompts = args.prompts or (8 if args.quick else 24)
     if not 1 <= n_prompts <= len(PROMPTS):
@@ -225,8 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     load_s = time.perf_counter() - t0
     print(f"model loaded in {load_s:.1f} s", file=sys.stderr)
     _, info = load_tokenizer(BUILTIN_SMOLLM2)
-    spec = new_spec("greenlist", {"gamma": GAMMA, "delta": DELTA, "context_width": WIDTH},
-                    info, secret=BENCH_SECRET)
+    params = {"gamma": GAMMA, "delta": DELTA, "context_width": WIDTH}
+    if args.lists is not None:
+        params["n_lists"] = args.lists
+    spec = new_spec("greenlist", params, info, secret=BENCH_SECRET)
     lm.check_tokenizer(spec)  # the embedded model's tokenizer is the builtin one
     scheme = scheme_for(spec)
 

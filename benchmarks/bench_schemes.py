@@ -1,13 +1,14 @@
 """Every scheme side by side on SmolLM2 answers: power, text quality, unbiasedness, step cost.
 
     python benchmarks/bench_schemes.py [--quick] [--prompts N] [--max-new-tokens N]
-                                       [--schemes NAME,...]
+                                       [--schemes NAME,...] [--lists N]
 
 For each scheme (green-list h = 1, unigram, Gumbel/EXP, tournament, DiPmark) and each
 temperature (0.7, 1.0), the same varied prompts are answered by the embedded
 SmolLM2-135M-Instruct (transformers, batch 8, no top-k/top-p), plus unwatermarked answers.
 ``--schemes`` runs only the named schemes (``none``: the unwatermarked answers), and then times
-only their hooks. Reported per setting:
+only their hooks. ``--lists N`` gives the green-list keys N lists (default: the key's default,
+65,536; ``--lists 256`` reproduces tables measured with the earlier default). Reported per setting:
 
 * TPR at FPR 1e-5 after 25, 50, 100 and 200 completion tokens: the share of answers whose exact
   p-value (dedup, prompt as context but never scored) on that prefix is below 1e-5 — the tests
@@ -175,7 +176,10 @@ def main() -> None:
                     help="comma-separated scheme names to run (none = unwatermarked answers); "
                          "default: all, with the unwatermarked answers and transformers' "
                          "processors for reference")
+    ap.add_argument("--lists", type=int, default=None,
+                    help="lists of the green-list keys (default: the key's default)")
     args = ap.parse_args()
+    lists = {} if args.lists is None else {"n_lists": args.lists}
     chosen = None if args.schemes is None else {s.strip() for s in args.schemes.split(",")
                                                 if s.strip()}
     if chosen is not None and not chosen <= set(SCHEMES) | {"none"}:
@@ -192,7 +196,9 @@ def main() -> None:
     lm = hf.load_model()
     _, info = load_tokenizer(BUILTIN_SMOLLM2)
     prompts = PROMPTS[:n_prompts]
-    settings = [s for s in SETTINGS if s[1] in SCHEMES and (chosen is None or s[1] in chosen)]
+    settings = [(label, name, {**lists, **params} if name == "greenlist" else params)
+                for label, name, params in SETTINGS
+                if name in SCHEMES and (chosen is None or name in chosen)]
     baseline: list[tuple[str, str | None, dict[str, Any]]] = (
         [("no watermark", None, {})] if chosen is None or "none" in chosen else [])
     results: list[dict[str, Any]] = []
