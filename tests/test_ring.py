@@ -25,6 +25,7 @@ from distillmark.watermark import (
     save_spec,
     scheme_for,
 )
+from distillmark.watermark.accounts import AccountLayerParams
 from distillmark.watermark.ring import (
     ACTIVE,
     RETIRED,
@@ -312,3 +313,35 @@ def test_generation_marks_with_the_active_key(tmp_path: Path, ring_file: Path, t
     assert d["verdict"] == "watermarked" and d["key_id"] == specs["new"].key_id
     retired_only = save_spec(specs["old"], tmp_path / "old.json")
     assert run("detect", "-k", retired_only, text).exit_code == 1
+
+
+def test_serve_marks_with_the_active_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         specs: dict[str, WatermarkSpec]) -> None:
+    """serve --key RING --accounts: the server's spec (and so every account's layer, derived
+    from it) is the ring's active key; the server itself is not started."""
+    from distillmark.watermark import serve as srv
+
+    info = load_tokenizer(BUILTIN_SMOLLM2)[1]
+    layered = {n: WatermarkSpec(secret=s.secret, scheme=s.scheme, params=s.params,
+                                tokenizer=info, accounts=AccountLayerParams())
+               for n, s in specs.items()}
+    ring = save_ring(KeyRing.first(layered["old"]).add(layered["new"]), tmp_path / "ring.json")
+    accounts = tmp_path / "accounts.json"
+    accounts.write_text(json.dumps({"sk-alice": "alice", "sk-bob": "bob"}))
+    seen: dict[str, Any] = {}
+
+    class NoModel:
+        engine = "transformers"
+
+        def check_tokenizer(self, spec: WatermarkSpec) -> None:
+            seen["checked"] = spec.key_id
+
+    monkeypatch.setattr("distillmark.cli.serve.load_generator", lambda *a: NoModel())
+    monkeypatch.setattr(srv, "create_app", lambda gen, config: seen.setdefault("config", config))
+    monkeypatch.setattr(srv, "run_server_on", lambda *a, **k: None)
+    result = run("serve", "--key", ring, "--accounts", accounts, "--engine", "transformers",
+                 "--port", 0)
+    assert result.exit_code == 0, result.stderr
+    assert seen["config"].spec == layered["new"] and seen["checked"] == layered["new"].key_id
+    assert f"watermarked with key {layered['new'].key_id} and, for each of 2 accounts" in (
+        result.stderr)
