@@ -13,7 +13,7 @@ import typer
 
 from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED
 from distillmark.verify.stats import format_pvalue
-from distillmark.watermark import load_spec
+from distillmark.watermark.ring import load_keys
 
 from .common import (
     DEFAULT_MAX_BYTES,
@@ -41,8 +41,9 @@ ATTRIBUTE_EXIT_HELP = ("Exit status: 0 if some account was named, 1 if none was 
 
 def _human(r: Any, alpha: float, in_log: bool | None) -> str:
     p = format_pvalue(r.pvalue, r.log10_pvalue)
+    keys = f" and {r.n_keys} keys (best: {r.key_id})" if r.n_keys > 1 else ""
     cells = (f"{r.statistic}/{r.n_scored} cells green for it, {r.null_mean:.0%} expected; "
-             f"p corrected for {r.n_candidates:,} accounts")
+             f"p corrected for {r.n_candidates:,} accounts{keys}")
     if r.is_watermarked(alpha):
         logged = {None: "", True: "; in the request log", False: "; NOT in the request log"}
         return f"{r.source}: attributed to {r.candidate} (p = {p}; {cells}{logged[in_log]})"
@@ -61,7 +62,8 @@ def _summary_lines(run: Any, alpha: float) -> list[str]:
     for a in found:
         lines.append(f"dataset: {a.account} found (p = {format_pvalue(a.pvalue, a.log10_pvalue)}"
                      f"; {a.statistic}/{a.n_scored} held-out cells of its {a.n_records:,} "
-                     f"records green for it)")
+                     f"records green for it" + (f"; key {a.key_id}" if ds.n_keys > 1 else "")
+                     + ")")
     return lines
 
 
@@ -69,7 +71,9 @@ def attribute(
     inputs: Annotated[list[str], typer.Argument(
         help="Text files ('-' is stdin), or datasets as scan reads them: JSON Lines, Parquet, "
              "CSV, datasets folders.")],
-    key: Annotated[Path, key_option("The master key (it must have an account layer).")],
+    key: Annotated[Path, key_option(
+        "The master key (it must have an account layer), or a key ring: every key of it with an "
+        "account layer is tried (Bonferroni-corrected).")],
     accounts: AccountsOption = None,
     account_space: AccountSpaceOption = None,
     field: Annotated[str | None, typer.Option(
@@ -111,9 +115,11 @@ def attribute(
     with errors_exit(), tempfile.TemporaryDirectory(prefix="distillmark-attribute-") as tmp:
         if out is not None:  # refused now, not after every record is attributed
             check_writable(out, what=f"--out {out}")
-        spec = load_spec(key)
+        specs = load_keys(key)
+        # a ring's keys without an account layer name no account; with none, say so (Attributor)
+        layered = [s for s in specs if s.accounts is not None] or specs[:1]
         cands = Candidates.given(accounts, account_space)
-        att = Attributor(spec, cands, tokenizer=tokenizer, min_scored=min_scored)
+        att = [Attributor(s, cands, tokenizer=tokenizer, min_scored=min_scored) for s in layered]
         logged = logged_answers(log) if log is not None else None
         paths = list(inputs)
         stdin_file = Path(tmp) / "stdin.txt"

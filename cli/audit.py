@@ -9,8 +9,9 @@ import typer
 
 from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED
 from distillmark.verify.stats import format_pvalue
-from distillmark.watermark import InputError, load_spec
+from distillmark.watermark import InputError
 from distillmark.watermark.files import JSONProblem, parse_json
+from distillmark.watermark.ring import load_keys
 
 from .common import (
     DEFAULT_MAX_BYTES,
@@ -108,7 +109,7 @@ def audit(
         if weighting != "auto" and weighting not in au.WEIGHTINGS:
             raise InputError(f"--weighting must be one of auto, {', '.join(au.WEIGHTINGS)}, "
                              f"got {weighting!r}")
-        specs = [load_spec(k) for k in key]
+        specs = load_keys(key)
         texts = _texts(text, max_bytes) if text is not None else None
         if texts is not None:
             contexts = au.text_contexts(texts, specs[0], context_len=context_len,

@@ -16,7 +16,8 @@ from distillmark.verify import (
     KeyRingResult,
 )
 from distillmark.verify.stats import format_pvalue
-from distillmark.watermark import DistillmarkError, load_spec
+from distillmark.watermark import DistillmarkError
+from distillmark.watermark.ring import KeyRing, merge_keys, read_key_file
 
 from .common import (
     DEFAULT_MAX_BYTES,
@@ -71,13 +72,20 @@ def detect(
         "Refuse inputs larger than this.")] = DEFAULT_MAX_BYTES,
     as_json: Annotated[bool, json_option("One JSON object per input.")] = False,
 ) -> None:
-    """Test texts for the watermark of KEY with an exact p-value."""
+    """Test texts for the watermark of KEY with an exact p-value.
+
+    KEY may be a key ring: every key of it, active and retired, is tried and the p-value
+    corrected for their number.
+    """
     require_open_unit("--alpha", alpha)
     with errors_exit():
-        specs = [load_spec(k) for k in key]
+        read = [(k, read_key_file(k)) for k in key]
+        specs = merge_keys(read)
+        # a ring is always tested as one, so that its results say how many keys were tried
+        ring = len(specs) > 1 or any(isinstance(r, KeyRing) for _, r in read)
         detector: Detector | KeyRingDetector = (
-            Detector(specs[0], tokenizer=tokenizer, min_scored=min_scored) if len(specs) == 1
-            else KeyRingDetector(specs, tokenizer=tokenizer, min_scored=min_scored))
+            KeyRingDetector(specs, tokenizer=tokenizer, min_scored=min_scored) if ring
+            else Detector(specs[0], tokenizer=tokenizer, min_scored=min_scored))
     names = list(files) if files else ["-"]
     found = errors = 0
     for name in names:

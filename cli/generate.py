@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 
-from distillmark.watermark import InputError, load_spec, scheme_for
+from distillmark.watermark import InputError, scheme_for
 from distillmark.watermark.engines import load_generator, resolve_engine
+from distillmark.watermark.ring import load_active_key
 
 from .common import errors_exit, info
 from .options import EngineOption, ModelOption, json_option, key_option, no_watermark_option
@@ -17,7 +18,8 @@ from .options import EngineOption, ModelOption, json_option, key_option, no_wate
 
 def generate(
     prompts: Annotated[list[str], typer.Argument(help="Prompts to answer.")],
-    key: Annotated[Path | None, key_option("The watermark key.")] = None,
+    key: Annotated[Path | None, key_option(
+        "The watermark key, or a key ring (its active key marks).")] = None,
     no_watermark: Annotated[bool, no_watermark_option(
         "Generate without a watermark (a control text).")] = False,
     model: ModelOption = None,
@@ -33,7 +35,7 @@ def generate(
     with errors_exit():
         if no_watermark == (key is not None):
             raise InputError("give --key KEY to watermark, or --no-watermark for a control text")
-        spec = load_spec(key) if key is not None else None
+        spec = load_active_key(key) if key is not None else None
         resolve_engine(engine, model)
         info("loading model…", as_json)
         gen = load_generator(engine, model)

@@ -18,6 +18,7 @@ from distillmark.watermark import (
     save_spec,
 )
 from distillmark.watermark.accounts import AccountLayerParams
+from distillmark.watermark.ring import KeyRing, load_ring, save_ring
 
 from .common import errors_exit
 from .options import json_option
@@ -37,7 +38,11 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
 
 
 def keygen(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the key (mode 0600).")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Where to write the key (mode 0600).")] = None,
+    ring: Annotated[Path | None, typer.Option(
+        "--ring", help="Or add the key to this key ring (made if missing, mode 0600) as its "
+        "active key; the key active until now is retired, and still tested.")] = None,
     scheme_name: Annotated[str | None, typer.Option(
         "--scheme", help="Scheme, with its default parameters: " + ", ".join(SCHEMES) + ".")
     ] = None,
@@ -96,8 +101,15 @@ def keygen(
     A green-list key gets an account layer by default: served with `serve --accounts`, every
     answer carries the key's own mark, the same for every account, and its account's number,
     which `attribute` recovers (docs/schemes/accounts.md).
+
+    With --ring the key joins a key ring as its active key (a rotation): generate and serve
+    mark with it, detection tries every key of the ring (`distillmark keys` lists them).
     """
     with errors_exit():
+        if (out is None) == (ring is None):
+            raise InputError("give --out FILE for a new key file, or --ring RING to add the key "
+                             "to a key ring")
+        old = load_ring(ring) if ring is not None and ring.exists() else None
         if renamed_alpha is not None:  # elsewhere --alpha is the significance level
             raise InputError("keygen's --alpha is now --dipmark-alpha (DiPmark's reweighting "
                              "strength); --alpha is the significance level of the tests")
@@ -136,8 +148,18 @@ def keygen(
         layer = (AccountLayerParams(gamma=account_gamma, delta=account_delta)
                  if (takes_layer if account_layer is None else account_layer) else None)
         spec = new_spec(scheme, params, info, accounts=layer)
-        save_spec(spec, out, overwrite=force)
+        if ring is not None:
+            where = f"key ring {ring}"
+            save_ring(old.add(spec) if old is not None else KeyRing.first(spec, where=where),
+                      ring)
+        else:
+            assert out is not None
+            save_spec(spec, out, overwrite=force)
     if as_json:
         typer.echo(json.dumps(spec.public_dict()))
+    elif ring is not None:
+        retired = f"; {old.active.key_id} retired" if old is not None else ""
+        typer.echo(f"added key {spec.key_id} (scheme {spec.scheme}) to {ring} as its active "
+                   f"key{retired}; keep it secret")
     else:
         typer.echo(f"wrote {out} (key id {spec.key_id}, scheme {spec.scheme}); keep it secret")

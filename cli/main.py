@@ -14,6 +14,7 @@ from .demo import demo
 from .detect import detect
 from .generate import generate
 from .keygen import keygen
+from .keys import keys
 from .probe import PROBE_EXIT_HELP, probe_command
 from .scan import scan
 from .serve import serve
@@ -21,6 +22,7 @@ from .serve import serve
 __all__ = ["app", "main"]
 
 app.command("keygen")(keygen)
+app.command("keys")(keys)
 app.command("detect", epilog=EXIT_HELP)(detect)
 app.command("generate")(generate)
 app.command("demo")(demo)

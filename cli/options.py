@@ -15,7 +15,7 @@ import typer
 
 
 def key_option(help: str) -> Any:
-    """``--key/-k``: the watermark key (spec file)."""
+    """``--key/-k``: the watermark key (spec file) or a key ring, told apart by its format."""
     return typer.Option("--key", "-k", help=help)
 
 
@@ -46,7 +46,8 @@ def no_watermark_option(help: str) -> Any:
 
 
 KeyRingOption = Annotated[list[Path], key_option(
-    "The watermark key (spec file); repeat it to test several keys (Bonferroni-corrected).")]
+    "The watermark key (spec file) or a key ring (every key of it is tried); repeat it to test "
+    "several keys (Bonferroni-corrected).")]
 
 AlphaOption = Annotated[float, alpha_option("Significance level of the verdict.")]
 

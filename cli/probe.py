@@ -23,7 +23,8 @@ from distillmark.verify.probe import (
 )
 from distillmark.verify.prompts import builtin_prompts, prompts_from_log, read_prompts
 from distillmark.verify.stats import format_pvalue
-from distillmark.watermark import InputError, load_spec
+from distillmark.watermark import InputError
+from distillmark.watermark.ring import load_keys
 
 from .common import EXIT_FOUND, EXIT_NOT_FOUND, errors_exit, info, require_open_unit
 from .options import (
@@ -154,7 +155,8 @@ def probe_command(
 ) -> None:
     """Query a suspect model through its API and test all its answers for KEY's watermark.
 
-    Repeat --key to test several keys on the same answers (Bonferroni-corrected). The answers
+    Repeat --key, or give a key ring, to test several keys on the same answers
+    (Bonferroni-corrected). The answers
     are re-tokenised with the key's tokenizer (valid whatever tokenizer the suspect
     uses); repeated (context, token) tuples count once across all answers; tuples found in the
     prompts are left out; the p-value is exact.
@@ -177,8 +179,8 @@ def probe_command(
             asked = prompts_from_log(prompts_from, account=account)
         else:
             asked = builtin_prompts(n_prompts)
-        detectors = [Detector(load_spec(k), tokenizer=tokenizer, min_scored=min_scored)
-                     for k in key]
+        detectors = [Detector(s, tokenizer=tokenizer, min_scored=min_scored)
+                     for s in load_keys(key)]
         refs = ([read_reference(reference, d) for d in detectors] if reference is not None
                 else None)
         try:

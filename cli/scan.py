@@ -48,7 +48,8 @@ def scan(
         help="Files and directories to scan: JSON Lines (.jsonl, .gz, .zst), Parquet, CSV, text "
              "files, datasets save_to_disk folders.")],
     key: Annotated[list[Path], key_option(
-        "The watermark key; repeat it to test several keys (Bonferroni-corrected).")],
+        "The watermark key, or a key ring (every key of it is tried); repeat it to test several "
+        "keys (Bonferroni-corrected).")],
     field: Annotated[str | None, typer.Option(
         help="Dotted path of the text in each record (e.g. response, output.text).")] = None,
     chat: Annotated[str | None, typer.Option(
@@ -100,7 +101,7 @@ def scan(
     deduplicated across records), and the estimated fraction of watermarked records.
     """
     from distillmark.verify.scan import scan as run_scan
-    from distillmark.watermark import load_spec
+    from distillmark.watermark.ring import load_keys
 
     for name, value in (("--alpha", alpha), ("--fdr", fdr), ("--confidence", confidence)):
         require_open_unit(name, value)
@@ -112,7 +113,7 @@ def scan(
     scratch = (tempfile.TemporaryDirectory(prefix="distillmark-rejects-")
                if skip_bad and out is None and rejects is None else None)
     with errors_exit(), scratch or nullcontext():
-        specs = [load_spec(k) for k in key]
+        specs = load_keys(key)
         cands = None
         if accounts is not None or account_space is not None:  # each record attributed too
             from distillmark.verify.candidates import Candidates

@@ -9,11 +9,12 @@ from typing import Annotated
 
 import typer
 
-from distillmark.watermark import InputError, load_spec
+from distillmark.watermark import InputError
 from distillmark.watermark.engine_types import Generator
 from distillmark.watermark.engines import load_generator, resolve_engine
 from distillmark.watermark.files import check_writable
 from distillmark.watermark.models import DEFAULT_MODEL_FILE
+from distillmark.watermark.ring import load_active_key
 
 from .common import errors_exit, info
 from .options import EngineOption, ModelOption, key_option, no_watermark_option
@@ -30,7 +31,8 @@ def _model_name(model: str | None) -> str:
 
 def serve(
     key: Annotated[Path | None, key_option(
-        "Watermark every answer with this key (spec file).")] = None,
+        "Watermark every answer with this key (spec file), or with the active key of a key "
+        "ring.")] = None,
     no_watermark: Annotated[bool, no_watermark_option(
         "Serve without a watermark (a control model).")] = False,
     accounts: Annotated[Path | None, typer.Option(
@@ -82,7 +84,7 @@ def serve(
                              f"{log_level!r}")
         if port < 0 or port > 65535:
             raise InputError(f"--port must be in 0..65535, got {port}")
-        spec = load_spec(key) if key is not None else None
+        spec = load_active_key(key) if key is not None else None
         from distillmark.watermark import serve as srv
 
         accts = srv.load_accounts(accounts) if accounts is not None else None

@@ -199,6 +199,43 @@ def test_attribute_command(tmp_path: Path, master, served, human_texts):
     assert r.exit_code == 1 and "not attributed" in r.stdout
 
 
+def test_attribute_with_a_ring_tries_every_key(tmp_path: Path, master, served, human_texts,
+                                               tokenizer_info):
+    """Answers served under a key since retired are still named through the ring, the p-value
+    corrected for the ring's keys on top of the candidates; a key of the ring without an account
+    layer names no account and is not counted."""
+    import json
+
+    from distillmark.watermark.ring import KeyRing, save_ring
+
+    successor = new_spec("greenlist", {}, tokenizer_info, secret=bytes(range(9, 41)),
+                         accounts=AccountLayerParams())
+    plain = new_spec("greenlist", {}, tokenizer_info, secret=bytes(range(11, 43)))
+    ring = save_ring(KeyRing.first(master).add(plain).add(successor), tmp_path / "ring.json")
+    answer = tmp_path / "answer.txt"
+    answer.write_text(served[7][0])
+    r = _run("attribute", "--key", ring, "--account-space", 10, "--json", "--alpha", "1e-4",
+             answer)
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout.splitlines()[0])
+    assert d["account"] == "7" and d["key_id"] == master.key_id and d["n_keys"] == 2
+    single = Attributor(master, Candidates.space(10)).attribute(served[7][0])
+    assert d["log10_pvalue"] == pytest.approx(min(0.0, single.log10_pvalue + np.log10(2)))
+    human = _run("attribute", "--key", ring, "--account-space", 10, "--alpha", "1e-4", answer)
+    assert f"p corrected for 10 accounts and 2 keys (best: {master.key_id})" in human.stdout
+
+    data = tmp_path / "leak.jsonl"
+    rows = served[3] + [t[:1500] for t in human_texts[:8]]
+    data.write_text("".join(json.dumps({"response": t}) + "\n" for t in rows))
+    r = _run("attribute", "--key", ring, "--account-space", 10, "--field", "response",
+             "--json", "--alpha", "1e-4", data)
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout.splitlines()[-1])
+    assert summary["n_keys"] == 2 and summary["accounts_found"] == ["3"]
+    found = summary["accounts"][0]
+    assert found["key_id"] == master.key_id and found["account"] == "3"
+
+
 def test_attribute_errors_are_one_line(tmp_path: Path, tokenizer_info):
     from distillmark.watermark import save_spec
 

@@ -78,7 +78,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, monkeypatch: pytest.Mon
     assert result.exit_code == 130
     assert result.stderr == "distillmark: error: interrupted\n"
     # inside one (loading the key): the command's own handler, the same line
-    monkeypatch.setattr("distillmark.cli.detect.load_spec", interrupted)
+    monkeypatch.setattr("distillmark.cli.detect.read_key_file", interrupted)
     result = run("detect", "-k", key, "a.txt")
     assert (result.exit_code, result.stderr) == (130, "distillmark: error: interrupted\n")
 

@@ -154,7 +154,10 @@ def files(tmp_path_factory: pytest.TempPathFactory, human_texts: list[str]) -> d
     text.write_text(human_texts[0], encoding="utf-8")
     data = d / "data.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in human_texts[1:6]))
+    from distillmark.watermark.ring import KeyRing, save_ring
+
     return {"key": save_spec(spec, d / "k.json"), "other": save_spec(other, d / "o.json"),
+            "ring": save_ring(KeyRing.first(other).add(spec), d / "ring.json"),
             "text": text, "data": data, "dir": d}
 
 
@@ -181,10 +184,21 @@ def test_keygen_json_keys(tmp_path: Path) -> None:
 def test_detect_json_keys(files: dict[str, Path]) -> None:
     keys = documented_keys("detect")
     (one,) = json_lines(cli("detect", "-k", files["key"], "--json", files["text"]))
-    (ring,) = json_lines(cli("detect", "-k", files["key"], "-k", files["other"], "--json",
-                             files["text"]))
+    (several,) = json_lines(cli("detect", "-k", files["key"], "-k", files["other"], "--json",
+                                files["text"]))
+    (ring,) = json_lines(cli("detect", "-k", files["ring"], "--json", files["text"]))
     assert set(one) == keys["(one object per input)"]
-    assert set(ring) == keys["(one object per input)"] | keys["added with several `--key`"]
+    added = keys["added with several `--key` or a key ring"]
+    assert set(several) == set(ring) == keys["(one object per input)"] | added
+
+
+def test_keys_json_keys(files: dict[str, Path]) -> None:
+    d = json.loads(cli("keys", files["ring"], "--json").stdout)
+    assert set(d) == documented_keys("keys")[""]
+    keygen = documented_keys("keygen")
+    for k in d["keys"]:
+        assert set(k) - {"state", "activated", "retired"} <= (
+            keygen[""] | keygen["added for a key with an account layer"])
 
 
 def test_scan_json_keys(files: dict[str, Path]) -> None:

@@ -16,7 +16,7 @@ account that stays valid after the records were chosen by their scores: see
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,7 +33,7 @@ from .grouping import batch_tuple_keys, group_distinct
 from .nulls import binomial
 from .stats import bonferroni, bonferroni_log10
 
-__all__ = ["AttributionResult", "AttributionVerdict", "Attributor"]
+__all__ = ["AttributionResult", "AttributionVerdict", "Attributor", "best_of_keys"]
 
 
 class AttributionVerdict:
@@ -61,7 +61,9 @@ class AttributionResult(Decision):
         provider_log10_pvalue: log10 p of the provider layer on the same cells (is the text
             ours at all?).
         min_scored: fewer scored cells than this is "insufficient evidence".
-        key_id: the master key.
+        key_id: the master key (of a key ring: the key whose layer named the account).
+        n_keys: keys tried (a key ring's, each with its own account layer): ``pvalue`` is then
+            corrected for ``n_candidates * n_keys`` tests (:func:`best_of_keys`).
     """
 
     outcomes: ClassVar[tuple[str, str, str]] = (AttributionVerdict.ATTRIBUTED,
@@ -83,6 +85,7 @@ class AttributionResult(Decision):
     provider_log10_pvalue: float
     min_scored: int
     key_id: str
+    n_keys: int = 1
 
     @property
     def account(self) -> str | None:
@@ -200,3 +203,18 @@ class Attributor:
                 provider_log10_pvalue=float(prov.log10_pvalue[i]), min_scored=self.min_scored,
                 key_id=self.scheme.key_id))
         return out
+
+
+def best_of_keys(per_key: Sequence[Sequence[AttributionResult]]) -> list[AttributionResult]:
+    """The same texts attributed under each of K keys (a key ring: answers served before a
+    rotation carry the retired key's account layer): for each text, the key with the smallest
+    p-value, that p-value Bonferroni-corrected once more for the K keys (``n_keys``)."""
+    k = len(per_key)
+    if k == 1:
+        return list(per_key[0])
+    out = []
+    for rs in zip(*per_key, strict=True):
+        best = min(rs, key=lambda r: r.log10_pvalue)
+        out.append(replace(best, pvalue=bonferroni(best.pvalue, k),
+                           log10_pvalue=bonferroni_log10(best.log10_pvalue, k), n_keys=k))
+    return out

@@ -20,7 +20,8 @@ no record is at most alpha.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -33,14 +34,16 @@ from .grouping import group_distinct
 from .nulls import binomial
 from .stats import binomial_tails, bonferroni, bonferroni_log10
 
-__all__ = ["AccountFound", "DatasetAccumulator", "DatasetAttribution", "attribute_cells"]
+__all__ = ["AccountFound", "DatasetAccumulator", "DatasetAttribution", "attribute_cells",
+           "merge_keys"]
 
 DEFAULT_SELECT_ALPHA = 0.05
 
 
 @dataclass(frozen=True)
 class AccountFound:
-    """One account's pooled test over the records that selected it."""
+    """One account's pooled test over the records that selected it, under the key ``key_id``
+    (``pvalue`` corrected for every candidate, and for every key of a ring)."""
 
     account: str
     number: int
@@ -49,6 +52,7 @@ class AccountFound:
     n_scored: int
     pvalue: float
     log10_pvalue: float
+    key_id: str
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,12 +66,14 @@ class DatasetAttribution:
         accounts: every account selected by at least one record, best first.
         n_records: records read; n_candidates: accounts that could have been named.
         select_alpha: level of the per-record selection on first-half cells.
+        n_keys: keys tried (a key ring); each account's p-value is corrected for them too.
     """
 
     accounts: tuple[AccountFound, ...]
     n_records: int
     n_candidates: int
     select_alpha: float
+    n_keys: int = 1
 
     def found(self, alpha: float = DEFAULT_ALPHA) -> tuple[AccountFound, ...]:
         """The accounts whose corrected pooled p-value is below ``alpha``."""
@@ -75,7 +81,7 @@ class DatasetAttribution:
 
     def to_dict(self, alpha: float | None = None) -> dict[str, Any]:
         d: dict[str, Any] = {"n_records": self.n_records, "n_candidates": self.n_candidates,
-                             "select_alpha": self.select_alpha,
+                             "n_keys": self.n_keys, "select_alpha": self.select_alpha,
                              "accounts": [a.to_dict() for a in self.accounts]}
         if alpha is not None:
             d["alpha"] = alpha
@@ -143,7 +149,8 @@ class DatasetAccumulator:
                               n_scored=int(out.n_scored[j]),
                               pvalue=bonferroni(float(out.pvalue[j]), cand.size),
                               log10_pvalue=bonferroni_log10(float(out.log10_pvalue[j]),
-                                                            cand.size))
+                                                            cand.size),
+                              key_id=self.att.scheme.key_id)
                  for j, a in enumerate(accounts.tolist())]
         found.sort(key=lambda a: a.log10_pvalue)
         return DatasetAttribution(tuple(found), self.n_records, cand.size, self.select_alpha)
@@ -156,3 +163,18 @@ def attribute_cells(att: Attributor, cells: np.ndarray, groups: np.ndarray, n_re
     acc = DatasetAccumulator(att, select_alpha=select_alpha)
     acc.add(cells, groups, n_records)
     return acc.result()
+
+
+def merge_keys(per_key: Sequence[DatasetAttribution]) -> DatasetAttribution:
+    """The dataset tests of one dataset under each of K keys (a key ring) as one: every
+    account found under any key, its p-value corrected once more for the K keys."""
+    k = len(per_key)
+    if k == 1:
+        return per_key[0]
+    found = [replace(a, pvalue=bonferroni(a.pvalue, k),
+                     log10_pvalue=bonferroni_log10(a.log10_pvalue, k))
+             for d in per_key for a in d.accounts]
+    found.sort(key=lambda a: a.log10_pvalue)
+    first = per_key[0]
+    return DatasetAttribution(tuple(found), first.n_records, first.n_candidates,
+                              first.select_alpha, n_keys=k)

@@ -19,8 +19,8 @@ import numpy as np
 from distillmark.watermark.errors import InputError
 from distillmark.watermark.serve.log import read_log, text_digest
 
-from .attribute import AttributionResult, Attributor
-from .attribute_dataset import DatasetAccumulator, DatasetAttribution
+from .attribute import AttributionResult, Attributor, best_of_keys
+from .attribute_dataset import DatasetAccumulator, DatasetAttribution, merge_keys
 from .decision import DEFAULT_ALPHA
 from .sources import DEFAULT_MAX_RECORD_BYTES, BadRecord, Segment, Selector, iter_shard, plan_shards
 
@@ -67,7 +67,7 @@ def _records(inputs: Sequence[str | Path], selector: Selector, *, fmt: str,
             yield loc, rec if isinstance(rec, BadRecord) else selector.segments(rec)
 
 
-def attribute_inputs(inputs: Sequence[str | Path], att: Attributor, *,
+def attribute_inputs(inputs: Sequence[str | Path], att: Attributor | Sequence[Attributor], *,
                      on_records: Callable[[list[AttributedRecord]], None],
                      field_path: str | None = None, chat: str | None = None,
                      fmt: str = "auto", skip_bad: bool = False,
@@ -75,15 +75,20 @@ def attribute_inputs(inputs: Sequence[str | Path], att: Attributor, *,
                      alpha: float = DEFAULT_ALPHA, log: dict[str, set[str]] | None = None,
                      progress: Callable[[int], None] | None = None) -> AttributionRun:
     """Attribute every record of ``inputs``; ``on_records`` receives each batch's results in
-    input order, ``progress`` the records read so far."""
+    input order, ``progress`` the records read so far.
+
+    ``att``: one attributor, or one per key of a key ring, all with the same candidates: each
+    record is then attributed under every key and the best kept (:func:`.best_of_keys`), and
+    the dataset test runs under every key (:func:`.attribute_dataset.merge_keys`)."""
+    atts = [att] if isinstance(att, Attributor) else list(att)
     selector = Selector(field_path, chat)
     run = AttributionRun()
-    acc = DatasetAccumulator(att)
+    accs = [DatasetAccumulator(a) for a in atts]
     batch: list[tuple[str, list[Segment]]] = []
     chars = 0
 
     def flush() -> None:
-        results = _attribute_batch(att, batch, acc, alpha=alpha, log=log)
+        results = _attribute_batch(atts, batch, accs, alpha=alpha, log=log)
         run.n_attributed += sum(r.result.account_at(alpha) is not None for r in results)
         on_records(results)
         if progress is not None:
@@ -105,13 +110,28 @@ def attribute_inputs(inputs: Sequence[str | Path], att: Attributor, *,
             batch, chars = [], 0
     if batch:
         flush()
-    run.dataset = acc.result()
+    run.dataset = merge_keys([a.result() for a in accs])
     return run
 
 
-def _attribute_batch(att: Attributor, batch: list[tuple[str, list[Segment]]],
-                     acc: DatasetAccumulator, *, alpha: float,
+def _attribute_batch(atts: Sequence[Attributor], batch: list[tuple[str, list[Segment]]],
+                     accs: Sequence[DatasetAccumulator], *, alpha: float,
                      log: dict[str, set[str]] | None) -> list[AttributedRecord]:
+    results = best_of_keys([_key_batch(att, batch, acc) for att, acc in zip(atts, accs)])
+    out = []
+    for (_, segs), r in zip(batch, results):
+        named = r.account_at(alpha)
+        in_log = None
+        if log is not None and named is not None:
+            digests = log.get(named, set())
+            in_log = any(text_digest(s.text) in digests for s in segs)
+        out.append(AttributedRecord(r, in_log))
+    return out
+
+
+def _key_batch(att: Attributor, batch: list[tuple[str, list[Segment]]],
+               acc: DatasetAccumulator) -> list[AttributionResult]:
+    """A batch's records attributed under one key, their cells fed to its dataset test."""
     contexts: list[str] = []
     texts: list[str] = []
     records: list[int] = []
@@ -131,13 +151,4 @@ def _attribute_batch(att: Attributor, batch: list[tuple[str, list[Segment]]],
     acc.add(cells, groups, len(batch))
     n_tokens = np.bincount(rec, weights=[s.size - p for s, p in zip(seqs, plens)],
                            minlength=len(batch)).astype(np.int64)
-    results = att.results(cells, groups, len(batch), n_tokens, [loc for loc, _ in batch])
-    out = []
-    for (_, segs), r in zip(batch, results):
-        named = r.account_at(alpha)
-        in_log = None
-        if log is not None and named is not None:
-            digests = log.get(named, set())
-            in_log = any(text_digest(s.text) in digests for s in segs)
-        out.append(AttributedRecord(r, in_log))
-    return out
+    return att.results(cells, groups, len(batch), n_tokens, [loc for loc, _ in batch])

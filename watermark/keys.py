@@ -49,7 +49,9 @@ __all__ = [
     "key_id_of",
     "load_spec",
     "new_spec",
+    "read_secret_json",
     "save_spec",
+    "spec_from_dict",
 ]
 
 SPEC_VERSION = 2
@@ -60,6 +62,8 @@ _READ_VERSIONS = (1, 2)
 _MAC_FIELD = "mac"
 #: A spec is a few hundred bytes; a file larger than this is not one.
 _MAX_SPEC_BYTES = 1 << 20
+#: The field that names a key ring file (:mod:`.ring`); a spec reader refuses it by name.
+RING_FORMAT_FIELD = "distillmark_ring"
 
 
 def key_id_of(secret: bytes) -> str:
@@ -148,6 +152,11 @@ class WatermarkSpec:
 
     def to_json(self) -> str:
         """The spec file's content, secret included. Write it only with :func:`save_spec`."""
+        return json.dumps(self.to_file_dict(), indent=2) + "\n"
+
+    def to_file_dict(self) -> dict[str, Any]:
+        """The spec file's fields, secret and integrity tag included (a key ring holds its
+        members so). Never log or print it."""
         d: dict[str, Any] = {_FORMAT_FIELD: SPEC_VERSION, "key_id": self.key_id,
                              "secret": base64.b64encode(self.secret).decode("ascii"),
                              "scheme": self.scheme, "params": dict(self.params),
@@ -156,7 +165,7 @@ class WatermarkSpec:
             d["accounts"] = self.accounts.to_dict()
         # tagged as the reader will see the fields: after a JSON round trip
         d[_MAC_FIELD] = _spec_mac(self.secret, json.loads(json.dumps(d)))
-        return json.dumps(d, indent=2) + "\n"
+        return d
 
 
 def _now() -> str:
@@ -201,23 +210,40 @@ def _require(d: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
     return value
 
 
-def load_spec(path: str | Path) -> WatermarkSpec:
-    """Read and validate a spec file; any problem is one :class:`SpecError` line."""
+def read_secret_json(path: str | Path, *, what: str) -> Any:
+    """The JSON of a secret file (a key or a key ring): read bounded, with a warning when other
+    users may read it; any problem is one :class:`SpecError` line naming ``what``."""
     path = Path(path)
-    where = f"key file {path}"
     if path.is_dir():
-        raise SpecError(f"{where} is a directory, not a key file")
+        raise SpecError(f"{what} is a directory, not a key file")
     if not path.exists():
-        raise SpecError(f"{where} does not exist (make one with `distillmark keygen`)")
-    raw = read_bounded(path, _MAX_SPEC_BYTES, what=where, error=SpecError)
+        raise SpecError(f"{what} does not exist (make one with `distillmark keygen`)")
+    raw = read_bounded(path, _MAX_SPEC_BYTES, what=what, error=SpecError)
     try:
         mode = path.stat().st_mode & 0o077
     except OSError:
         mode = 0
     if mode:
-        warnings.warn(f"{where} is readable by other users (mode {oct(path.stat().st_mode & 0o777)});"
-                      " chmod 600 it", stacklevel=2)
-    d = decode_json(raw, what=where, error=SpecError)
+        warnings.warn(f"{what} is readable by other users (mode {oct(path.stat().st_mode & 0o777)});"
+                      " chmod 600 it", stacklevel=3)
+    return decode_json(raw, what=what, error=SpecError)
+
+
+def load_spec(path: str | Path) -> WatermarkSpec:
+    """Read and validate a spec file; any problem is one :class:`SpecError` line.
+
+    A key ring is read by :func:`distillmark.watermark.ring.load_keys` (every key) or
+    :func:`~distillmark.watermark.ring.load_active_key` (the key to mark with)."""
+    where = f"key file {Path(path)}"
+    d = read_secret_json(path, what=where)
+    if isinstance(d, dict) and RING_FORMAT_FIELD in d:
+        raise SpecError(f"{where} is a key ring, not a single key; read it as a ring")
+    return spec_from_dict(d, where=where)
+
+
+def spec_from_dict(d: Any, *, where: str) -> WatermarkSpec:
+    """A spec from the JSON object of its file (or of a key ring's member), validated and its
+    integrity tag checked; any problem is one :class:`SpecError` line starting with ``where``."""
     if not isinstance(d, dict):
         raise SpecError(f"{where} must hold a JSON object")
     if _FORMAT_FIELD not in d:
