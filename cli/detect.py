@@ -19,7 +19,6 @@ from distillmark.verify.stats import format_pvalue
 from distillmark.watermark import DistillmarkError, InputError, load_spec
 
 from . import reporting
-
 from .common import (
     DEFAULT_MAX_BYTES,
     EXIT_ERROR,
@@ -31,7 +30,6 @@ from .common import (
     read_text,
     require_open_unit,
 )
-from .reporting import ReportPlan
 from .options import (
     AlphaOption,
     HtmlOption,
@@ -43,6 +41,7 @@ from .options import (
     max_bytes_option,
     min_scored_option,
 )
+from .reporting import ReportPlan
 
 
 def _fmt_key(result: DetectionResult | KeyRingResult) -> str:

@@ -62,10 +62,10 @@ def _svg(running: Sequence[Sequence[float]], n_tokens: int, alpha: float | None)
         return (pad + (w - 2 * pad) * i / span, pad / 2 + (h - pad) * (v / floor))
 
     pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(float(i), float(v)) for i, v in running))
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
-             f'viewBox="0 0 {w} {h}" role="img" aria-label="running log10 p-value">',
-             f'<line x1="{pad}" y1="{h - pad / 2}" x2="{w - pad}" y2="{h - pad / 2}" '
-             'stroke="#999"/>',
+    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+              f'viewBox="0 0 {w} {h}" role="img" aria-label="running log10 p-value">'),
+             (f'<line x1="{pad}" y1="{h - pad / 2}" x2="{w - pad}" y2="{h - pad / 2}" '
+              'stroke="#999"/>'),
              f'<line x1="{pad}" y1="{pad / 2}" x2="{pad}" y2="{h - pad / 2}" stroke="#999"/>',
              f'<text x="2" y="{pad / 2 + 4}" font-size="11">0</text>',
              f'<text x="2" y="{h - pad / 2}" font-size="11">{floor}</text>',
@@ -114,14 +114,14 @@ def render_html(report: Mapping[str, Any]) -> str:
         ("tests corrected for", f"{test.get('n_tests', 1)} ({test.get('correction', 'none')})"),
         ("keys", ", ".join(str(k.get("key_id", "")) for k in keys if isinstance(k, Mapping))),
         ("tokenizer", (report.get("tokenizer") or {}).get("sha256", "")),
-        ("tool", f"{(report.get('tool') or {}).get('name', '')} "
-                 f"{(report.get('tool') or {}).get('version', '')}"),
+        ("tool", " ".join(str((report.get("tool") or {}).get(k, ""))
+                          for k in ("name", "version"))),
         ("created", report.get("created", "")),
         ("signature", "present: check it with `distillmark report verify`" if sig
          else "none (unsigned report)"),
     ])
-    inputs = _table([(i.get("name", ""), f"sha256 {i.get('sha256', '')}, {i.get('size', '')} "
-                      "bytes") for i in report.get("inputs", []) if isinstance(i, Mapping)])
+    inputs = _table([(i.get("name", ""), f"sha256 {i.get('sha256', '')}, {i.get('size', '')} bytes")
+                     for i in report.get("inputs", []) if isinstance(i, Mapping)])
     counts = _table(list((report.get("counts") or {}).items()))
     options = _table(list((report.get("options") or {}).items()))
     controls = _table([(c.get("name", ""), c.get("description", ""))

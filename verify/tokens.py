@@ -25,7 +25,7 @@ import numpy as np
 
 from distillmark.watermark.errors import InputError
 
-from .decision import DEFAULT_MIN_SCORED, check_min_scored
+from .decision import check_min_scored
 from .detect import DetectionResult, Detector, _result, scorable_keys
 from .nulls import run_test
 
