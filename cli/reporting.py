@@ -69,10 +69,16 @@ def result_options(params: Mapping[str, Any]) -> dict[str, Any]:
     strings)."""
     out: dict[str, Any] = {}
     for name, value in params.items():
-        if name in NOT_RESULT_OPTIONS:
-            continue
-        out[name] = str(value) if isinstance(value, Path) else value
+        if name in NOT_RESULT_OPTIONS or not isinstance(value, _PLAIN):
+            continue  # (a command's locals may hold what it imported)
+        if isinstance(value, (list, tuple)):
+            out[name] = [str(v) if isinstance(v, Path) else v for v in value]
+        else:
+            out[name] = str(value) if isinstance(value, Path) else value
     return out
+
+
+_PLAIN = (type(None), bool, int, float, str, Path, list, tuple)
 
 
 def key_fields(specs: Sequence[WatermarkSpec]) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -148,4 +148,6 @@ def check_signature(report: Mapping[str, Any], public_key: Any) -> SignatureChec
             return SignatureCheck(False, "signed by another key than this public key")
         return SignatureCheck(False, "the signature does not match: the report was changed "
                                      "after it was signed")
+    if sig.get("public_key_sha256") != public_key_id(public_key):
+        return SignatureCheck(False, "the signature's public_key_sha256 was changed")
     return SignatureCheck(True, "signature valid")
