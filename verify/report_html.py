@@ -122,8 +122,8 @@ def render_html(report: Mapping[str, Any]) -> str:
     ])
     inputs = _table([(i.get("name", ""), f"sha256 {i.get('sha256', '')}, {i.get('size', '')} bytes")
                      for i in report.get("inputs", []) if isinstance(i, Mapping)])
-    counts = _table(list((report.get("counts") or {}).items()))
-    options = _table(list((report.get("options") or {}).items()))
+    counts = _table(sorted((report.get("counts") or {}).items()))
+    options = _table(sorted((report.get("options") or {}).items()))
     controls = _table([(c.get("name", ""), c.get("description", ""))
                        for c in report.get("controls", []) if isinstance(c, Mapping)])
     details = report.get("details") or {}
