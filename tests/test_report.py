@@ -65,9 +65,9 @@ def test_numbers_match_javascript() -> None:
     rng = random.Random(9)
     xs = [math.ldexp(rng.random(), rng.randint(-1070, 1020)) for _ in range(200)]
     xs += [rng.random() * 10 ** rng.randint(-9, 25) for _ in range(200)]
-    js = subprocess.run(["node", "-e", "let s='';process.stdin.on('data',d=>s+=d);"
-                         "process.stdin.on('end',()=>process.stdout.write("
-                         "JSON.stringify(JSON.parse(s))))"],
+    script = ("let s='';process.stdin.on('data',d=>s+=d);"
+              "process.stdin.on('end',()=>process.stdout.write(JSON.stringify(JSON.parse(s))))")
+    js = subprocess.run(["node", "-e", script],
                         input=json.dumps(xs), capture_output=True, text=True, check=True)
     assert canonical_json(xs).decode() == js.stdout
 
@@ -186,8 +186,8 @@ def test_signing_keys_are_private(tmp_path: Path, signing: Path) -> None:
 def test_report_options_are_checked_first(tmp_path: Path, key_file: Path, text_file: Path,
                                           signing: Path) -> None:
     r = run_cli("detect", "-k", key_file, text_file, "--sign", signing)
-    assert (r.exit_code, r.stderr) == (2, "distillmark: error: --sign signs the --report: give "
-                                          "--report FILE too\n")
+    line = "distillmark: error: --sign signs the --report: give --report FILE too\n"
+    assert (r.exit_code, r.stderr) == (2, line)
     r = run_cli("detect", "-k", key_file, text_file, text_file, "--report", tmp_path / "r.json")
     assert r.exit_code == 2 and "cover one text" in r.stderr
     r = run_cli("detect", "-k", key_file, text_file, "--report", tmp_path / "r.json",

@@ -87,7 +87,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
                     "package chromium): the browser check needs it")
 def test_a_browser_shows_the_text_and_runs_nothing(
         tmp_path: Path, hostile_report: tuple[Path, Path, str]) -> None:
-    _, page, text = hostile_report
+    _, page, _ = hostile_report
     assert CHROMIUM is not None
     base = [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True,
