@@ -217,3 +217,53 @@ def test_read_report_refuses_what_is_not_one(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not a distillmark report"):
         read_report(bad)
     assert unsigned_bytes({"signature": 1, "a": 2}) == b'{"a":2}'
+
+
+# --------------------------------------------------------------------------------------------
+# probe and audit: the report of a run from cached answers, or of the same model, reproduces
+
+
+def test_probe_report_reproduces_from_its_cache(tmp_path: Path, key_file: Path,
+                                                spec: WatermarkSpec) -> None:
+    pytest.importorskip("fastapi")
+    from serving_helpers import MODEL_NAME, serving, tiny_generator
+
+    cache = tmp_path / "cache"
+    reports = []
+    with serving(tiny_generator(seed=4), spec=spec) as url:
+        for i in range(2):  # the second run asks nothing: every answer is in the cache
+            out = tmp_path / f"p{i}.json"
+            r = run_cli("probe", "--endpoint", url, "--model", MODEL_NAME, "-k", key_file,
+                        "--n-prompts", 3, "--max-tokens", 24, "--cache", cache,
+                        "--report", out)
+            assert r.exit_code in (0, 1), r.stderr
+            reports.append(read_report(out))
+    a, b = reports
+    assert a["counts"]["requests"] == 3 and b["counts"]["requests"] == 0
+    for rep in (a, b):  # what fetching cost is no part of the test
+        rep["result"] = {k: v for k, v in rep["result"].items()
+                         if k not in ("n_queries", "n_cached", "n_fetched", "n_retries")}
+        rep["counts"].pop("requests")
+    assert _without_run(a) == _without_run(b)
+    assert a["options"]["endpoint"] == url and a["inputs"][0]["name"] == "prompts asked"
+    assert {i["name"].split("/")[-2] for i in a["inputs"][1:]} == {"cache"}
+
+
+def test_audit_report_reproduces(tmp_path: Path, key_file: Path) -> None:
+    pytest.importorskip("torch")
+    from serving_helpers import tiny_generator
+
+    model = tmp_path / "model"
+    lm = tiny_generator(seed=3)
+    lm.model.save_pretrained(model)
+    lm.tokenizer.save_pretrained(model)
+    reports = []
+    for i in range(2):
+        out = tmp_path / f"a{i}.json"
+        r = run_cli("audit", "-m", model, "-k", key_file, "--generate", 2, "--context-len", 16,
+                    "--top-k", 4, "--report", out)
+        assert r.exit_code in (0, 1), r.stderr
+        reports.append(read_report(out))
+    assert _without_run(reports[0]) == _without_run(reports[1])
+    names = {i["name"] for i in reports[0]["inputs"]}
+    assert f"{model}/config.json" in names and reports[0]["options"]["generate"] == 2
