@@ -125,6 +125,22 @@ def test_detect_report_reproduces_but_time_and_signature(
     detail = a["details"]["texts"][0]
     assert "".join(detail["pieces"]) == "Answer:" + text_file.read_text(encoding="utf-8")
     assert detail["running"][-1][1] == a["test"]["log10_pvalue"]
+    pem_body = "".join(signing.read_text().splitlines()[1:-1]).encode()
+    assert pem_body[:24] not in (tmp_path / "r0.json").read_bytes()
+
+
+def test_key_ring_report_names_the_deciding_key(tmp_path: Path, key_file: Path,
+                                                text_file: Path, spec_factory: Any) -> None:
+    other = save_spec(spec_factory(secret=bytes(range(1, 33))), tmp_path / "other.json")
+    out = tmp_path / "ring.json"
+    assert run_cli("detect", "-k", other, "-k", key_file, text_file, "--report",
+                   out).exit_code == 0
+    rep = read_report(out)
+    assert [k["key_id"] for k in rep["keys"]] == [spec_factory(secret=bytes(range(1, 33))).key_id,
+                                                   rep["details"]["key_id"]]
+    assert rep["test"]["n_tests"] == 2 and rep["test"]["correction"] == "bonferroni"
+    assert rep["result"]["uncorrected_log10_pvalue"] == \
+        rep["details"]["texts"][0]["running"][-1][1]
 
 
 def test_scan_report_reproduces_but_time_and_signature(

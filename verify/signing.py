@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,12 @@ def load_private_key(path: str | Path) -> Any:
 
     where = f"signing key {path}"
     raw = read_bounded(path, _MAX_KEY_BYTES, what=where)
+    try:
+        loose = Path(path).stat().st_mode & 0o077
+    except OSError:
+        loose = 0
+    if loose:
+        warnings.warn(f"{where} is readable by other users; chmod 600 it", stacklevel=2)
     try:
         key = serialization.load_pem_private_key(raw, password=None)
     except (ValueError, TypeError):
