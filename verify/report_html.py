@@ -86,8 +86,8 @@ def _text_section(t: Mapping[str, Any], alpha: float | None) -> str:
     status = str(t.get("status", ""))
     spans = []
     for i, piece in enumerate(pieces):
-        cls, title = _STATUS.get(status[i] if i < len(status) else "u", _STATUS["u"])
-        spans.append(f'<span class="{cls}" title="{_e(title)}">{_e(piece)}</span>')
+        cls, _ = _STATUS.get(status[i] if i < len(status) else "u", _STATUS["u"])
+        spans.append(f'<span class="{cls}">{_e(piece)}</span>')
     counts = {c: status.count(c) for c in _STATUS}
     legend = "".join(f'<span class="{cls}">{_e(title)}: {counts[c]}</span>'
                      for c, (cls, title) in _STATUS.items())
