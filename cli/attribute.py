@@ -15,6 +15,7 @@ from distillmark.verify import DEFAULT_ALPHA, DEFAULT_MIN_SCORED
 from distillmark.verify.stats import format_pvalue
 from distillmark.watermark.ring import load_keys
 
+from . import reporting
 from .common import (
     DEFAULT_MAX_BYTES,
     EXIT_FOUND,
@@ -28,6 +29,8 @@ from .options import (
     AccountsOption,
     AccountSpaceOption,
     AlphaOption,
+    ReportOption,
+    SignOption,
     TokenizerOverrideOption,
     json_option,
     key_option,
@@ -102,6 +105,8 @@ def attribute(
     as_json: Annotated[bool, json_option(
         "JSON Lines: one object per record (detect's keys, plus account), then the summary.")
     ] = False,
+    report: ReportOption = None,
+    sign: SignOption = None,
 ) -> None:
     """Name the account each text was served to, with a p-value corrected for every candidate
     account; then the accounts a whole dataset points to.
@@ -111,10 +116,13 @@ def attribute(
     from distillmark.verify.candidates import Candidates
     from distillmark.watermark.files import atomic_write, check_writable
 
+    params = dict(locals())
     require_open_unit("--alpha", alpha)
+    named_records: list[dict[str, Any]] = []
     with errors_exit(), tempfile.TemporaryDirectory(prefix="distillmark-attribute-") as tmp:
         if out is not None:  # refused now, not after every record is attributed
             check_writable(out, what=f"--out {out}")
+        plan = reporting.ReportPlan.check(report, sign)
         specs = load_keys(key)
         # a ring's keys without an account layer name no account; with none, say so (Attributor)
         layered = [s for s in specs if s.accounts is not None] or specs[:1]
@@ -135,6 +143,8 @@ def attribute(
                 d = r.to_dict(alpha)
                 if logged is not None:
                     d["in_log"] = rec.in_log
+                if plan.wanted and r.is_watermarked(alpha):
+                    named_records.append(d)
                 if sink is not None:
                     sink.write(json.dumps(d) + "\n")
                 elif as_json:
@@ -155,6 +165,14 @@ def attribute(
             run = attribute_inputs(paths, att, on_records=lambda b: emit(b, None), **kwargs)
         for loc, reason in run.rejects:
             info(f"distillmark: skipped {loc}: {reason}")
+        if plan.wanted:
+            from distillmark.verify.report import path_digests
+
+            digests = path_digests([*paths, *([log] if log is not None else [])])
+            for dg in digests:
+                if dg["name"] == str(stdin_file):
+                    dg["name"] = "<stdin>"
+            plan.write(_report(run, layered, digests, named_records, alpha, params))
     assert run.dataset is not None
     if as_json:
         summary = {"summary": True, "n_records": run.n_read, "n_skipped": run.n_skipped,
@@ -165,3 +183,36 @@ def attribute(
             typer.echo(line)
     named = run.n_attributed > 0 or bool(run.dataset.found(alpha))
     raise typer.Exit(EXIT_FOUND if named else EXIT_NOT_FOUND)
+
+
+def _report(run: Any, specs: list[Any], inputs: list[dict[str, Any]], named: list[dict[str, Any]],
+            alpha: float, params: dict[str, Any]) -> dict[str, Any]:
+    """attribute's report: the dataset's best account (its test corrected for every
+    candidate), the records attributed, every input's digest."""
+    from distillmark.verify.report import pvalue_string
+
+    ds = run.dataset
+    found = [a.account for a in ds.found(alpha)]
+    best = ds.accounts[0] if ds.accounts else None
+    decision = (f"accounts found: {', '.join(found)}" if found else
+                f"{run.n_attributed} records attributed" if run.n_attributed else
+                "no account named")
+    test = {"name": "binomial (account layer, held-out cells)",
+            "statistic": best.statistic if best else 0,
+            "pvalue": pvalue_string(best.pvalue, best.log10_pvalue) if best else "1.0",
+            "log10_pvalue": best.log10_pvalue if best else 0.0, "alpha": alpha,
+            "decision": decision, "n_tests": ds.n_candidates * ds.n_keys,
+            "correction": "bonferroni"}
+    result = {"n_records": run.n_read, "n_skipped": run.n_skipped,
+              "n_attributed": run.n_attributed, **ds.to_dict(alpha),
+              "records_attributed": named}
+    counts = {"tokens": 0, "scored": best.n_scored if best else 0, "repeated": 0,
+              "skipped": run.n_skipped, "records_read": run.n_read,
+              "records_attributed": run.n_attributed}
+    controls = [{"name": "candidate-correction", "description": "p-values corrected for every "
+                 "candidate account (Bonferroni)", "n_candidates": ds.n_candidates},
+                {"name": "held-out-cells", "description": "accounts selected on one half of "
+                 "the cells, tested on the other half", "select_alpha": ds.select_alpha}]
+    return reporting.build("attribute", inputs=inputs, specs=specs, params=params,
+                           result=result, alpha=alpha, counts=counts, controls=controls,
+                           test=test)

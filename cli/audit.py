@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -13,6 +13,7 @@ from distillmark.watermark import InputError
 from distillmark.watermark.files import JSONProblem, parse_json
 from distillmark.watermark.ring import load_keys
 
+from . import reporting
 from .common import (
     DEFAULT_MAX_BYTES,
     EXIT_FOUND,
@@ -27,6 +28,8 @@ from .options import (
     AlphaOption,
     JsonResultOption,
     KeyRingOption,
+    ReportOption,
+    SignOption,
     max_bytes_option,
     min_scored_option,
 )
@@ -92,15 +95,20 @@ def audit(
     max_bytes: Annotated[int, max_bytes_option(
         "Refuse a --text larger than this.")] = DEFAULT_MAX_BYTES,
     as_json: JsonResultOption = False,
+    report: ReportOption = None,
+    sign: SignOption = None,
 ) -> None:
     """Test a model's weights for the watermark of KEY.
 
     Do its next-token distributions favour the key's green tokens more than chance allows? A
     negative result is not proof that the model never saw watermarked text.
     """
+    params = dict(locals())
     require_open_unit("--alpha", alpha)
     with errors_exit():
         from distillmark.verify import audit as au
+
+        plan = reporting.ReportPlan.check(report, sign)
 
         if text is not None and generate is not None:
             raise InputError("give --text FILE or --generate N, not both")
@@ -130,6 +138,8 @@ def audit(
         result, _ = au.audit_specs(readings, specs, mode=mode, top_k=top_k,
                                    reading_k=reading_k, min_prob=min_prob,
                                    weighting=weighting, min_scored=min_scored)
+        if plan.wanted:
+            plan.write(_report(result, specs, model, text, alpha, params))
     if as_json:
         typer.echo(json.dumps({"source": model, **result.to_dict(alpha)}))
     else:
@@ -146,3 +156,24 @@ def audit(
                    f"{result.score_mean:.1%}, {result.null_mean:.1%} expected without the key; "
                    f"{result.n_scored} cells from {result.n_contexts} contexts; {keys})")
     raise typer.Exit(EXIT_FOUND if result.is_watermarked(alpha) else EXIT_NOT_FOUND)
+
+
+def _report(result: Any, specs: list[Any], model: str, text: str | None, alpha: float,
+            params: dict[str, Any]) -> dict[str, Any]:
+    """audit's report: the test of the weights, and the digests of the model's files."""
+    from distillmark.verify.report import path_digests
+
+    inputs = path_digests([model] + ([text] if text is not None and text != "-" else []))
+    d = {"source": model, **result.to_dict(alpha)}
+    controls = [
+        {"name": "dedup", "description": "a context whose prefix was already read is read once",
+         "n_repeated": result.n_repeated},
+        {"name": "key-correction", "description": "p-value corrected for the keys tested "
+         "(Bonferroni)", "n_keys": result.n_keys},
+    ]
+    if text is not None:
+        controls.append({"name": "contexts-unmarked", "description": "the --text contexts do "
+                         "not carry the key's watermark (checked before reading the model)"})
+    counts = reporting.counts_of(d, contexts=result.n_contexts)
+    return reporting.build("audit", inputs=inputs, specs=specs, params=params, result=d,
+                           alpha=alpha, counts=counts, controls=controls)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -16,9 +16,10 @@ from distillmark.verify import (
     KeyRingResult,
 )
 from distillmark.verify.stats import format_pvalue
-from distillmark.watermark import DistillmarkError
+from distillmark.watermark import DistillmarkError, InputError
 from distillmark.watermark.ring import KeyRing, merge_keys, read_key_file
 
+from . import reporting
 from .common import (
     DEFAULT_MAX_BYTES,
     EXIT_ERROR,
@@ -32,12 +33,16 @@ from .common import (
 )
 from .options import (
     AlphaOption,
+    HtmlOption,
     KeyRingOption,
+    ReportOption,
+    SignOption,
     TokenizerOverrideOption,
     json_option,
     max_bytes_option,
     min_scored_option,
 )
+from .reporting import ReportPlan
 
 
 def _fmt_key(result: DetectionResult | KeyRingResult) -> str:
@@ -71,14 +76,24 @@ def detect(
     max_bytes: Annotated[int, max_bytes_option(
         "Refuse inputs larger than this.")] = DEFAULT_MAX_BYTES,
     as_json: Annotated[bool, json_option("One JSON object per input.")] = False,
+    report: ReportOption = None,
+    sign: SignOption = None,
+    html: HtmlOption = None,
 ) -> None:
     """Test texts for the watermark of KEY with an exact p-value.
 
     KEY may be a key ring: every key of it, active and retired, is tried and the p-value
-    corrected for their number.
+    corrected for their number. With --report (one input), a canonical JSON report with every
+    token's status; --html shows it as a page.
     """
+    params = dict(locals())
     require_open_unit("--alpha", alpha)
+    names = list(files) if files else ["-"]
     with errors_exit():
+        plan = ReportPlan.check(report, sign, html)
+        if plan.wanted and len(names) != 1:
+            raise InputError(f"--report and --html cover one text; got {len(names)} inputs "
+                             "(run detect once per file)")
         read = [(k, read_key_file(k)) for k in key]
         specs = merge_keys(read)
         # a ring is always tested as one, so that its results say how many keys were tried
@@ -86,11 +101,13 @@ def detect(
         detector: Detector | KeyRingDetector = (
             KeyRingDetector(specs, tokenizer=tokenizer, min_scored=min_scored) if ring
             else Detector(specs[0], tokenizer=tokenizer, min_scored=min_scored))
-    names = list(files) if files else ["-"]
     found = errors = 0
     for name in names:
         try:
-            result = detector.detect(read_text(name, max_bytes), prompt=prompt)
+            text = read_text(name, max_bytes)
+            result = detector.detect(text, prompt=prompt)
+            if plan.wanted:
+                plan.write(_report(detector, specs, text, name, result, alpha, params))
         except DistillmarkError as exc:
             msg, label = str(exc), input_label(name)
             err(msg if msg.startswith(label + ":") else f"{label}: {msg}")
@@ -109,3 +126,41 @@ def detect(
             typer.echo(f"{label}: {result.verdict(alpha)} (p = {p}; {_fmt_score(result)}; "
                        f"{_fmt_key(result)})")
     raise typer.Exit(EXIT_ERROR if errors else EXIT_FOUND if found else EXIT_NOT_FOUND)
+
+
+def _report(detector: Detector | KeyRingDetector, specs: list[Any], text: str, name: str,
+            result: DetectionResult | KeyRingResult, alpha: float,
+            params: dict[str, Any]) -> dict[str, Any]:
+    """detect's report of one text: the test, and every token's status under the key that
+    decided (the best one of a ring)."""
+    from distillmark.verify.report import text_digest
+    from distillmark.verify.tokens import token_detail
+
+    if isinstance(detector, KeyRingDetector):
+        assert isinstance(result, KeyRingResult)
+        best = next(d for d in detector.detectors if d.scheme.key_id == result.best.key_id)
+    else:
+        best = detector
+    prompt = params.get("prompt")
+    detail = token_detail(best, text, prompt=prompt)
+    best_result = result.best if isinstance(result, KeyRingResult) else result
+    if detail.result != best_result:  # one test path: the detail is the test itself
+        raise InputError(f"{input_label(name)}: the per-token test differs from the test")
+    d = result.to_dict(alpha)
+    inputs = [text_digest(input_label(name), text)]
+    if prompt:
+        inputs.append(text_digest("--prompt", prompt))
+    controls = [
+        {"name": "dedup", "description": "repeated (context, token) tuples counted once",
+         "n_repeated": best_result.n_repeated},
+        {"name": "prompt-excluded", "description": "the prompt is context, never scored",
+         "n_prompt_tokens": detail.n_prompt},
+        {"name": "key-correction", "description": "p-value corrected for the keys tested "
+         "(Bonferroni)", "n_keys": len(specs)},
+    ]
+    skipped = best_result.n_tokens - best_result.n_scored - best_result.n_repeated
+    return reporting.build(
+        "detect", inputs=inputs, specs=specs, params=params, result=d, alpha=alpha,
+        counts=reporting.counts_of(d, skipped=skipped), controls=controls,
+        details={"key_id": best_result.key_id, "texts": [
+            {"name": input_label(name), **detail.to_dict()}]})

@@ -93,6 +93,9 @@ def keygen(
         help="Account layer: share of cells green for an account, 0.25 or 0.5.")] = 0.25,
     account_delta: Annotated[float, typer.Option(
         help="Account layer: logit bias of an account's green tokens.")] = 2.0,
+    signing: Annotated[bool, typer.Option(
+        "--signing", help="Make an Ed25519 key pair that signs reports instead: the private key "
+        "in OUT (PEM, mode 0600), the public key in OUT.pub.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing key file.")] = False,
     as_json: Annotated[bool, json_option("Print the key's public fields as JSON.")] = False,
 ) -> None:
@@ -105,6 +108,18 @@ def keygen(
     With --ring the key joins a key ring as its active key (a rotation): generate and serve
     mark with it, detection tries every key of the ring (`distillmark keys` lists them).
     """
+    if signing:
+        from distillmark.verify.signing import new_signing_key
+
+        with errors_exit():
+            _, pub, key_id = new_signing_key(out, overwrite=force)
+        if as_json:
+            typer.echo(json.dumps({"private_key": str(out), "public_key": str(pub),
+                                   "public_key_sha256": key_id}))
+        else:
+            typer.echo(f"wrote {out} (signing key, keep it secret) and {pub} (public key "
+                       f"{key_id[:16]}…, give it to whoever checks your reports)")
+        return
     with errors_exit():
         if (out is None) == (ring is None):
             raise InputError("give --out FILE for a new key file, or --ring RING to add the key "

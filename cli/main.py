@@ -16,6 +16,7 @@ from .generate import generate
 from .keygen import keygen
 from .keys import keys
 from .probe import PROBE_EXIT_HELP, probe_command
+from .report import report_app
 from .scan import scan
 from .serve import serve
 
@@ -31,6 +32,7 @@ app.command("serve")(serve)
 app.command("probe", epilog=PROBE_EXIT_HELP)(probe_command)
 app.command("audit", epilog=EXIT_HELP)(audit)
 app.command("attribute", epilog=ATTRIBUTE_EXIT_HELP)(attribute)
+app.add_typer(report_app, name="report")
 
 
 def main() -> None:

@@ -71,3 +71,14 @@ AccountsOption = Annotated[Path | None, typer.Option(
 AccountSpaceOption = Annotated[int | None, typer.Option(
     help="Or every account number 1..N as a candidate, named by its number.")]
 
+
+ReportOption = Annotated[Path | None, typer.Option(
+    "--report", help="Write a report a third party can check: canonical JSON of the inputs' "
+    "SHA-256, the key id and parameters (never the secret), the options, counts, test and "
+    "decision (docs/reports.md).")]
+
+SignOption = Annotated[Path | None, typer.Option(
+    "--sign", help="Sign the --report with this Ed25519 private key (keygen --signing).")]
+
+HtmlOption = Annotated[Path | None, typer.Option(
+    "--html", help="Write the report's self-contained HTML view there.")]

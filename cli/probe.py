@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -26,14 +26,18 @@ from distillmark.verify.stats import format_pvalue
 from distillmark.watermark import InputError
 from distillmark.watermark.ring import load_keys
 
+from . import reporting
 from .common import EXIT_FOUND, EXIT_NOT_FOUND, errors_exit, info, require_open_unit
 from .options import (
     AlphaOption,
     KeyRingOption,
+    ReportOption,
+    SignOption,
     TokenizerOverrideOption,
     json_option,
     min_scored_option,
 )
+from .reporting import ReportPlan
 
 PROBE_EXIT_HELP = ("Exit status: 0 if the watermark was found in the answers, 1 if not (or the "
                    "evidence was insufficient), 2 on a usage or input error or an endpoint that "
@@ -152,6 +156,8 @@ def probe_command(
     min_scored: Annotated[int, min_scored_option("scored tuples")] = DEFAULT_MIN_SCORED,
     as_json: Annotated[bool, json_option(
         "One JSON object: detect's keys plus the probe's (n_queries, n_cached, ...).")] = False,
+    report: ReportOption = None,
+    sign: SignOption = None,
 ) -> None:
     """Query a suspect model through its API and test all its answers for KEY's watermark.
 
@@ -161,8 +167,10 @@ def probe_command(
     uses); repeated (context, token) tuples count once across all answers; tuples found in the
     prompts are left out; the p-value is exact.
     """
+    params = dict(locals())
     require_open_unit("--alpha", alpha)
     with errors_exit():
+        plan = ReportPlan.check(report, sign)
         api_key = None
         if api_key_env is not None:
             api_key = os.environ.get(api_key_env)
@@ -199,6 +207,8 @@ def probe_command(
                            cache=cache, retries=retries, timeout=timeout, backoff=backoff,
                            max_answer_bytes=max_answer_bytes,
                            progress=progress)
+        if plan.wanted:
+            plan.write(_report(result, [d.spec for d in detectors], asked, alpha, params))
     if result.queries.n_failed and not as_json:
         info(f"{result.queries.n_failed} of {result.queries.n_wanted} answers were not obtained"
              + (" (the request budget ran out)" if result.queries.budget_exhausted else ""))
@@ -207,3 +217,32 @@ def probe_command(
     else:
         typer.echo(render(result, alpha))
     raise typer.Exit(EXIT_FOUND if result.is_watermarked(alpha) else EXIT_NOT_FOUND)
+
+
+def _report(result: ProbeResult, specs: list[Any], asked: list[str], alpha: float,
+            params: dict[str, Any]) -> dict[str, Any]:
+    """probe's report: the pooled test of the answers, the prompts asked and the files read."""
+    from distillmark.verify.report import path_digests, text_digest
+
+    inputs = [text_digest("prompts asked", "\n".join(asked))]
+    for opt in ("prompts", "prompts_from", "reference", "cache"):
+        if params.get(opt) is not None:
+            inputs += path_digests([params[opt]])
+    d = result.to_dict(alpha)
+    a, q = result.answers, result.queries
+    controls = [
+        {"name": "dedup", "description": "each distinct (context, token) tuple counted once "
+         "across all answers", "n_repeated": a.aggregate.n_repeated},
+        {"name": "prompt-tuples-excluded", "description": "tuples found in the prompts are "
+         "left out", "n_excluded": a.n_prompt_excluded},
+        {"name": "key-correction", "description": "p-value corrected for the keys tested "
+         "(Bonferroni)", "n_keys": result.n_keys},
+    ]
+    if params.get("reference") is not None:
+        controls.append({"name": "reference-unmarked", "description": "the reference corpus "
+                         "does not carry the key's watermark",
+                         "log10_pvalue": a.reference_log10_pvalue})
+    counts = reporting.counts_of(d, skipped=q.n_failed + a.n_empty, answers=a.n_answers,
+                                 requests=q.n_queries)
+    return reporting.build("probe", inputs=inputs, specs=specs, params=params, result=d,
+                           alpha=alpha, counts=counts, controls=controls)

@@ -20,6 +20,7 @@ from distillmark.verify.fraction import MIN_FRACTION_RECORDS
 from distillmark.verify.nulls import BINOMIAL_TESTS
 from distillmark.verify.stats import format_pvalue
 
+from . import reporting
 from .common import (
     EXIT_ERROR,
     EXIT_FOUND,
@@ -34,11 +35,14 @@ from .options import (
     AccountsOption,
     AccountSpaceOption,
     JsonResultOption,
+    ReportOption,
+    SignOption,
     TokenizerOverrideOption,
     alpha_option,
     key_option,
     min_scored_option,
 )
+from .reporting import ReportPlan
 
 _FMT_HELP = "Input format: auto (from file names), jsonl, parquet, csv, text, hf."
 
@@ -77,7 +81,11 @@ def scan(
         help="Rejects file of --skip-bad (default OUT.rejects.jsonl).")] = None,
     max_record_bytes: Annotated[int, typer.Option(
         help="Longer records are bad records.")] = 8 << 20,
-    report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report.")] = None,
+    report: ReportOption = None,
+    sign: SignOption = None,
+    html: Annotated[Path | None, typer.Option(
+        "--html", help="Write a self-contained HTML page of the scan, with figures (needs "
+        "matplotlib).")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Checkpoint, and continue an interrupted scan from its checkpoint.")
     ] = False,
@@ -103,6 +111,7 @@ def scan(
     from distillmark.verify.scan import scan as run_scan
     from distillmark.watermark.ring import load_keys
 
+    params = dict(locals())
     for name, value in (("--alpha", alpha), ("--fdr", fdr), ("--confidence", confidence)):
         require_open_unit(name, value)
     if (field is None) == (chat is None):
@@ -113,6 +122,7 @@ def scan(
     scratch = (tempfile.TemporaryDirectory(prefix="distillmark-rejects-")
                if skip_bad and out is None and rejects is None else None)
     with errors_exit(), scratch or nullcontext():
+        plan = ReportPlan.check(report, sign)
         specs = load_keys(key)
         cands = None
         if accounts is not None or account_space is not None:  # each record attributed too
@@ -128,7 +138,7 @@ def scan(
                     min_scored=min_scored, effect=effect, confidence=confidence,
                     tokenizer=tokenizer, resume=resume, state_dir=state_dir, engine=engine,
                     scheduler=scheduler, n_workers=workers,
-                    shard_bytes=max(1, int(shard_mb * 1e6)), report=report, alpha=alpha,
+                    shard_bytes=max(1, int(shard_mb * 1e6)), html=html, alpha=alpha,
                     progress=progress, accounts=cands)
             except KeyboardInterrupt:
                 hint = "; run it again with --resume to continue" if resume else ""
@@ -136,11 +146,35 @@ def scan(
                 raise typer.Exit(EXIT_INTERRUPTED) from None
         if scratch is not None:
             _name_rejects(Path(scratch.name) / "rejects.jsonl")
+        if plan.wanted:
+            plan.write(_report(result, specs, inputs, alpha, params))
     if as_json:
         typer.echo(json.dumps(result.to_dict(alpha)))
     else:
         typer.echo(_human(result, alpha, rejects_path(out, rejects, skip_bad)))
     raise typer.Exit(EXIT_FOUND if result.is_watermarked(alpha) else EXIT_NOT_FOUND)
+
+
+def _report(result: Any, specs: list[Any], inputs: list[str], alpha: float,
+            params: dict[str, Any]) -> dict[str, Any]:
+    """scan's report: the dataset test, every input file's digest."""
+    from distillmark.verify.report import path_digests
+
+    d = result.to_dict(alpha)
+    a = result.aggregate
+    controls = [
+        {"name": "dedup", "description": "each distinct (context, token) tuple counted once "
+         "across the whole dataset", "n_repeated": a.n_repeated},
+        {"name": "key-correction", "description": "p-value corrected for the keys tested "
+         "(Bonferroni)", "n_keys": result.n_keys},
+        {"name": "record-fdr", "description": "per-record flags at a controlled false-discovery "
+         "rate (Benjamini-Hochberg)", "fdr": result.fdr, "n_flagged": result.n_flagged},
+    ]
+    counts = reporting.counts_of(d, skipped=result.n_records_skipped,
+                                 records_read=result.n_records_read,
+                                 records_scored=result.n_records_scored)
+    return reporting.build("scan", inputs=path_digests(inputs), specs=specs, params=params,
+                           result=d, alpha=alpha, counts=counts, controls=controls)
 
 
 def rejects_path(out: Path | None, rejects: Path | None, skip_bad: bool) -> Path | None:

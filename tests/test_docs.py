@@ -50,9 +50,13 @@ def commands() -> dict[str, Any]:
 
 
 def option_names(cmd: Any) -> set[str]:
-    """Every name of every visible option: ``--key``, ``-k``, ``--no-students``, ..."""
-    return {name for p in cmd.params if p.param_type_name == "option" and not p.hidden
-            for name in (*p.opts, *p.secondary_opts)}
+    """Every name of every visible option: ``--key``, ``-k``, ``--no-students``, ...; a
+    command group's (``report``) are its subcommands'."""
+    names = {name for p in cmd.params if p.param_type_name == "option" and not p.hidden
+             for name in (*p.opts, *p.secondary_opts)}
+    for sub in getattr(cmd, "commands", {}).values():
+        names |= option_names(sub)
+    return names
 
 
 def mentions(text: str, name: str) -> bool:

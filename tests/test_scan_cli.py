@@ -16,7 +16,7 @@ def test_cli_exit_codes_json_and_report(tmp_path: Path, mixed: Any, key_file: Pa
                                         paragraphs: list[str]) -> None:
     path, _, _ = mixed
     r = run_cli("scan", path, "--key", key_file, "--field", "output.text", "--json",
-             "--out", tmp_path / "r.parquet", "--report", tmp_path / "rep.html")
+             "--out", tmp_path / "r.parquet", "--html", tmp_path / "rep.html")
     assert r.exit_code == 0, r.stderr
     d = json.loads(r.stdout)
     for k in ("statistic", "pvalue", "log10_pvalue", "n_scored", "n_tokens", "n_keys",

@@ -293,7 +293,7 @@ def test_outputs_are_checked_before_the_scan_starts(tmp_path: Path, spec: Waterm
     cases: list[tuple[dict[str, Any], str]] = [
         ({"out": missing / "o.jsonl"}, (f"--out {missing / 'o.jsonl'}: folder {missing} does "
                                        "not exist")),
-        ({"report": missing / "r.html"}, (f"--report {missing / 'r.html'}: folder {missing} "
+        ({"html": missing / "r.html"}, (f"--html {missing / 'r.html'}: folder {missing} "
                                          "does not exist")),
         ({"rejects": tmp_path, "skip_bad": True}, f"--rejects {tmp_path}: it is a directory"),
         ({"resume": True, "state_dir": path}, f"--state-dir {path}: it is not a folder"),
@@ -304,9 +304,9 @@ def test_outputs_are_checked_before_the_scan_starts(tmp_path: Path, spec: Waterm
             scan([path], [spec], field="text", progress=calls.append, **kw)
         assert str(exc.value) == f"cannot write {message}"
         assert calls == []  # not one record read
-    r = run_cli("scan", path, "-k", key_file, "--field", "text", "--report", missing / "r.html")
+    r = run_cli("scan", path, "-k", key_file, "--field", "text", "--html", missing / "r.html")
     assert (r.exit_code, r.stdout) == (2, "")
-    assert r.stderr == f"distillmark: error: cannot write --report {missing / 'r.html'}: " \
+    assert r.stderr == f"distillmark: error: cannot write --html {missing / 'r.html'}: " \
                        f"folder {missing} does not exist\n"
 
     def disk_full(p: Any) -> None:

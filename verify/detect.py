@@ -29,6 +29,7 @@ __all__ = [
     "Detector",
     "detect_ids",
     "detect_ids_batch",
+    "scorable_keys",
     "text_chunks",
 ]
 
@@ -97,6 +98,14 @@ def _result(outcome: Outcome, scheme: Scheme, *, n_tokens: int, n_scored: int,
                            dedup=dedup, scheme=scheme.name, key_id=scheme.key_id)
 
 
+def scorable_keys(ids: np.ndarray, scheme: Scheme, prompt_len: int = 0) -> np.ndarray:
+    """The tuple keys of the tokens a test may score: ``(n - max(h, prompt_len),) uint64``,
+    entry ``j`` belonging to token ``ids[max(h, prompt_len) + j]`` (the prompt and the first
+    ``h`` tokens are context only)."""
+    h = scheme.context_width
+    return scheme.tuple_keys(ids)[max(0, prompt_len - h):]
+
+
 def detect_ids(ids: np.ndarray, scheme: Scheme, *, prompt_len: int = 0, dedup: bool = True,
                min_scored: int = DEFAULT_MIN_SCORED) -> DetectionResult:
     """Test token ids for ``scheme``'s watermark.
@@ -112,9 +121,7 @@ def detect_ids(ids: np.ndarray, scheme: Scheme, *, prompt_len: int = 0, dedup: b
     if prompt_len < 0 or prompt_len > ids.size:
         raise ParameterError(f"`prompt_len` must be in 0..{ids.size}, got {prompt_len}")
     check_min_scored(min_scored)
-    h = scheme.context_width
-    keys = scheme.tuple_keys(ids)
-    keys = keys[max(0, prompt_len - h):]
+    keys = scorable_keys(ids, scheme, prompt_len)
     n_scorable = int(keys.size)
     if dedup:
         keys = unique_keys(keys)

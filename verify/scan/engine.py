@@ -39,7 +39,7 @@ def scan(inputs: Sequence[str | Path], specs: Sequence[WatermarkSpec], *,
          state_dir: str | Path | None = None, engine: str = "local",
          scheduler: str | None = None, n_workers: int = 2, shard_bytes: int = 64 << 20,
          batch_chars: int = DEFAULT_BATCH_CHARS, checkpoint_seconds: float = 30.0,
-         report: str | Path | None = None, alpha: float = DEFAULT_ALPHA,
+         html: str | Path | None = None, alpha: float = DEFAULT_ALPHA,
          progress: Callable[[ScanProgress], None] | None = None,
          on_checkpoint: Callable[[int], None] | None = None,
          accounts: Candidates | None = None) -> ScanResult:
@@ -62,8 +62,9 @@ def scan(inputs: Sequence[str | Path], specs: Sequence[WatermarkSpec], *,
             the same as an uninterrupted scan's. The folder is removed when the scan ends.
         engine: ``local`` or ``dask`` (``scheduler`` address, else a LocalCluster of
             ``n_workers`` processes; inputs cut into shards of about ``shard_bytes``).
-        report: write a self-contained HTML report there (needs matplotlib).
-        alpha: level of the verdict shown in the report.
+        html: write a self-contained HTML page of the scan there, with figures (needs
+            matplotlib).
+        alpha: level of the verdict shown on the page.
         progress: called after each chunk; on_checkpoint: called after each checkpoint with
             their count.
         accounts: candidate accounts: every record is also attributed with the first key's
@@ -94,7 +95,7 @@ def scan(inputs: Sequence[str | Path], specs: Sequence[WatermarkSpec], *,
              else out_p.with_name(out_p.name + ".rejects.jsonl") if out_p is not None and skip_bad
              else None)
     # outputs that cannot be written are refused now, not after the whole scan
-    for name, path in (("--out", out_p), ("--rejects", rej_p), ("--report", report)):
+    for name, path in (("--out", out_p), ("--rejects", rej_p), ("--html", html)):
         if path is not None:
             check_writable(path, what=f"{name} {path}")
     shards = plan_shards(list(inputs), fmt=fmt, skip_bad=skip_bad,
@@ -137,10 +138,10 @@ def scan(inputs: Sequence[str | Path], specs: Sequence[WatermarkSpec], *,
             with open(work.rejects, "rb") as src, \
                     atomic_write(rej_p, text=False, what=f"--rejects {rej_p}") as dst:
                 shutil.copyfileobj(src, dst)
-        if report is not None:
+        if html is not None:
             from .report import write_report
 
-            write_report(Path(report), result, rec_log10p, state.keys[
+            write_report(Path(html), result, rec_log10p, state.keys[
                 [r.key_id for r in result.per_key].index(result.aggregate.key_id)],
                 alpha=alpha)
         ok = True
