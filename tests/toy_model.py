@@ -52,11 +52,13 @@ class BigramModel:
         rows = np.arange(n_seqs)[:, None]
         for _ in range(n_tokens):
             state = self.index[ids[:, -1]]
-            logits = np.full((n_seqs, V), -np.inf, dtype=np.float32)
-            logits[rows, self.support[None, :]] = self.logits[state]
-            if scheme is not None:
+            if scheme is None:  # the support alone: no full-vocabulary logits to build
+                sub = self.logits[state].astype(np.float64)
+            else:
+                logits = np.full((n_seqs, V), -np.inf, dtype=np.float32)
+                logits[rows, self.support[None, :]] = self.logits[state]
                 logits = scheme.process(logits, ids, prompt_width=prompt_len)
-            sub = np.asarray(logits[rows, self.support[None, :]], dtype=np.float64)
+                sub = np.asarray(logits[rows, self.support[None, :]], dtype=np.float64)
             p = np.exp(sub - sub.max(axis=1, keepdims=True))
             c = np.cumsum(p / p.sum(axis=1, keepdims=True), axis=1)
             pick = (c < rng.random((n_seqs, 1))).sum(axis=1).clip(0, S - 1)

@@ -15,7 +15,6 @@ on every machine. The text forms tokenise with the attacker's tokenizer and deco
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,8 +25,18 @@ from distillmark.watermark.errors import InputError, ParameterError
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-__all__ = ["EDITS", "EditResult", "candidate_vocab", "delete", "dilute", "edit_ids", "edit_text",
-           "dilute_text", "insert", "substitute"]
+__all__ = [
+    "EDITS",
+    "EditResult",
+    "candidate_vocab",
+    "delete",
+    "dilute",
+    "dilute_text",
+    "edit_ids",
+    "edit_text",
+    "insert",
+    "substitute",
+]
 
 EDITS = ("substitute", "delete", "insert")
 
@@ -158,8 +167,8 @@ def _encode(tokenizer: Tokenizer, text: str, what: str) -> np.ndarray:
     return np.asarray(tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
 
 
-def _decode(tokenizer: Tokenizer, ids: Sequence[int]) -> str:
-    return str(tokenizer.decode([int(t) for t in ids], skip_special_tokens=False))
+def _decode(tokenizer: Tokenizer, ids: np.ndarray) -> str:
+    return str(tokenizer.decode(ids.tolist(), skip_special_tokens=False))
 
 
 def edit_text(text: str, attack: str, rate: float, *, seed: int, tokenizer: Tokenizer,
