@@ -182,21 +182,43 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokens", type=int, default=150, help="tokens per answer")
     ap.add_argument("--paraphrase", type=int, default=0,
                     help="also paraphrase N answers of the embedded model (slow)")
+    ap.add_argument("--no-curves", action="store_true",
+                    help="skip the stand-in curves (with --paraphrase: that alone)")
     args = ap.parse_args(argv)
     n_texts = args.texts or (32 if args.quick else 64)
     ns = [10, 30, 100, 300] if args.quick else [10, 30, 100, 300, 1000]
     info = machine()
     start = time.perf_counter()
     model = BigramModel(0, n_support=1000)
-    print("robustness…", file=sys.stderr)
-    rob = robustness(model, n_texts, args.tokens)
-    print("stealing…", file=sys.stderr)
-    steal = stealing(model, ns, n_texts, args.tokens)
+    rob: list[dict[str, Any]] = []
+    steal: list[dict[str, Any]] = []
+    if not args.no_curves:
+        print("robustness…", file=sys.stderr)
+        rob = robustness(model, n_texts, args.tokens)
+        print("stealing…", file=sys.stderr)
+        steal = stealing(model, ns, n_texts, args.tokens)
     para = paraphrase_run(args.paraphrase, 200) if args.paraphrase else None
     elapsed = time.perf_counter() - start
     info_end = machine()
+    if rob:
+        _print_tables(rob, steal, n_texts, args.tokens)
+    if para:
+        print(f"\nParaphrase (SmolLM2, {para['n']} answers): {para}")
+    print(f"\n{elapsed:.0f} s; {machine_line(info)} at the start, load average "
+          f"{info_end.get('loadavg_1m')} at the end")
+    path = write_json("robustness" if rob else "robustness_paraphrase", {
+        "command": "python benchmarks/robustness.py " + " ".join(sys.argv[1:] if argv is None
+                                                                 else argv),
+        "machine": info, "machine_end": info_end, "seconds": round(elapsed, 1),
+        "texts": n_texts, "tokens": args.tokens, "alpha": ALPHA,
+        "robustness": rob, "stealing": steal, "paraphrase": para})
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def _print_tables(rob: list[dict[str, Any]], steal: list[dict[str, Any]], n_texts: int,
+                  n_tokens: int) -> None:
     cols = [c for c in rob[0] if c not in ("scheme", "seconds")]
-    print(f"\nTPR at FPR 1e-5, {n_texts} stand-in answers of {args.tokens} tokens per scheme\n")
+    print(f"\nTPR at FPR 1e-5, {n_texts} stand-in answers of {n_tokens} tokens per scheme\n")
     print(markdown_table(["attack", *[r["scheme"] for r in rob]],
                          [[c, *[_pct(r[c]) for r in rob]] for c in cols]))
     print("\nStealing: success against N stolen answers (spoof: detected at p < 1e-5; scrub: "
@@ -206,17 +228,6 @@ def main(argv: list[str] | None = None) -> None:
          "random 30%"],
         [[r["config"], r["n_answers"], _pct(r["spoof_edit"]), _pct(r["spoof_generate"]),
           _pct(r["scrub_edit_30"]), _pct(r["scrub_random_30"])] for r in steal]))
-    if para:
-        print(f"\nParaphrase (SmolLM2, {para['n']} answers): {para}")
-    print(f"\n{elapsed:.0f} s; {machine_line(info)} at the start, load average "
-          f"{info_end.get('loadavg_1m')} at the end")
-    path = write_json("robustness", {
-        "command": "python benchmarks/robustness.py " + " ".join(sys.argv[1:] if argv is None
-                                                                 else argv),
-        "machine": info, "machine_end": info_end, "seconds": round(elapsed, 1),
-        "texts": n_texts, "tokens": args.tokens, "alpha": ALPHA,
-        "robustness": rob, "stealing": steal, "paraphrase": para})
-    print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":
