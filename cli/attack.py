@@ -23,7 +23,7 @@ from distillmark.verify.attacks import (
 from distillmark.watermark import BUILTIN_SMOLLM2, InputError, load_tokenizer
 from distillmark.watermark.files import atomic_write, check_writable
 
-from .common import DEFAULT_MAX_BYTES, EXIT_ERROR, errors_exit, info, input_label, read_text
+from .common import DEFAULT_MAX_BYTES, errors_exit, info, input_label, read_text
 from .options import EngineOption, ModelOption, json_option, max_bytes_option
 
 ATTACKS = (*EDITS, "dilute", "paraphrase", *STEALS)
@@ -138,4 +138,3 @@ def attack(
         else:
             with atomic_write(out, what=f"--out {out}") as fh:
                 fh.write(body)
-    raise typer.Exit(0 if rows else EXIT_ERROR)
