@@ -7,6 +7,7 @@ the options several of them take in :mod:`distillmark.cli.options`.
 
 from __future__ import annotations
 
+from .attack import ATTACK_EXIT_HELP, attack
 from .attribute import ATTRIBUTE_EXIT_HELP, attribute
 from .audit import audit
 from .common import EXIT_HELP, app
@@ -33,6 +34,7 @@ app.command("probe", epilog=PROBE_EXIT_HELP)(probe_command)
 app.command("audit", epilog=EXIT_HELP)(audit)
 app.command("attribute", epilog=ATTRIBUTE_EXIT_HELP)(attribute)
 app.add_typer(report_app, name="report")
+app.command("attack", epilog=ATTACK_EXIT_HELP)(attack)
 
 
 def main() -> None:

@@ -253,6 +253,23 @@ def test_audit_json_keys(files: dict[str, Path], tiny_model: Path) -> None:
     assert page_keys("audit.md", "| `--json` |") <= set(d)
 
 
+def test_attack_json_keys(files: dict[str, Path], tiny_model: Path) -> None:
+    keys = documented_keys("attack")
+    edit = keys["of an edit (substitute, delete, insert, dilute, spoof, scrub)"]
+    (sub,) = json_lines(cli("attack", "substitute", files["text"], "--rate", 0.2, "--json",
+                            code=0))
+    (dil,) = json_lines(cli("attack", "dilute", files["text"], "--into", files["text"],
+                            "--share", 1, "--json", code=0))
+    (spoof,) = json_lines(cli("attack", "spoof", files["text"], "--learn", files["data"],
+                              "--base", files["data"], "--json", code=0))
+    assert set(sub) == set(dil) == edit
+    assert set(spoof) == edit | keys["added by spoof and scrub"]
+    (para,) = json_lines(cli("attack", "paraphrase", files["text"], "--model", tiny_model,
+                             "--engine", "transformers", "--chunk-tokens", 400, "--json",
+                             code=0))
+    assert set(para) == keys["of a paraphrase"]
+
+
 def test_generate_and_demo_json_keys(files: dict[str, Path], tiny_model: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from distillmark.verify.lab import StudentResult
