@@ -144,3 +144,16 @@ def test_no_file_needs_scrolling():
     long = {name: n for name, path in MODULES.items()
             if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert long == {}
+
+
+def test_every_package_is_installed():
+    """A subpackage missing from pyproject's package list works in a checkout and is absent
+    from the installed wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {"distillmark." + ".".join(p.parent.relative_to(ROOT).parts)
+             for top in ("watermark", "verify", "cli")
+             for p in (ROOT / top).rglob("__init__.py") if "_top" not in p.parts}
+    assert found - listed == set(), f"add to [tool.setuptools] packages: {found - listed}"
