@@ -15,8 +15,9 @@ from distillmark.verify import (
     KeyRingDetector,
     KeyRingResult,
 )
+from distillmark.verify.localise import LocalisationResult, Localiser
 from distillmark.verify.stats import format_pvalue
-from distillmark.watermark import DistillmarkError, load_spec
+from distillmark.watermark import DistillmarkError, ParameterError, load_spec
 
 from .common import (
     DEFAULT_MAX_BYTES,
@@ -57,6 +58,17 @@ def _fmt_score(result: DetectionResult | KeyRingResult) -> str:
             f"{result.null_mean:.3g} expected without the key")
 
 
+def _fmt_spans(result: LocalisationResult) -> list[str]:
+    """One line per span, or one saying none was found."""
+    w = f"{result.n_windows:,} windows"
+    if not result.spans:
+        return [f"  no marked span (p corrected for {w})"]
+    return [f"  span {i}: characters {s.start}-{s.end} (tokens {s.token_start}-{s.token_end}), "
+            f"p = {format_pvalue(s.pvalue, s.log10_pvalue)} corrected for {w}; "
+            f"{s.statistic}/{s.scored} scored tokens green"
+            for i, s in enumerate(result.spans, 1)]
+
+
 def detect(
     files: Annotated[list[str] | None, typer.Argument(
         help="Text files to test; - or nothing: stdin.")] = None,
@@ -70,19 +82,29 @@ def detect(
     max_bytes: Annotated[int, max_bytes_option(
         "Refuse inputs larger than this.")] = DEFAULT_MAX_BYTES,
     as_json: Annotated[bool, json_option("One JSON object per input.")] = False,
+    windows: Annotated[bool, typer.Option(
+        "--windows", help="Also find marked spans inside long texts (windows of 32 to 2048 "
+        "tokens, p corrected for the windows); exit 0 when a span is found.")] = False,
 ) -> None:
     """Test texts for the watermark of KEY with an exact p-value."""
     require_open_unit("--alpha", alpha)
     with errors_exit():
         specs = [load_spec(k) for k in key]
+        if windows and len(specs) > 1:
+            raise ParameterError(f"--windows takes one --key, got {len(specs)}")
         detector: Detector | KeyRingDetector = (
+            Localiser(specs[0], alpha=alpha, tokenizer=tokenizer, min_scored=min_scored)
+            if windows else
             Detector(specs[0], tokenizer=tokenizer, min_scored=min_scored) if len(specs) == 1
             else KeyRingDetector(specs, tokenizer=tokenizer, min_scored=min_scored))
     names = list(files) if files else ["-"]
     found = errors = 0
     for name in names:
         try:
-            result = detector.detect(read_text(name, max_bytes), prompt=prompt)
+            text = read_text(name, max_bytes)
+            result: DetectionResult | KeyRingResult | LocalisationResult = (
+                detector.localise(text, prompt=prompt) if isinstance(detector, Localiser)
+                else detector.detect(text, prompt=prompt))
         except DistillmarkError as exc:
             msg, label = str(exc), input_label(name)
             err(msg if msg.startswith(label + ":") else f"{label}: {msg}")
@@ -92,12 +114,16 @@ def detect(
             err(f"{name}: out of memory while testing it; lower --max-bytes or split the file")
             errors += 1
             continue
-        found += result.is_watermarked(alpha)
+        whole = result.detection if isinstance(result, LocalisationResult) else result
+        found += (result.found() if isinstance(result, LocalisationResult)
+                  else result.is_watermarked(alpha))
         label = input_label(name)
         if as_json:
             typer.echo(json.dumps({"source": label, **result.to_dict(alpha)}))
         else:
             p = format_pvalue(result.pvalue, result.log10_pvalue)
-            typer.echo(f"{label}: {result.verdict(alpha)} (p = {p}; {_fmt_score(result)}; "
-                       f"{_fmt_key(result)})")
+            typer.echo(f"{label}: {result.verdict(alpha)} (p = {p}; {_fmt_score(whole)}; "
+                       f"{_fmt_key(whole)})")
+            if isinstance(result, LocalisationResult):
+                typer.echo("\n".join(_fmt_spans(result)))
     raise typer.Exit(EXIT_ERROR if errors else EXIT_FOUND if found else EXIT_NOT_FOUND)
