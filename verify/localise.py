@@ -9,6 +9,7 @@ token of an emoji) reaches over all of it, so two adjacent spans may share that 
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -31,7 +32,7 @@ from .windows import (
     token_flags,
 )
 
-__all__ = ["LocalisationResult", "Localiser", "SpanResult", "localise_ids"]
+__all__ = ["LocalisationResult", "Localiser", "SpanResult", "TokenPlaces", "localise_ids"]
 
 #: How character offsets count: Python ``str`` indices.
 OFFSET_UNIT = "code point"
@@ -121,12 +122,48 @@ class LocalisationResult(WrappedDecision):
         return d
 
 
-def _chars(span: TokenSpan, offsets: np.ndarray) -> SpanResult:
-    def place(a: int, b: int) -> tuple[int, int]:
-        return int(offsets[a, 0]), int(offsets[b - 1, 1])
+class TokenPlaces:
+    """Characters of the tokens of a text tokenised in pieces (``pieces``, starting at
+    characters ``bases`` of the text, of ``counts`` tokens each). A piece's offsets are
+    computed only when one of its tokens is asked about, by tokenising that piece again with
+    offsets (the same tokens): the ids of a long text come from the tokenizer's faster path
+    without offsets, and a span needs the offsets of two tokens."""
 
-    start, end = place(span.token_start, span.token_end)
-    w_start, w_end = place(span.window_start, span.window_end)
+    def __init__(self, tokenizer: Any, pieces: Sequence[str], bases: Sequence[int],
+                 counts: Sequence[int]) -> None:
+        self._tokenizer = tokenizer
+        self._pieces = list(pieces)
+        self._bases = list(bases)
+        self._first = np.cumsum([0, *counts]).tolist()
+        self._cache: dict[int, np.ndarray] = {}
+
+    def _piece(self, c: int) -> np.ndarray:
+        if c not in self._cache:
+            e = self._tokenizer.encode(self._pieces[c], add_special_tokens=False)
+            off = np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2) + self._bases[c]
+            if off.shape[0] != self._first[c + 1] - self._first[c]:  # pragma: no cover
+                raise RuntimeError("the tokenizer gave different tokens for the same piece")
+            self._cache[c] = off
+        return self._cache[c]
+
+    def _of(self, i: int) -> tuple[int, int]:
+        c = bisect.bisect_right(self._first, i) - 1
+        a, b = self._piece(c)[i - self._first[c]].tolist()
+        return int(a), int(b)
+
+    def span(self, token_start: int, token_end: int) -> tuple[int, int]:
+        """Characters ``[start, end)`` of tokens ``[token_start, token_end)``."""
+        return self._of(token_start)[0], self._of(token_end - 1)[1]
+
+    def array(self) -> np.ndarray:
+        """Every token's ``[start, end)``: ``(n, 2) int64``."""
+        parts = [self._piece(c) for c in range(len(self._pieces))]
+        return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
+
+
+def _chars(span: TokenSpan, places: TokenPlaces) -> SpanResult:
+    start, end = places.span(span.token_start, span.token_end)
+    w_start, w_end = places.span(span.window_start, span.window_end)
     window = SpanWindow(start=w_start, end=w_end, token_start=span.window_start,
                         token_end=span.window_end, scored=span.window_scored,
                         statistic=span.window_statistic, pvalue=span.window_pvalue,
@@ -169,26 +206,30 @@ class Localiser(Detector):
         self.lengths = tuple(lengths)
         self.stride = stride
 
-    def encode_offsets(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids ``(n,) int64`` of ``text`` (those of :meth:`encode`) and each token's
-        characters ``(n, 2) int64``: ``[start, end)`` in code points of ``text``."""
+    def encode_places(self, text: str) -> tuple[np.ndarray, TokenPlaces]:
+        """Token ids ``(n,) int64`` of ``text`` (those of :meth:`encode`: line-aligned pieces
+        for a long text) and their characters (:class:`TokenPlaces`)."""
         if not isinstance(text, str):
             raise InputError(f"`text` must be a str, got {type(text).__name__}")
         if not text.strip():
             raise InputError("text is empty" if not text else "text is only whitespace")
         pieces = [text] if len(text) <= CHUNK_CHARS else text_chunks(text)
-        encoded = self.tokenizer.encode_batch(pieces, add_special_tokens=False)
-        ids, offs, base = [], [], 0
-        for piece, e in zip(pieces, encoded):
-            ids.append(np.asarray(e.ids, dtype=np.int64))
-            offs.append(np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2) + base)
-            base += len(piece)
-        return np.concatenate(ids), np.concatenate(offs)
+        encoded = self.tokenizer.encode_batch_fast(pieces, add_special_tokens=False)
+        bases = np.cumsum([0] + [len(piece) for piece in pieces[:-1]]).tolist()
+        ids = [np.asarray(e.ids, dtype=np.int64) for e in encoded]
+        places = TokenPlaces(self.tokenizer, pieces, bases, [a.size for a in ids])
+        return np.concatenate(ids), places
+
+    def encode_offsets(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids ``(n,) int64`` of ``text`` (those of :meth:`encode`) and each token's
+        characters ``(n, 2) int64``: ``[start, end)`` in code points of ``text``."""
+        ids, places = self.encode_places(text)
+        return ids, places.array()
 
     def localise(self, text: str, *, prompt: str | None = None) -> LocalisationResult:
         """The whole text's test and its marked spans. With ``prompt``, the text follows it:
         the prompt's last tokens are context for the first scored ones, never scored."""
-        ids, offsets = self.encode_offsets(text)
+        ids, places = self.encode_places(text)
         prompt_len = 0
         if prompt:
             p_ids = np.asarray(self.tokenizer.encode(prompt, add_special_tokens=False).ids,
@@ -200,6 +241,6 @@ class Localiser(Detector):
                             lengths=self.lengths, stride=self.stride,
                             min_scored=self.min_scored)
         return LocalisationResult(
-            detection=detection, spans=tuple(_chars(s, offsets) for s in scan.spans),
+            detection=detection, spans=tuple(_chars(s, places) for s in scan.spans),
             n_windows=scan.n_windows, window_lengths=scan.lengths, window_stride=scan.stride,
             span_alpha=self.alpha)
