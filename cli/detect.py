@@ -61,6 +61,8 @@ def _fmt_score(result: DetectionResult | KeyRingResult) -> str:
 def _fmt_spans(result: LocalisationResult) -> list[str]:
     """One line per span, or one saying none was found."""
     w = f"{result.n_windows:,} windows"
+    if not result.n_windows:
+        return [f"  no marked span (no window has {result.detection.min_scored} scored tokens)"]
     if not result.spans:
         return [f"  no marked span (p corrected for {w})"]
     return [f"  span {i}: characters {s.start}-{s.end} (tokens {s.token_start}-{s.token_end}), "

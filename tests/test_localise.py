@@ -286,6 +286,11 @@ def test_human_output(planted: dict[str, Path]) -> None:
     out = cli("detect", "-k", planted["key"], "--windows", planted["human"]).stdout
     assert re.fullmatch(r"  no marked span \(p corrected for [\d,]+ windows\)",
                         out.splitlines()[1])
+    short = planted["dir"] / "short.txt"
+    short.write_text("Hello there.", encoding="utf-8")
+    r = cli("detect", "-k", planted["key"], "--windows", short)
+    assert r.exit_code == 1
+    assert r.stdout.splitlines()[1] == "  no marked span (no window has 25 scored tokens)"
 
 
 def test_refusals(planted: dict[str, Path]) -> None:
