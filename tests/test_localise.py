@@ -119,13 +119,19 @@ def test_window_counts_equal_distinct_tuples_of_each_window(spec_factory: SpecFa
 # -- finding a span, and only where there is one -----------------------------------------------
 
 
-@pytest.mark.parametrize("h", [0, 1, 2, 4])
+PLANTED = [{"context_width": 0}, {"context_width": 1}, {"context_width": 2},
+           {"context_width": 4},
+           {"context_width": 3, "seeding": "selfhash", "combine": "min"}]
+
+
+@pytest.mark.parametrize("params", PLANTED, ids=["h0", "h1", "h2", "h4", "selfhash-h3"])
 def test_planted_span_is_found_within_20_tokens(spec_factory: SpecFactory, tok: Any,
-                                                human_stream: np.ndarray, h: int) -> None:
-    scheme = scheme_for(spec_factory(context_width=h))
+                                                human_stream: np.ndarray,
+                                                params: dict[str, Any]) -> None:
+    scheme = scheme_for(spec_factory(**params))
     words = word_ids(tok)
     before, after = human_stream[10_000:12_400], human_stream[12_400:15_000]
-    span = marked_ids(scheme, before, 200, seed=h, words=words)
+    span = marked_ids(scheme, before, 200, seed=params["context_width"], words=words)
     ids = np.concatenate([before, span, after])
     scan = localise_ids(ids, scheme, alpha=1e-5)
     assert len(scan.spans) == 1
