@@ -15,8 +15,9 @@ from distillmark.verify import (
     KeyRingDetector,
     KeyRingResult,
 )
+from distillmark.verify.localise import LocalisationResult, Localiser
 from distillmark.verify.stats import format_pvalue
-from distillmark.watermark import DistillmarkError, InputError
+from distillmark.watermark import DistillmarkError, InputError, ParameterError
 from distillmark.watermark.ring import KeyRing, merge_keys, read_key_file
 
 from . import reporting
@@ -63,6 +64,19 @@ def _fmt_score(result: DetectionResult | KeyRingResult) -> str:
             f"{result.null_mean:.3g} expected without the key")
 
 
+def _fmt_spans(result: LocalisationResult) -> list[str]:
+    """One line per span, or one saying none was found."""
+    w = f"{result.n_windows:,} windows"
+    if not result.n_windows:
+        return [f"  no marked span (no window has {result.detection.min_scored} scored tokens)"]
+    if not result.spans:
+        return [f"  no marked span (p corrected for {w})"]
+    return [f"  span {i}: characters {s.start}-{s.end} (tokens {s.token_start}-{s.token_end}), "
+            f"p = {format_pvalue(s.pvalue, s.log10_pvalue)} corrected for {w}; "
+            f"{s.statistic}/{s.scored} scored tokens green"
+            for i, s in enumerate(result.spans, 1)]
+
+
 def detect(
     files: Annotated[list[str] | None, typer.Argument(
         help="Text files to test; - or nothing: stdin.")] = None,
@@ -79,6 +93,9 @@ def detect(
     report: ReportOption = None,
     sign: SignOption = None,
     html: HtmlOption = None,
+    windows: Annotated[bool, typer.Option(
+        "--windows", help="Also find marked spans inside long texts (windows of 32 to 2048 "
+        "tokens, p corrected for the windows); exit 0 when a span is found.")] = False,
 ) -> None:
     """Test texts for the watermark of KEY with an exact p-value.
 
@@ -98,14 +115,20 @@ def detect(
         specs = merge_keys(read)
         # a ring is always tested as one, so that its results say how many keys were tried
         ring = len(specs) > 1 or any(isinstance(r, KeyRing) for _, r in read)
+        if windows and ring:
+            raise ParameterError(f"--windows takes one key, not a key ring ({len(specs)} keys)")
         detector: Detector | KeyRingDetector = (
             KeyRingDetector(specs, tokenizer=tokenizer, min_scored=min_scored) if ring
             else Detector(specs[0], tokenizer=tokenizer, min_scored=min_scored))
+        localiser = (Localiser(specs[0], alpha=alpha, tokenizer=tokenizer, min_scored=min_scored)
+                     if windows else None)
     found = errors = 0
     for name in names:
         try:
             text = read_text(name, max_bytes)
-            result = detector.detect(text, prompt=prompt)
+            result: DetectionResult | KeyRingResult | LocalisationResult = (
+                localiser.localise(text, prompt=prompt) if localiser is not None
+                else detector.detect(text, prompt=prompt))
             if plan.wanted:
                 plan.write(_report(detector, specs, text, name, result, alpha, params))
         except DistillmarkError as exc:
@@ -117,28 +140,34 @@ def detect(
             err(f"{name}: out of memory while testing it; lower --max-bytes or split the file")
             errors += 1
             continue
-        found += result.is_watermarked(alpha)
+        whole = result.detection if isinstance(result, LocalisationResult) else result
+        found += (result.found() if isinstance(result, LocalisationResult)
+                  else result.is_watermarked(alpha))
         label = input_label(name)
         if as_json:
             typer.echo(json.dumps({"source": label, **result.to_dict(alpha)}))
         else:
             p = format_pvalue(result.pvalue, result.log10_pvalue)
-            typer.echo(f"{label}: {result.verdict(alpha)} (p = {p}; {_fmt_score(result)}; "
-                       f"{_fmt_key(result)})")
+            typer.echo(f"{label}: {result.verdict(alpha)} (p = {p}; {_fmt_score(whole)}; "
+                       f"{_fmt_key(whole)})")
+            if isinstance(result, LocalisationResult):
+                typer.echo("\n".join(_fmt_spans(result)))
     raise typer.Exit(EXIT_ERROR if errors else EXIT_FOUND if found else EXIT_NOT_FOUND)
 
 
 def _report(detector: Detector | KeyRingDetector, specs: list[Any], text: str, name: str,
-            result: DetectionResult | KeyRingResult, alpha: float,
+            found: DetectionResult | KeyRingResult | LocalisationResult, alpha: float,
             params: dict[str, Any]) -> dict[str, Any]:
-    """detect's report of one text: the test, and every token's status under the key that
-    decided (the best one of a ring)."""
+    """detect's report of one text: the test (with ``--windows``, the spans too), and every
+    token's status under the key that decided (the best one of a ring)."""
     from distillmark.verify.report import text_digest
     from distillmark.verify.tokens import token_detail
 
+    d = found.to_dict(alpha)
+    result = found.detection if isinstance(found, LocalisationResult) else found
     if isinstance(detector, KeyRingDetector):
         assert isinstance(result, KeyRingResult)
-        best = next(d for d in detector.detectors if d.scheme.key_id == result.best.key_id)
+        best = next(x for x in detector.detectors if x.scheme.key_id == result.best.key_id)
     else:
         best = detector
     prompt = params.get("prompt")
@@ -146,7 +175,6 @@ def _report(detector: Detector | KeyRingDetector, specs: list[Any], text: str, n
     best_result = result.best if isinstance(result, KeyRingResult) else result
     if detail.result != best_result:  # one test path: the detail is the test itself
         raise InputError(f"{input_label(name)}: the per-token test differs from the test")
-    d = result.to_dict(alpha)
     inputs = [text_digest(input_label(name), text)]
     if prompt:
         inputs.append(text_digest("--prompt", prompt))

@@ -205,6 +205,31 @@ def test_keys_json_keys(files: dict[str, Path]) -> None:
             keygen[""] | keygen["added for a key with an account layer"])
 
 
+def test_detect_windows_json_keys(files: dict[str, Path]) -> None:
+    import numpy as np
+
+    from distillmark.watermark import load_spec, scheme_for
+
+    keys = documented_keys("detect")
+    tok, _ = load_tokenizer(BUILTIN_SMOLLM2)
+    scheme = scheme_for(load_spec(files["key"]))
+    words = np.array(sorted(i for t, i in tok.get_vocab().items()
+                            if re.fullmatch("\u0120[a-z]{3,}", t))[:2000])
+    ids, rng = [int(words[0])], np.random.default_rng(0)
+    for _ in range(150):  # uniform over common words, plus the key's bias
+        logits = np.full((1, scheme.vocab_size), -1e4)
+        logits[0, words] = 0.0
+        w = scheme.process(logits, np.array([ids]))[0, words]
+        ids.append(int(rng.choice(words, p=np.exp(w - w.max()) / np.exp(w - w.max()).sum())))
+    human = files["text"].read_text(encoding="utf-8")
+    marked = files["dir"] / "pasted.txt"
+    marked.write_text(human + tok.decode(ids) + "\n" + human, encoding="utf-8")
+    (one,) = json_lines(cli("detect", "-k", files["key"], "--windows", "--json", marked))
+    assert set(one) == keys["(one object per input)"] | keys["added with `--windows`"]
+    assert one["spans"]
+    assert set(one["spans"][0]) == keys["of each span in `spans`"]
+
+
 def test_scan_json_keys(files: dict[str, Path]) -> None:
     keys = documented_keys("scan")
     plain = json.loads(cli("scan", files["data"], "-k", files["key"], "--field", "text",

@@ -37,9 +37,9 @@ from .stats import (
     weighted_binomial_logsf,
 )
 
-__all__ = ["BINOMIAL_TESTS", "TESTS", "GroupedOutcome", "Outcome", "binomial", "binomial_test",
-           "gamma", "gamma_test", "run_grouped", "run_test", "tournament_mean",
-           "tournament_mean_test", "tournament_weighted", "tournament_weighted_test",
+__all__ = ["BINOMIAL_TESTS", "TESTS", "GroupedOutcome", "Outcome", "binomial", "binomial_counts",
+           "binomial_test", "gamma", "gamma_test", "ones_per_row", "run_grouped", "run_test",
+           "tournament_mean", "tournament_mean_test", "tournament_weighted", "tournament_weighted_test",
            "weighted_bernoulli"]
 
 _LN10 = math.log(10.0)
@@ -158,6 +158,23 @@ def binomial(scores: np.ndarray, groups: np.ndarray, n_groups: int, *, p: float
     depth, per_row = _ones(scores, p)
     n = np.bincount(groups, minlength=n_groups).astype(np.int64)
     k = np.bincount(groups, weights=per_row, minlength=n_groups).astype(np.int64)
+    return binomial_counts(k, n, depth=depth, p=p)
+
+
+def binomial_counts(ones: np.ndarray, n_scored: np.ndarray, *, depth: int = 1, p: float
+                    ) -> GroupedOutcome:
+    """:func:`binomial` from each group's counts rather than its rows: ``ones (g,) int64``
+    units scoring 1 among ``n_scored (g,) int64`` scored tuples of ``depth`` units each; the
+    same figures, bit for bit. For callers that count many overlapping groups (the windows of
+    a long text) by cumulative sums, where listing every group's rows would cost more than the
+    test."""
+    k = np.asarray(ones, dtype=np.int64)
+    n = np.asarray(n_scored, dtype=np.int64)
+    if k.shape != n.shape or k.ndim != 1:
+        raise ValueError(f"need ones and n_scored of one shape (g,), got {k.shape} and {n.shape}")
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"need 0 < p < 1, got p={p}")
+    n_groups = k.size
     units = n * depth
     pv, lg = binomial_tails(k, units, p)
     some = np.maximum(units, 1)  # the figures of a group with nothing scored are 0
@@ -166,6 +183,12 @@ def binomial(scores: np.ndarray, groups: np.ndarray, n_groups: int, *, p: float
     return GroupedOutcome(statistic=k, pvalue=pv, log10_pvalue=lg, score_mean=mean,
                           null_mean=np.full(n_groups, p), z_score=z, n_scored=n,
                           n_units=units, n_ones=k)
+
+
+def ones_per_row(scores: np.ndarray, p: float) -> tuple[int, np.ndarray]:
+    """``(depth, ones per row)`` of binomial scores ``(n,)`` (green bits) or ``(n, m)``
+    (g-values): ``depth`` units per tuple, ``(n,)`` ones of each; checks ``p``."""
+    return _ones(np.asarray(scores), p)
 
 
 def _ones(scores: np.ndarray, p: float) -> tuple[int, np.ndarray]:
