@@ -13,8 +13,8 @@ vocabulary: ``tokenizers`` drops it), a lone surrogate, or a character whose Uni
 may differ between the two regex engines' tables (unassigned in this Python's Unicode
 database) are encoded by ``tokenizers`` itself, one text at a time.
 
-``DISTILLMARK_SLOW_TOKENIZER=1`` in the environment (read when an encoder is made) or
-``fast=False`` forces the ``tokenizers`` path: for comparisons and benchmarks.
+``DISTILLMARK_SLOW_TOKENIZER=1`` in the environment (read at every call) or ``fast=False``
+forces the ``tokenizers`` path: for comparisons and benchmarks.
 """
 
 from __future__ import annotations
@@ -282,7 +282,7 @@ class TextEncoder:
     def __init__(self, tokenizer: Tokenizer, tokenizer_json: str | None, *,
                  fast: bool = True) -> None:
         self.tokenizer = tokenizer
-        self._json = tokenizer_json if fast and not _force_slow() else None
+        self._json = tokenizer_json if fast else None
         self._fast: _FastBPE | None = None
         self.reason = "not built yet" if self._json is not None else "forced off"
         self._pool: tuple[int, ThreadPoolExecutor] | None = None
@@ -303,7 +303,8 @@ class TextEncoder:
             self._json = None
         return self._fast is not None
 
-    def _slow(self, texts: list[str]) -> list[list[int]]:
+    def _slow(self, texts: list[str], where: list[int] | None = None) -> list[list[int]]:
+        """tokenizers' ids of ``texts`` (``where``: their indices in the caller's batch)."""
         try:
             return [e.ids for e in self.tokenizer.encode_batch_fast(texts,
                                                                    add_special_tokens=False)]
@@ -312,7 +313,7 @@ class TextEncoder:
                         or _has_surrogate(t)), None)
             if bad is None:
                 raise
-            raise InputError(f"text {bad} is not a str of valid Unicode (a lone surrogate or "
+            raise InputError(f"text {bad if where is None else where[bad]} is not a str of valid Unicode (a lone surrogate or "
                              f"another type); decode bytes as UTF-8 first") from None
 
     def encode(self, text: str) -> np.ndarray:
@@ -326,7 +327,7 @@ class TextEncoder:
         if self._json is not None and sum(map(len, texts)) >= FAST_MIN_CHARS:
             self.prepare()
         fast = self._fast
-        if fast is None or not texts:
+        if fast is None or not texts or _force_slow():
             return _flatten(self._slow(texts))
         if not all(isinstance(t, str) for t in texts):
             return _flatten(self._slow(texts))
@@ -338,7 +339,8 @@ class TextEncoder:
         ids, lens = self._fast_batch(fast, fast_texts)
         if not slow_idx:
             return ids, lens
-        return _merge(texts, slow_idx, ids, lens, self._slow([texts[i] for i in slow_idx]))
+        slow = self._slow([texts[i] for i in slow_idx], slow_idx)
+        return _merge(texts, slow_idx, ids, lens, slow)
 
     def encode_lists(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Ids of each text, ``(n_i,) int64`` each."""
