@@ -164,14 +164,12 @@ def _ranks(cfg: dict[str, Any]) -> tuple[dict[bytes, int], dict[str, int]] | str
     names = sorted(added)
     if any(b.startswith(a) for a, b in pairwise(names)):
         return "an added token is the start of another"
-    byte_of = _bytes_to_unicode()
+    byte_of = str.maketrans({ch: chr(b) for ch, b in _bytes_to_unicode().items()})
     vocab: dict[str, int] = model.get("vocab") or {}
-    ranks: dict[bytes, int] = {}
     try:
-        for tok, i in vocab.items():
-            if tok not in added:
-                ranks[bytes(byte_of[ch] for ch in tok)] = int(i)
-    except KeyError:
+        ranks = {tok.translate(byte_of).encode("latin-1"): int(i)
+                 for tok, i in vocab.items() if tok not in added}
+    except UnicodeEncodeError:
         return "a vocabulary entry is not in the byte-level alphabet"
     prev, made = -1, set()
     for m in model.get("merges") or []:
@@ -191,12 +189,19 @@ def _ranks(cfg: dict[str, Any]) -> tuple[dict[bytes, int], dict[str, int]] | str
 
 @lru_cache(maxsize=1)
 def _unassigned() -> np.ndarray:
-    """``(0x110000,) bool``: code points unassigned in this Python's Unicode database."""
-    cps = np.arange(0x110000, dtype=np.uint32)
-    cps[0xD800:0xE000] = 0  # surrogates cannot be decoded; they are refused on their own
-    chars = cps.astype("<u4").tobytes().decode("utf-32-le")
-    return np.fromiter(map("Cn".__eq__, map(unicodedata.category, chars)), dtype=bool,
-                       count=len(chars))
+    """``(0x110000,) bool``: code points unassigned in this Python's Unicode database. Planes
+    4-13 count as unassigned whole (they are; refusing more only costs speed) and planes 15-16
+    are private use but for their last two code points."""
+    table = np.ones(0x110000, dtype=bool)
+    for lo, hi in ((0, 0x40000), (0xE0000, 0xF0000)):
+        cps = np.arange(lo, hi, dtype=np.uint32)
+        cps[(cps >= 0xD800) & (cps < 0xE000)] = 0  # surrogates cannot be decoded
+        chars = cps.astype("<u4").tobytes().decode("utf-32-le")
+        table[lo:hi] = np.fromiter(map("Cn".__eq__, map(unicodedata.category, chars)),
+                                   dtype=bool, count=len(chars))
+    table[0xF0000:] = False
+    table[[0xFFFFE, 0xFFFFF, 0x10FFFE, 0x10FFFF]] = True
+    return table
 
 
 def _refused_table(ranks: dict[bytes, int]) -> np.ndarray:
