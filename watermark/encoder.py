@@ -251,7 +251,12 @@ def build_fast(tokenizer: Tokenizer, tokenizer_json: str) -> tuple[_FastBPE | No
     want = [e.ids for e in tokenizer.encode_batch(tests, add_special_tokens=False)]
     if fast.refused_at(tests):
         return None, "the self-test holds characters the fast path refuses"
-    got_ids = [_encode_one(fast, t).tolist() for t in tests]
+    try:
+        got_ids = [_encode_one(fast, t).tolist() for t in tests]
+    except BaseException as exc:  # tiktoken's Rust panics are BaseExceptions
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        return None, f"the self-test failed in tiktoken: {type(exc).__name__}"
     if got_ids != want:
         return None, "the self-test's ids differ from tokenizers'"
     return fast, ""
