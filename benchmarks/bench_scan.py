@@ -1,7 +1,7 @@
 """End-to-end ``distillmark scan`` of a JSONL dataset, against its floor and its alternatives.
 
     python benchmarks/bench_scan.py [--quick] [--speed-mb 50] [--sizes 100,1000]
-                                    [--hf-records 200] [--no-json]
+                                    [--hf-records 200] [--speed-only] [--no-json]
 
 The data are generated here: JSON Lines records ``{"id", "prompt", "response"}`` whose
 responses are one to four paragraphs of human text (numpy's and scipy's docstrings, drawn at
@@ -12,6 +12,9 @@ random with a fixed seed). Side by side:
   tokenizer alone on the same responses (``encode_batch_fast`` in batches of the scan's size:
   the floor of anything that must tokenise), in CPU seconds of all threads, so that the ratio
   holds on a machine shared with other jobs; tokens per CPU-second is "per core";
+* the encoder's two paths: the same command with ``DISTILLMARK_SLOW_TOKENIZER=1`` (tokenizers
+  only) against the default (tiktoken's exact rank-based BPE), whether their per-record files
+  are byte-identical, and the fast encoder alone on the same batches;
 * memory: peak RSS of the command on files of each of ``--sizes`` MB (``wait4`` of the child);
 * the Dask engine (a 2-worker LocalCluster of processes, 8 shards) against the local
   engine on the speed file: wall-clock ratio, and whether the per-record files are identical;
@@ -38,6 +41,8 @@ from _common import write_json as write_out
 
 from distillmark.verify.scan import DEFAULT_BATCH_CHARS
 from distillmark.watermark import BUILTIN_SMOLLM2, load_tokenizer, new_spec, save_spec
+from distillmark.watermark.encoder import SLOW_ENV, TextEncoder
+from distillmark.watermark.tokenizer import encoder_for
 
 PROMPTS = ["Explain this function.", "What does this do?", "Summarise the documentation.",
            "Describe the parameters."]
@@ -68,12 +73,13 @@ def make_jsonl(path: Path, mb: float, *, seed: int) -> int:
     return n
 
 
-def run_child(cmd: list[str]) -> dict[str, Any]:
+def run_child(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
     """Wall seconds, CPU seconds (user + system, all threads), peak RSS (MB) and stdout of one
-    run of ``cmd``."""
+    run of ``cmd`` (``env``: added to this process's environment)."""
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err,
+                                env={**os.environ, **env} if env else None)
         _, status, ru = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -87,7 +93,8 @@ def run_child(cmd: list[str]) -> dict[str, Any]:
 
 
 def tokenizer_floor(tok: Any, path: Path) -> dict[str, Any]:
-    """The tokenizer alone on the file's responses, batched as the scan batches them."""
+    """The tokenizer alone on the file's responses, batched as the scan batches them (``tok``:
+    a ``tokenizers`` tokenizer, or a ``TextEncoder`` for the fast path)."""
     with open(path, encoding="utf-8") as fh:
         texts = [json.loads(line)["response"] for line in fh]
     batches, cur, size = [], [], 0
@@ -103,6 +110,9 @@ def tokenizer_floor(tok: Any, path: Path) -> dict[str, Any]:
     n = 0
     c0, t0 = time.process_time(), time.perf_counter()
     for b in batches:
+        if isinstance(tok, TextEncoder):
+            n += int(tok.encode_batch(b)[1].sum())
+            continue
         for e in tok.encode_batch_fast(b, add_special_tokens=False):
             n += len(e.ids)
     return {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "tokens": n}
@@ -146,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hf-records", type=int, default=None, help="records for transformers' "
                     "detector (default 200, 40 with --quick)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of the speed comparison")
+    ap.add_argument("--speed-only", action="store_true", help="only the speed comparison "
+                    "(no memory, Dask or transformers runs)")
     ap.add_argument("--no-json", action="store_true", help="do not write benchmarks/out/")
     args = ap.parse_args(argv)
     speed_mb = args.speed_mb or (5.0 if args.quick else 50.0)
@@ -153,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     hf_records = args.hf_records or (40 if args.quick else 200)
 
     tok, info = load_tokenizer(BUILTIN_SMOLLM2)
+    fast_enc = encoder_for(info)
+    if not fast_enc.prepare():
+        print(f"the fast encoder is off here: {fast_enc.reason}", file=sys.stderr)
     spec = new_spec("greenlist", {}, info, secret=BENCH_SECRET)
     cli = _cli()
     results: dict[str, Any] = {"machine_start": machine()}
@@ -162,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         # memory first: a child's peak RSS counts the parent's pages at fork, and the
         # transformers run below makes this process large
         mem = []
-        for mb in sizes:
+        for mb in ([] if args.speed_only else sizes):
             path = tmp / f"mem-{mb:g}.jsonl"
             n = make_jsonl(path, mb, seed=2)
             print(f"memory: {mb:g} MB ({n:,} records)", file=sys.stderr)
@@ -185,18 +200,29 @@ def main(argv: list[str] | None = None) -> int:
             tiny.write_text(fh.readline(), encoding="utf-8")
         tiny_cmd = cli + ["scan", str(tiny), "--key", str(key), "--field", "response", "--json",
                           "--out", str(tmp / "tiny.out.jsonl")]
-        scans, floors, startups = [], [], []
+        scans, floors, startups, slows, fast_floors = [], [], [], [], []
+        same_rows = True
         for rnd in range(args.rounds):
             print(f"speed round {rnd + 1}/{args.rounds}", file=sys.stderr)
             r = run_child(base + ["--out", str(tmp / "local.jsonl")])
             r["result"] = json.loads(r.pop("stdout"))
             scans.append(r)
+            r = run_child(base + ["--out", str(tmp / "slow.jsonl")], env={SLOW_ENV: "1"})
+            r["result"] = json.loads(r.pop("stdout"))
+            slows.append(r)
+            same_rows &= ((tmp / "slow.jsonl").read_bytes() == (tmp / "local.jsonl").read_bytes()
+                          and r["result"] == scans[-1]["result"])
             floors.append(tokenizer_floor(tok, data))
+            fast_floors.append(tokenizer_floor(fast_enc, data))
             s = run_child(tiny_cmd)
             s.pop("stdout")
             startups.append(s)
         n_tokens = scans[0]["result"]["n_tokens"]
-        assert all(f["tokens"] == n_tokens for f in floors), "token counts differ"
+        assert all(f["tokens"] == n_tokens for f in floors + fast_floors), "token counts differ"
+        slow_cpu = statistics.median(s["cpu_s"] for s in slows)
+        slow_wall = statistics.median(s["wall_s"] for s in slows)
+        fast_tok_cpu = statistics.median(f["cpu_s"] for f in fast_floors)
+        fast_tok_wall = statistics.median(f["wall_s"] for f in fast_floors)
         scan_cpu = statistics.median(s["cpu_s"] for s in scans)
         scan_wall = statistics.median(s["wall_s"] for s in scans)
         tok_cpu = statistics.median(f["cpu_s"] for f in floors)
@@ -205,7 +231,14 @@ def main(argv: list[str] | None = None) -> int:
         start_wall = statistics.median(s["wall_s"] for s in startups)
         results["speed"] = {"file_mb": data.stat().st_size / 1e6, "records": n_rec,
                             "tokens": n_tokens, "scan": scans, "tokenizer": floors,
-                            "startup": startups}
+                            "startup": startups, "scan_tokenizers_only": slows,
+                            "fast_encoder": fast_floors, "identical_rows_fast_slow": same_rows}
+        if args.speed_only:
+            return _report_speed(results, n_tokens, args, scan_wall=scan_wall, scan_cpu=scan_cpu,
+                                 slow_wall=slow_wall, slow_cpu=slow_cpu, tok_wall=tok_wall,
+                                 tok_cpu=tok_cpu, fast_tok_wall=fast_tok_wall,
+                                 fast_tok_cpu=fast_tok_cpu, start_wall=start_wall,
+                                 start_cpu=start_cpu)
 
         print("dask engine (2 worker processes)", file=sys.stderr)
         dk = run_child(base + ["--out", str(tmp / "dask.jsonl"), "--engine", "dask",
@@ -220,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         hf = hf_loop(tok, data, hf_records)
         results["transformers"] = hf
         data.unlink()
-        for f in ("local.jsonl", "dask.jsonl"):
+        for f in ("local.jsonl", "dask.jsonl", "slow.jsonl"):
             (tmp / f).unlink(missing_ok=True)
 
     info_m = machine()
@@ -238,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
          f"{tok_cpu / (scan_cpu - start_cpu):.2f}"],
         ["tokenizer alone: `encode_batch_fast`, same batches (floor)", f"{tok_wall:.1f}",
          f"{tok_cpu:.1f}", fmt_rate(n_tokens / tok_wall), fmt_rate(n_tokens / tok_cpu), "1.00"],
+        *_encoder_rows(n_tokens, slow_wall=slow_wall, slow_cpu=slow_cpu, tok_cpu=tok_cpu,
+                       fast_tok_wall=fast_tok_wall, fast_tok_cpu=fast_tok_cpu),
         ["`--engine dask`, LocalCluster of 2 worker processes", f"{dk['wall_s']:.1f}",
          f"{dk['cpu_s']:.1f} (client only)", fmt_rate(n_tokens / dk["wall_s"]), "-", "-"],
         [f"transformers `WatermarkDetector` looped over {hf['records']} records (1 thread)",
@@ -258,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({n_rec:,} records, {n_tokens:,} tokens); {machine_line(info_m)} "
           f"(load at start {results['machine_start'].get('loadavg_1m', '?')})\n")
     print(table)
+    _print_paths(results, scan_wall=scan_wall, scan_cpu=scan_cpu, slow_wall=slow_wall,
+                 slow_cpu=slow_cpu)
     print(f"\nDask (2 workers) vs local, wall: {speedup:.2f}×; per-record files identical: "
           f"{identical}; results identical: {same_result}")
     print(f"scan vs transformers' detector loop: {vs_hf_cpu:,.0f}× per CPU-second, "
@@ -265,6 +302,60 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nPeak memory\n\n{mem_table}")
     results.update(table=table, mem_table=mem_table, dask_speedup=speedup,
                    vs_transformers_cpu=vs_hf_cpu, vs_transformers_wall=vs_hf_wall)
+    if not args.no_json:
+        path = write_out("bench_scan", results)
+        print(f"\nwrote {path}", file=sys.stderr)
+    return 0
+
+
+def _encoder_rows(n_tokens: int, *, slow_wall: float, slow_cpu: float, tok_cpu: float,
+                  fast_tok_wall: float, fast_tok_cpu: float) -> list[list[str]]:
+    return [
+        [f"the same command, tokenizers only (`{SLOW_ENV}=1`)", f"{slow_wall:.1f}",
+         f"{slow_cpu:.1f}", fmt_rate(n_tokens / slow_wall), fmt_rate(n_tokens / slow_cpu),
+         f"{tok_cpu / slow_cpu:.2f}"],
+        ["fast encoder alone (tiktoken, exact), same batches", f"{fast_tok_wall:.1f}",
+         f"{fast_tok_cpu:.1f}", fmt_rate(n_tokens / fast_tok_wall),
+         fmt_rate(n_tokens / fast_tok_cpu), f"{tok_cpu / fast_tok_cpu:.2f}"],
+    ]
+
+
+def _print_paths(results: dict[str, Any], *, scan_wall: float, scan_cpu: float,
+                 slow_wall: float, slow_cpu: float) -> None:
+    sp = results["speed"]
+    results["fast_vs_tokenizers_only"] = {"wall": slow_wall / scan_wall, "cpu": slow_cpu / scan_cpu}
+    print(f"\nscan, fast encoder vs tokenizers only: {slow_cpu / scan_cpu:.2f}× per CPU-second, "
+          f"{slow_wall / scan_wall:.2f}× per wall second; per-record files and results "
+          f"byte-identical: {sp['identical_rows_fast_slow']}")
+
+
+def _report_speed(results: dict[str, Any], n_tokens: int, args: argparse.Namespace, *,
+                  scan_wall: float, scan_cpu: float, slow_wall: float, slow_cpu: float,
+                  tok_wall: float, tok_cpu: float, fast_tok_wall: float, fast_tok_cpu: float,
+                  start_wall: float, start_cpu: float) -> int:
+    """``--speed-only``: the speed table and the two paths' ratios."""
+    results["machine_end"] = info_m = machine()
+    rows = [
+        ["`distillmark scan FILE --field response --out r.jsonl` (subprocess)",
+         f"{scan_wall:.1f}", f"{scan_cpu:.1f}", fmt_rate(n_tokens / scan_wall),
+         fmt_rate(n_tokens / scan_cpu), f"{tok_cpu / scan_cpu:.2f}"],
+        ["  its fixed start-up (the same command on a 1-record file)", f"{start_wall:.1f}",
+         f"{start_cpu:.1f}", "-", "-", "-"],
+        ["tokenizer alone: `encode_batch_fast`, same batches (floor)", f"{tok_wall:.1f}",
+         f"{tok_cpu:.1f}", fmt_rate(n_tokens / tok_wall), fmt_rate(n_tokens / tok_cpu), "1.00"],
+        *_encoder_rows(n_tokens, slow_wall=slow_wall, slow_cpu=slow_cpu, tok_cpu=tok_cpu,
+                       fast_tok_wall=fast_tok_wall, fast_tok_cpu=fast_tok_cpu),
+    ]
+    table = markdown_table(["run", "wall s", "CPU s", "tokens/s (wall)", "tokens per CPU-s",
+                            "× tokenizer floor (per CPU-s)"], rows)
+    sp = results["speed"]
+    print(f"\n`distillmark scan` on {sp['file_mb']:.0f} MB of JSONL ({sp['records']:,} records, "
+          f"{n_tokens:,} tokens); {machine_line(info_m)} (load at start "
+          f"{results['machine_start'].get('loadavg_1m', '?')})\n")
+    print(table)
+    _print_paths(results, scan_wall=scan_wall, scan_cpu=scan_cpu, slow_wall=slow_wall,
+                 slow_cpu=slow_cpu)
+    results["table"] = table
     if not args.no_json:
         path = write_out("bench_scan", results)
         print(f"\nwrote {path}", file=sys.stderr)

@@ -140,12 +140,11 @@ def _key_batch(att: Attributor, batch: list[tuple[str, list[Segment]]],
             contexts.append(s.context)
             texts.append(s.text)
             records.append(i)
-    tok = att.detector.tokenizer
-    enc = tok.encode_batch_fast(contexts + texts, add_special_tokens=False) if texts else []
+    enc = att.detector.encoder.encode_lists(contexts + texts) if texts else []
     ctx_ids, text_ids = enc[:len(texts)], enc[len(texts):]
     # a context and the text after it form one sequence whose prompt is the context
-    seqs = [np.asarray(c.ids + t.ids, dtype=np.int64) for c, t in zip(ctx_ids, text_ids)]
-    plens = [len(c.ids) for c in ctx_ids]
+    seqs = [np.concatenate([c, t]) for c, t in zip(ctx_ids, text_ids)]
+    plens = [int(c.size) for c in ctx_ids]
     rec = np.asarray(records, dtype=np.int64)
     cells, groups = att.distinct_cells(seqs, prompt_lens=plens, records=rec)
     acc.add(cells, groups, len(batch))

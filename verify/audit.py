@@ -430,16 +430,14 @@ def text_contexts(texts: Sequence[str], spec: WatermarkSpec, *,
     Refuses text that itself carries ``spec``'s watermark (detection p-value below
     ``CONTAMINATION_ALPHA``): a model reading watermarked context can copy its green tokens,
     which would break the audit's null."""
-    from distillmark.watermark.tokenizer import tokenizer_for
+    from distillmark.watermark.tokenizer import encoder_for
 
     if context_len < 2:
         raise ParameterError(f"`context_len` must be >= 2, got {context_len}")
-    tok = tokenizer_for(spec.tokenizer)
+    encoder = encoder_for(spec.tokenizer)
     out: list[np.ndarray] = []
-    for t in texts:
-        if not t.strip():
-            continue
-        ids = np.asarray(tok.encode(t, add_special_tokens=False).ids, dtype=np.int64)
+    kept = [t for t in texts if t.strip()]
+    for ids in encoder.encode_lists(kept):
         out.extend(ids[i:i + context_len] for i in range(0, ids.size, context_len))
     out = [s for s in out if s.size >= 1]
     if not out:

@@ -16,7 +16,7 @@ import numpy as np
 from distillmark.watermark.errors import InputError, ParameterError
 from distillmark.watermark.keys import WatermarkSpec
 from distillmark.watermark.registry import Scheme, scheme_for
-from distillmark.watermark.tokenizer import tokenizer_for
+from distillmark.watermark.tokenizer import encoder_for
 
 from .decision import DEFAULT_MIN_SCORED, Decision, check_min_scored
 from .grouping import batch_tuple_keys, group_distinct
@@ -173,7 +173,9 @@ class Detector:
                  min_scored: int = DEFAULT_MIN_SCORED, dedup: bool = True) -> None:
         self.spec = spec
         self.scheme = scheme_for(spec)
-        self.tokenizer = tokenizer_for(spec.tokenizer, tokenizer)
+        #: texts become ids through the encoder (exact fast path where the tokenizer allows)
+        self.encoder = encoder_for(spec.tokenizer, tokenizer)
+        self.tokenizer = self.encoder.tokenizer
         self.min_scored = min_scored
         self.dedup = dedup
 
@@ -184,13 +186,11 @@ class Detector:
         if not text.strip():
             raise InputError("text is empty" if not text else "text is only whitespace")
         if len(text) <= CHUNK_CHARS:
-            return np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids,
-                              dtype=np.int64)
+            return self.encoder.encode(text)
         # Long texts: tokenise line-aligned chunks in parallel (the tokenizer's own threads).
         # Tokens can differ from one-string tokenisation only at the few chunk seams, which
         # depend on the text alone, not on the key: the test stays exact.
-        encoded = self.tokenizer.encode_batch_fast(text_chunks(text), add_special_tokens=False)
-        return np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encoded])
+        return self.encoder.encode_batch(text_chunks(text))[0]
 
     def encode_with_prompt(self, text: str, prompt: str | None = None
                            ) -> tuple[np.ndarray, int]:
@@ -198,8 +198,7 @@ class Detector:
         ids = self.encode(text)
         if not prompt:
             return ids, 0
-        p_ids = np.asarray(self.tokenizer.encode(prompt, add_special_tokens=False).ids,
-                           dtype=np.int64)
+        p_ids = self.encoder.encode(prompt)
         return np.concatenate([p_ids, ids]), int(p_ids.size)
 
     def detect(self, text: str, *, prompt: str | None = None) -> DetectionResult:

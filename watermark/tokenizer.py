@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .encoder import TextEncoder
 from .errors import InputError, TokenizerMismatchError
 
 if TYPE_CHECKING:
@@ -27,8 +28,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUILTIN_SMOLLM2",
+    "TextEncoder",
     "TokenizerInfo",
     "builtin_tokenizer_path",
+    "encoder_for",
     "fingerprint",
     "load_tokenizer",
     "tokenizer_for",
@@ -76,7 +79,7 @@ def _resolve_path(source: str | Path) -> Path:
 
 
 @lru_cache(maxsize=8)
-def _load(path_str: str, mtime_ns: int, size: int) -> tuple[Tokenizer, str, int]:
+def _load(path_str: str, mtime_ns: int, size: int) -> tuple[Tokenizer, str, int, TextEncoder]:
     """Cached per (path, modification time, size): a file edited in place is read again."""
     from tokenizers import Tokenizer
 
@@ -90,7 +93,8 @@ def _load(path_str: str, mtime_ns: int, size: int) -> tuple[Tokenizer, str, int]
     except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception on bad JSON
         msg = (str(exc).splitlines() or ["invalid tokenizer.json"])[0]
         raise InputError(f"cannot read tokenizer {path}: {msg}") from None
-    return tok, fingerprint(raw), tok.get_vocab_size(with_added_tokens=True)
+    return (tok, fingerprint(raw), tok.get_vocab_size(with_added_tokens=True),
+            TextEncoder(tok, raw))
 
 
 def fingerprint(tokenizer_json: str) -> str:
@@ -100,15 +104,20 @@ def fingerprint(tokenizer_json: str) -> str:
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
 
-def load_tokenizer(source: str | Path) -> tuple[Tokenizer, TokenizerInfo]:
-    """Load a tokenizer from ``builtin:NAME``, a tokenizer.json or a model directory holding one."""
+def _load_all(source: str | Path) -> tuple[Tokenizer, TokenizerInfo, TextEncoder]:
     path = _resolve_path(source)
     st = path.stat()
-    tok, sha, vocab = _load(str(path.resolve()), st.st_mtime_ns, st.st_size)
+    tok, sha, vocab, enc = _load(str(path.resolve()), st.st_mtime_ns, st.st_size)
     # a path is recorded absolute, so that a key made with a relative one works from anywhere
     label = (source if isinstance(source, str) and source.startswith("builtin:")
              else os.path.abspath(path))
-    return tok, TokenizerInfo(source=label, sha256=sha, vocab_size=vocab)
+    return tok, TokenizerInfo(source=label, sha256=sha, vocab_size=vocab), enc
+
+
+def load_tokenizer(source: str | Path) -> tuple[Tokenizer, TokenizerInfo]:
+    """Load a tokenizer from ``builtin:NAME``, a tokenizer.json or a model directory holding one."""
+    tok, info, _ = _load_all(source)
+    return tok, info
 
 
 def tokenizer_for(expected: TokenizerInfo, override: str | Path | None = None) -> Tokenizer:
@@ -117,11 +126,18 @@ def tokenizer_for(expected: TokenizerInfo, override: str | Path | None = None) -
     ``override`` (a path) replaces the spec's recorded source, e.g. when the spec was made on
     another machine. A tokenizer whose fingerprint differs is refused.
     """
+    return encoder_for(expected, override).tokenizer
+
+
+def encoder_for(expected: TokenizerInfo, override: str | Path | None = None) -> TextEncoder:
+    """The encoder of the tokenizer a spec was made for (:func:`tokenizer_for`): every
+    verifier's texts become ids through it (exact fast path where the tokenizer allows one;
+    :mod:`.encoder`). One encoder per tokenizer file and process."""
     source = override if override is not None else expected.source
-    tok, info = load_tokenizer(source)
+    _, info, enc = _load_all(source)
     if info.sha256 != expected.sha256:
         raise TokenizerMismatchError(
             f"tokenizer {info.source} (sha256 {info.sha256[:12]}…) does not match the spec's "
             f"tokenizer (sha256 {expected.sha256[:12]}…); pass the tokenizer the key was made for"
         )
-    return tok
+    return enc

@@ -68,8 +68,7 @@ class AnswersResult(WrappedDecision):
 def _encode_all(detector: Detector, texts: Sequence[str]) -> list[np.ndarray]:
     if not texts:
         return []
-    enc = detector.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)
-    return [np.asarray(e.ids, dtype=np.int64) for e in enc]
+    return detector.encoder.encode_lists(texts)
 
 
 def as_detector(spec: WatermarkSpec | Detector, tokenizer: str | Path | None) -> Detector:

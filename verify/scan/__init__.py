@@ -1,7 +1,8 @@
 """Dataset scans: every record of a corpus tested for a watermark, and the dataset as a whole.
 
 A scan reads records (:mod:`distillmark.verify.sources`), tokenises their texts in large
-batches (``encode_batch_fast``), and for each key
+batches (the spec's encoder, :func:`~distillmark.watermark.tokenizer.encoder_for`), and for
+each key
 
 * tests every record on its own (distinct tuples within the record, exact p-value), and marks
   the records flagged by Benjamini-Hochberg at a chosen false-discovery rate;

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any, ClassVar
 
 import numpy as np
@@ -14,7 +13,7 @@ import numpy as np
 from distillmark.watermark.errors import InputError, ParameterError
 from distillmark.watermark.keys import WatermarkSpec
 from distillmark.watermark.registry import scheme_for
-from distillmark.watermark.tokenizer import tokenizer_for
+from distillmark.watermark.tokenizer import encoder_for
 
 from ..attribute import Attributor
 from ..candidates import Candidates
@@ -89,7 +88,7 @@ class Worker:
     def __init__(self, config: ScanConfig) -> None:
         self.config = config
         self.selector = Selector(config.field, config.chat)
-        self.tokenizer = tokenizer_for(config.specs[0].tokenizer, config.tokenizer)
+        self.encoder = encoder_for(config.specs[0].tokenizer, config.tokenizer)
         self.schemes = [scheme_for(s) for s in config.specs]
         self.attributor = (Attributor(config.specs[0], config.accounts,
                                       tokenizer=config.tokenizer)
@@ -124,10 +123,7 @@ class Worker:
                 owner.extend([i] * len(parts))
         else:
             pieces = texts
-        enc = self.tokenizer.encode_batch_fast(pieces, add_special_tokens=False)
-        id_lists = [e.ids for e in enc]
-        plens = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
-        ids = np.fromiter(chain.from_iterable(id_lists), dtype=np.int64, count=int(plens.sum()))
+        ids, plens = self.encoder.encode_batch(pieces)
         if owner is None:
             return ids, plens
         return ids, np.bincount(np.asarray(owner, dtype=np.int64), weights=plens,
