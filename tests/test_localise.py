@@ -248,7 +248,9 @@ def planted(tmp_path_factory: pytest.TempPathFactory, tok: Any, tokenizer_info: 
     return {"key": save_spec(spec, d / "k.json"), "planted": d / "planted.txt",
             "human": d / "human.txt", "dir": d,
             "gumbel": save_spec(new_spec("gumbel", {}, tokenizer_info, secret=secret),
-                                d / "g.json")}
+                                d / "g.json"),
+            "other": save_spec(new_spec("greenlist", {}, tokenizer_info, secret=secret[::-1]),
+                               d / "other.json")}
 
 
 SPAN_KEYS = {"start", "end", "token_start", "token_end", "tokens", "scored", "statistic",
@@ -305,10 +307,11 @@ def test_refusals(planted: dict[str, Path]) -> None:
     assert r.stderr == ("distillmark: error: --windows supports the schemes with the binomial "
                         "test (greenlist, dipmark, transformers-kgw); this key's scheme "
                         "'gumbel' uses the 'gamma' test\n")
-    r = cli("detect", "-k", planted["key"], "-k", planted["key"], "--windows",
+    r = cli("detect", "-k", planted["key"], "-k", planted["other"], "--windows",
             planted["planted"])
     assert r.exit_code == 2
-    assert r.stderr == "distillmark: error: --windows takes one --key, got 2\n"
+    assert r.stderr == ("distillmark: error: --windows takes one key, not a key ring "
+                        "(2 keys)\n")
 
 
 def test_library_refuses_other_tests(tokenizer_info: Any, secret: bytes) -> None:

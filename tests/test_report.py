@@ -118,7 +118,8 @@ def test_detect_report_reproduces_but_time_and_signature(
     assert a["inputs"][0]["size"] == text_file.stat().st_size
     assert a["keys"][0]["key_id"] == spec.key_id
     assert a["tokenizer"]["sha256"] == spec.tokenizer.sha256
-    assert a["options"] == {"alpha": 0.01, "min_scored": 25, "prompt": "Answer:"}
+    assert a["options"] == {"alpha": 0.01, "min_scored": 25, "prompt": "Answer:",
+                            "windows": False}
     assert float(a["test"]["pvalue"]) == a["result"]["pvalue"]
     c = a["counts"]
     assert c["tokens"] == c["scored"] + c["repeated"] + c["skipped"]
