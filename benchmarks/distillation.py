@@ -18,18 +18,23 @@ contribute their watermarked answer and the rest their unwatermarked one (the sa
 every corpus: the students differ only in which answers were watermarked). The default student
 (``--student bigram``) is a neural bigram LM trained from scratch: a Llama with no transformer
 layers, ``logits = W RMSNorm(E[previous token])`` (rank 128), trained by full-batch Adam on the
-answers' next-token cross-entropy. ``--student transformer`` trains a 2-layer Llama instead
-(for a bigger machine: on 2 busy CPU cores it does not get past the unigram stage within the
-budget). During training the output layer covers only the token ids of the student's own
-corpus plus one "other" class that is never a target; when saved, the model is expanded back to
-the full 49,152-token vocabulary (unused ids copy the "other" row, a logit that training pushed
-down), so it is an ordinary Hugging Face model whose outputs are ids of the teacher's tokenizer.
+answers' next-token cross-entropy; its output layer covers only the token ids of its own corpus
+while it trains and is expanded back to the full 49,152-token vocabulary when saved.
+``--student transformer`` is what a competitor distils into: the pretrained SmolLM2-135M-Instruct
+(the teacher's own weights, so the mark can only come from the sampled answers) fine-tuned on the
+answers with transformers' Trainer, loss on the answers only, ``ft_epochs`` passes;
+``--student lora`` the same with LoRA adapters (rank 16, merged when saved). Fine-tuning runs at
+about 30 training tokens/s on 2 CPU cores: ``--quick`` with a transformer student trains the 0%,
+10% and 100% students on 160 answers (about 20,000 answer tokens) each, under an hour on 2 idle
+cores; the full sweep is for a GPU.
 
 Tests, per student:
 
 * closed model (black box, unsupervised), as an investigator runs it: the student is served by
   distillmark's own OpenAI-compatible server (``watermark.serve``, no watermark) on a free
-  loopback port, and ``verify.probe`` asks it held-out prompts that were not in training,
+  loopback port, and ``verify.probe`` asks it held-out prompts that were not in training (and,
+  separately, ``closed_train_queries`` of the training prompts: what the provider's request log
+  holds),
   ``closed_samples`` answers per prompt in one request each (``n``; temperature 1); every
   answer is re-tokenised and scored with the key, tuples deduplicated across all answers,
   tuples found in the prompts excluded; one exact binomial test (:func:`closed_model_probe`).
@@ -83,16 +88,17 @@ class Config:
     teacher_temperature: float = 1.0
     teacher_batch: int = 128
     fractions: tuple[float, ...] = (0.0, 0.01, 0.05, 0.10, 1.0)
-    student: str = "bigram"       # "bigram" (0-layer Llama) or "transformer"
-    d_model: int = 128
-    n_layers: int = 2             # transformer student only
-    n_heads: int = 4              # transformer student only
-    seq_len: int = 192            # transformer student only
-    epochs: int = 6               # transformer student only
+    student: str = "bigram"       # "bigram" (0-layer Llama), "transformer" or "lora"
+    d_model: int = 128            # bigram student: rank
     steps: int = 30               # bigram student: full-batch Adam steps
-    lr: float = 3e-3              # transformer student (bigram: 10x)
-    train_batch: int = 16
+    lr: float = 3e-3              # bigram student: 10x this
+    seq_len: int = 192            # fine-tuned students: tokens per sequence
+    ft_epochs: float = 1.0        # fine-tuned students: passes over the answers
+    ft_lr: float | None = None    # fine-tuned students (None: 1e-4 full, 1e-3 LoRA)
+    lora_rank: int = 16
+    train_batch: int = 8          # fine-tuned students: sequences per step
     closed_queries: int = 400     # held-out prompts asked in the closed-model test ...
+    closed_train_queries: int = 400  # ... and training prompts (the request log's)
     closed_samples: int = 4       # ... answers per prompt (one request each: OpenAI's n)
     closed_max_new: int = 128
     closed_batch: int = 200       # answers the student's server generates together
@@ -118,8 +124,12 @@ class Config:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
-QUICK = Config(n_train=64, n_heldout=64, epochs=3, steps=20, closed_queries=16,
+QUICK = Config(n_train=64, n_heldout=64, steps=20, closed_queries=16, closed_train_queries=16,
                closed_max_new=64, audit_contexts=16, null_keys=10, null_seeds=1)
+#: ``--quick`` with a fine-tuned student: 0%, 10% and 100% students on 160 answers each.
+QUICK_FINETUNED = Config(n_train=160, n_heldout=64, fractions=(0.0, 0.10, 1.0),
+                         closed_queries=32, closed_train_queries=32, closed_max_new=64,
+                         audit_contexts=32, null_keys=10)
 
 
 def log(msg: str) -> None:
@@ -213,90 +223,18 @@ def corpus(answers: dict[str, list[dict[str, Any]]], fraction: float
     return out, n_wm
 
 
-def train_student(pairs: list[tuple[list[int], list[int]]], cfg: Config, *, seed: int,
-                  out_dir: Path, eos_id: int = 2) -> dict[str, Any]:
-    """Train a small Llama from scratch on ``pairs`` (loss on the answers and their end token)
-    and save it, expanded to the full vocabulary, as a Hugging Face model in ``out_dir``.
+def train_finetuned(pairs: list[tuple[list[int], list[int]]], cfg: Config, *, seed: int,
+                    out_dir: Path, eos_id: int = 2) -> dict[str, Any]:
+    """Fine-tune the embedded SmolLM2-135M-Instruct on ``pairs``
+    (:func:`distillmark.verify.lab.train_transformer_student`: transformers' Trainer, loss on
+    the answers; every weight, or LoRA adapters of rank ``lora_rank`` merged when saved)."""
+    from distillmark.verify.lab import train_transformer_student
 
-    The restricted vocabulary is the set of ids in this student's own corpus (so a student's
-    support never depends on text it did not see), plus the special tokens and one "other"
-    class, never a target, standing in for every other id."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    torch.set_num_threads(cfg.threads)
-    used = sorted({t for p, c in pairs for t in p + c} | {0, 1, eos_id})
-    other = len(used)
-    vmap = np.full(49152, other, dtype=np.int64)
-    vmap[used] = np.arange(len(used))
-    seqs = []
-    for p, c in pairs:
-        ids = (p + c + [eos_id])[:cfg.seq_len]
-        lab = ([-100] * len(p) + c + [eos_id])[:cfg.seq_len]
-        seqs.append((vmap[ids], np.array([vmap[t] if t >= 0 else -100 for t in lab])))
-    mcfg = LlamaConfig(vocab_size=len(used) + 1, hidden_size=cfg.d_model,
-                       num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-                       num_key_value_heads=cfg.n_heads, intermediate_size=4 * cfg.d_model,
-                       max_position_embeddings=cfg.seq_len + cfg.closed_max_new + 64,
-                       bos_token_id=1, eos_token_id=eos_id, pad_token_id=eos_id,
-                       tie_word_embeddings=False)
-    model = LlamaForCausalLM(mcfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    steps = cfg.epochs * math.ceil(len(seqs) / cfg.train_batch)
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(
-            math.pi * min(1.0, s / steps)))))
-    rng = np.random.default_rng(seed)
-    model.train()
-    t0, step, losses = time.perf_counter(), 0, []
-    for _ in range(cfg.epochs):
-        order = rng.permutation(len(seqs))
-        for b in range(0, len(order), cfg.train_batch):
-            chunk = [seqs[i] for i in order[b:b + cfg.train_batch]]
-            L = max(len(x) for x, _ in chunk)
-            batch = torch.full((len(chunk), L), eos_id if eos_id < other else 0,
-                               dtype=torch.long)
-            labels = torch.full((len(chunk), L), -100, dtype=torch.long)
-            mask = torch.zeros((len(chunk), L), dtype=torch.long)
-            for r, (x, y) in enumerate(chunk):
-                batch[r, :len(x)] = torch.from_numpy(x)
-                labels[r, :len(y)] = torch.from_numpy(y)
-                mask[r, :len(x)] = 1
-            loss = model(input_ids=batch, attention_mask=mask, labels=labels).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            losses.append(float(loss.detach()))
-    train_s = time.perf_counter() - t0
-    # Expand to the full vocabulary and save as an ordinary Hugging Face model.
-    full_cfg = LlamaConfig(**{**mcfg.to_dict(), "vocab_size": 49152})
-    full = LlamaForCausalLM(full_cfg)
-    sd = model.state_dict()
-    idx = torch.from_numpy(vmap)
-    sd["model.embed_tokens.weight"] = sd["model.embed_tokens.weight"][idx].clone()
-    sd["lm_head.weight"] = sd["lm_head.weight"][idx].clone()
-    full.load_state_dict(sd)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    import shutil
-
-    shutil.rmtree(tmp, ignore_errors=True)
-    full.save_pretrained(tmp)
-    src = teacher_model_dir()
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (src / name).is_file():
-            shutil.copy(src / name, tmp / name)
-    info = {"train_s": train_s, "steps": step, "final_loss": float(np.mean(losses[-10:])),
-            "vocab_used": len(used), "n_seqs": len(seqs),
-            "train_tokens": int(sum(int((y >= 0).sum()) for _, y in seqs))}
-    (tmp / "distill_train.json").write_text(json.dumps(info))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
-    return info
+    return train_transformer_student(
+        pairs, out_dir, base=teacher_model_dir(),
+        lora_rank=cfg.lora_rank if cfg.student == "lora" else None, epochs=cfg.ft_epochs,
+        lr=cfg.ft_lr, batch_size=cfg.train_batch, max_len=cfg.seq_len, seed=seed,
+        eos_id=eos_id, threads=cfg.threads)
 
 
 def train_bigram(pairs: list[tuple[list[int], list[int]]], cfg: Config, *, seed: int,
@@ -323,9 +261,10 @@ def student(answers: dict[str, list[dict[str, Any]]], fraction: float, cfg: Conf
     """The trained student of ``fraction`` (cached on disk by its configuration)."""
     tag = hashlib.sha256(json.dumps({"teacher": cfg.teacher_tag(), "n": cfg.n_train,
                                      "f": fraction, "seed": seed, "kind": cfg.student,
-                                     "d": cfg.d_model, "l": cfg.n_layers, "h": cfg.n_heads,
-                                     "e": cfg.epochs, "steps": cfg.steps, "lr": cfg.lr,
-                                     "b": cfg.train_batch, "len": cfg.seq_len},
+                                     "d": cfg.d_model, "steps": cfg.steps, "lr": cfg.lr,
+                                     "e": cfg.ft_epochs, "ft_lr": cfg.ft_lr,
+                                     "r": cfg.lora_rank, "b": cfg.train_batch,
+                                     "len": cfg.seq_len},
                                     sort_keys=True).encode()).hexdigest()[:12]
     out = OUT / "students" / f"f{fraction:g}-s{seed}-{tag}"
     info_file = out / "distill_train.json"
@@ -333,7 +272,7 @@ def student(answers: dict[str, list[dict[str, Any]]], fraction: float, cfg: Conf
     if not info_file.is_file():
         log(f"student f={fraction:g} seed={seed}: training on {len(pairs)} answers "
             f"({n_wm} watermarked)")
-        train = train_bigram if cfg.student == "bigram" else train_student
+        train = train_bigram if cfg.student == "bigram" else train_finetuned
         info = train(pairs, cfg, seed=seed, out_dir=out)
         log(f"student f={fraction:g} seed={seed}: {info['steps']} steps in "
             f"{info['train_s']:.0f} s, loss {info['final_loss']:.2f}")
@@ -374,8 +313,8 @@ def student_answers(model_dir: Path, prompts: list[str], cfg: Config, *, seed: i
     return recs
 
 
-def closed_model_probe(model_dir: Path, prompts: list[str], spec: Any, cfg: Config
-                       ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+def closed_model_probe(model_dir: Path, prompts: list[str], spec: Any, cfg: Config, *,
+                       label: str = "probe") -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """The closed-model step through the product: serve the student on loopback and probe it.
 
     The student (a Hugging Face directory) is loaded by the transformers engine and served by
@@ -398,7 +337,7 @@ def closed_model_probe(model_dir: Path, prompts: list[str], spec: Any, cfg: Conf
 
     torch.set_num_threads(cfg.threads)
     k = cfg.closed_samples
-    cache = model_dir / f"probe-{len(prompts)}x{k}-{cfg.closed_max_new}"
+    cache = model_dir / f"{label}-{len(prompts)}x{k}-{cfg.closed_max_new}"
     port_file = model_dir / "probe-port"
     lm = hf.load_model(model_dir)
     name = "student"
@@ -548,6 +487,7 @@ def run(cfg: Config) -> dict[str, Any]:
         f"(log10 p {teacher_check['wm']['log10_pvalue']:.0f}), clean "
         f"{teacher_check['clean']['score_mean']:.3f}")
     held = prompt_set()[cfg.n_train:cfg.n_train + cfg.n_heldout][:cfg.closed_queries]
+    logged = prompt_set()[:cfg.n_train][:cfg.closed_train_queries]
     null_specs = [teacher_spec(cfg, null_secret(i)) for i in range(cfg.null_keys)]
     rows: list[dict[str, Any]] = []
     for f in cfg.fractions:
@@ -559,6 +499,9 @@ def run(cfg: Config) -> dict[str, Any]:
             if cfg.closed_via == "probe":
                 closed, pairs = closed_model_probe(mdir, held, spec, cfg)
                 closed["curve"] = probe_curve(pairs, spec, marks)
+                if logged:
+                    closed["training_prompts"] = closed_model_probe(
+                        mdir, logged, spec, cfg, label="probe-train")[0]
                 ans = answer_records(pairs, spec)
             else:
                 asked = [p for p in held for _ in range(cfg.closed_samples)]
@@ -598,18 +541,20 @@ def run(cfg: Config) -> dict[str, Any]:
 
 def table(res: dict[str, Any]) -> str:
     lines = [("| watermarked fraction | wm answers (tokens) | closed: log10 p (tuples, answers) "
-             "| open: audit (coverage weights) "
+             "| closed, training prompts: log10 p | open: audit (coverage weights) "
              "| open, distribution (window / context weights) "
              "| open, reading (argmax / top-4 / p >= 0.03) | Sander et al. open / closed |"),
-             "|---:|---:|---:|---:|---:|---:|---|"]
+             "|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in res["rows"]:
         f = r["fraction"]
         a = ANCHORS.get(f, ("", ""))
         c, o = r["closed"], r["open"]
         seed = f" (seed {r['seed']})" if f == 0.0 and res["config"]["null_seeds"] > 1 else ""
+        tr = c.get("training_prompts")
+        logged = f"{tr['log10_pvalue']:.1f}" if tr else "-"
         lines.append(
             f"| {f:.0%}{seed} | {r['student']['n_wm_answers']} ({r['student']['wm_tokens']:,}) "
-            f"| {c['log10_pvalue']:.1f} ({c['n_scored']:,}, {c['queries']}) "
+            f"| {c['log10_pvalue']:.1f} ({c['n_scored']:,}, {c['queries']}) | {logged} "
             f"| {o['coverage']['log10_pvalue']:.1f} "
             f"| {o['distribution']['log10_pvalue']:.1f} / "
             f"{o['distribution-context']['log10_pvalue']:.1f} "
@@ -654,7 +599,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=Config.threads, help="torch threads")
     ap.add_argument("--lists", type=int, default=Config.lists,
                     help="green lists of the teacher's key (default: keygen's, 65,536)")
-    ap.add_argument("--student", choices=("bigram", "transformer"), default="bigram")
+    ap.add_argument("--student", choices=("bigram", "transformer", "lora"), default="bigram",
+                    help="bigram: from scratch; transformer / lora: SmolLM2 fine-tuned")
     ap.add_argument("--closed", choices=("probe", "direct"), default="probe",
                     help="closed-model step: serve + probe the student on loopback (default), "
                          "or generate its answers in process")
@@ -663,7 +609,8 @@ def main() -> None:
                     help="the teacher's engine (llama.cpp: faster at batch 1 on CPU; answers "
                          "are cached per engine)")
     args = ap.parse_args()
-    cfg = replace(QUICK if args.quick else Config(), threads=args.threads,
+    quick = QUICK if args.student == "bigram" else QUICK_FINETUNED
+    cfg = replace(quick if args.quick else Config(), threads=args.threads,
                   student=args.student, engine=args.engine, closed_via=args.closed,
                   lists=args.lists)
     if args.scale != 1.0:
@@ -683,6 +630,7 @@ def main() -> None:
     res["teacher_seconds"] = t_teacher
     res["wall_seconds"] += t_teacher
     name = ("quick" if args.quick else f"scale{args.scale:g}") + (
+        f"-{cfg.student}" if cfg.student != "bigram" else "") + (
         f"-lists{cfg.lists}" if cfg.lists != Config.lists else "")
     _write_atomic(OUT / f"results-{name}.json", json.dumps(res, indent=1, default=str))
     print(table(res))
