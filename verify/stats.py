@@ -300,18 +300,23 @@ def weighted_bernoulli_logsf_bound(weights: np.ndarray, s: float, *, p: float
 # -- deduplication and corrections ----------------------------------------------------------
 
 
-def unique_keys(keys: np.ndarray) -> np.ndarray:
-    """Sorted distinct values of ``keys (n,) uint64``.
+def unique_keys(keys: np.ndarray, *, below: int | None = None) -> np.ndarray:
+    """Sorted distinct values of ``keys (n,) uint64``: ``(u,) uint64``.
 
-    A sort and a neighbour comparison: ``np.unique``'s result, without its extra passes.
+    A sort and a neighbour comparison: ``np.unique``'s result, without its extra passes. With
+    ``below`` (a bound on every key, such as a scheme's ``n_cells``) at most ``2**32``, the
+    keys are sorted as ``uint32``: the same values, in half the memory and less than half the
+    time.
     """
-    s = np.sort(np.asarray(keys, dtype=np.uint64))
+    keys = np.asarray(keys, dtype=np.uint64)
+    narrow = below is not None and below <= 1 << 32 and keys.size > 1
+    s = np.sort(keys.astype(np.uint32) if narrow else keys)
     if s.size < 2:
         return s
     keep = np.empty(s.size, dtype=bool)
     keep[0] = True
     np.not_equal(s[1:], s[:-1], out=keep[1:])
-    return s[keep]
+    return s[keep].astype(np.uint64, copy=False)
 
 
 def bonferroni(pvalue: float, n_tests: int) -> float:
