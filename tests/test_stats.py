@@ -170,3 +170,24 @@ def test_min_scored_for_is_the_smallest_all_green_count_below_alpha(alpha: float
     assert binomial_tail(m, m, p).log10_pvalue < math.log10(alpha)
     if m > 1:
         assert not binomial_tail(m - 1, m - 1, p).log10_pvalue < math.log10(alpha)
+
+
+def test_special_functions_without_scipy_special_are_scipy_specials() -> None:
+    """stats.ufuncs() in a fresh process imports scipy's compiled special functions without
+    scipy.special's package; a later import of scipy.special uses the very same functions."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from distillmark.verify.stats import binomial_tail, ufuncs\n"
+            "u = ufuncs()\n"
+            "t = binomial_tail(30, 100, 0.25)\n"
+            "print(sorted(m for m in ('scipy.special', 'scipy._lib._array_api', 'scipy.stats')"
+            " if m in sys.modules))\n"
+            "from scipy import special\n"
+            "print(all(getattr(special, f) is getattr(u, f) for f in "
+            "('bdtrc', 'gammaincc', 'expit', 'logit')), special._ufuncs is u)\n"
+            "print(t.pvalue == float(special.bdtrc(29, 100, 0.25)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out == ["[]", "True True", "True"]
