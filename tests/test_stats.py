@@ -146,6 +146,24 @@ def test_unique_keys_equals_np_unique() -> None:
             np.testing.assert_array_equal(got, np.unique(keys))
 
 
+def test_unique_keys_below_2_32_sorts_narrow_with_the_same_result() -> None:
+    """Keys bounded by ``below <= 2**32`` (a key space of at most 2**32 cells) are sorted as
+    uint32: the same distinct values, as uint64, the input untouched; a bound above 2**32
+    keeps the 64-bit sort."""
+    rng = np.random.default_rng(4)
+    for size in (0, 1, 2, 1000, 100_000):
+        keys = rng.integers(0, 2**32, size=size, dtype=np.uint64)
+        keys[: size // 2] = keys[size // 2: 2 * (size // 2)]
+        if size:
+            keys[0] = 2**32 - 1
+        before = keys.copy()
+        for below in (2**32, 2**40):
+            got = unique_keys(keys, below=below)
+            assert got.dtype == np.uint64
+            np.testing.assert_array_equal(got, np.unique(keys))
+        np.testing.assert_array_equal(keys, before)
+
+
 def test_unique_keys_does_not_modify_input() -> None:
     keys = np.array([5, 3, 5, 1, 3], dtype=np.uint64)
     before = keys.copy()

@@ -366,8 +366,11 @@ def unique_keys(keys: np.ndarray, *, below: int | None = None) -> np.ndarray:
     time.
     """
     keys = np.asarray(keys, dtype=np.uint64)
-    narrow = below is not None and below <= 1 << 32 and keys.size > 1
-    s = np.sort(keys.astype(np.uint32) if narrow else keys)
+    if below is not None and below <= 1 << 32 and keys.size > 1:
+        s = keys.astype(np.uint32)  # a copy of our own: sorted in place
+        s.sort()
+    else:
+        s = np.sort(keys)
     if s.size < 2:
         return s
     keep = np.empty(s.size, dtype=bool)
