@@ -1,6 +1,7 @@
 """Detection throughput from token ids on one core: distillmark vs transformers' detector.
 
     python benchmarks/bench_detect.py [--quick] [--no-json] [--widths 1,2,4] [--lists 256,65536]
+    python benchmarks/bench_detect.py --stream-only [--widths 1,2,4] [--lists N]
 
 Token ids are real text: numpy's and scipy's docstrings, split into sentences, tokenised with
 the builtin SmolLM2 tokenizer and shuffled into streams (uniform random ids would repeat far
@@ -259,6 +260,28 @@ def _median_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return merge(runs)  # type: ignore[no-any-return]
 
 
+def _stream_only(widths: list[int], n_lists: int | None, sz: dict[str, int]) -> int:
+    """``detect_ids`` on the stream alone, per width: tokens per second of wall and of CPU
+    (median of ``repeat`` calls after one untimed), and what the test found (to compare two
+    checkouts: the same figures, bit for bit)."""
+    tok, info = load_tokenizer(BUILTIN_SMOLLM2)
+    stream = shuffled_stream(sentence_token_ids(tok, human_texts()), sz["stream"], seed=2)
+    rows = []
+    for h in widths:
+        params = {"context_width": h} | ({"n_lists": n_lists} if n_lists else {})
+        scheme = scheme_for(new_spec("greenlist", params, info, secret=BENCH_SECRET))
+        wall, cpu = repeat_timed_cpu(lambda s=scheme: detect_ids(stream, s), repeat=sz["repeat"])
+        res = detect_ids(stream, scheme)
+        rows.append([h, f"{scheme.n_rows:,}", fmt_rate(stream.size / statistics.median(wall)),
+                     fmt_rate(stream.size / statistics.median(cpu)), f"{res.n_scored:,}",
+                     f"{res.statistic:,}", res.pvalue.hex()])
+    print(f"\n`detect_ids` on one stream of {stream.size / 1e6:g}M tokens, one thread; "
+          f"{machine_line(machine())}\n")
+    print(markdown_table(["h", "lists", "tokens/s (median wall)", "tokens per CPU-s (median)",
+                          "distinct tuples", "green", "p-value (hex)"], rows))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
@@ -269,10 +292,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="green lists of the keys (default: the scheme's); several, "
                          "comma-separated (256,65536): each width with each, side by side, "
                          "alternating, with the memory of detection")
+    ap.add_argument("--stream-only", action="store_true",
+                    help="only `detect_ids` on the stream, for each width (no transformers): "
+                         "quick enough to alternate two checkouts on a busy machine")
     args = ap.parse_args(argv)
     sz = _sizes(args.quick)
     widths = [int(w) for w in args.widths.split(",")]
     lists = [int(x) for x in args.lists.split(",") if x]
+    if args.stream_only:
+        return _stream_only(widths, lists[0] if lists else None, sz)
 
     import torch
 

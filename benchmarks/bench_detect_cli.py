@@ -1,6 +1,7 @@
 """End-to-end ``distillmark detect --key K FILE`` on a large text file, against its floor.
 
     python benchmarks/bench_detect_cli.py [--quick] [--mb 50] [--no-json]
+    python benchmarks/bench_detect_cli.py --startup [--baseline DIR] [--runs 10]
 
 The file is about 50 MB of human text (numpy's and scipy's docstrings, paragraphs shuffled
 again and again). The command runs as a subprocess, as a user would run it, with the machine's
@@ -16,11 +17,19 @@ Each stage is timed in wall seconds and in CPU seconds (all threads; for the com
 the child process). On a machine shared with other jobs the wall time of a two-thread stage
 depends on how many cores were free at that moment; CPU time does not, so the comparison with
 the tokenizer floor is made in CPU time.
+
+``--startup``: the command on a 1 kB file only (what a user waits for on a short text), run
+``--runs`` times (default 10), median wall and CPU seconds; with ``--baseline DIR`` (a checkout
+of another commit, e.g. ``git worktree add DIR main``) the same command from that checkout's
+code, the two taking turns, and the ratio. Beside them, what no change to the command's own
+code can remove: the interpreter starting, and loading the key's tokenizer (read, parse and
+fingerprint its tokenizer.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import resource
 import shutil
@@ -61,14 +70,105 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _run_cli(cmd: list[str]) -> tuple[float, float, str]:
+def _run_cli(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
     """Wall seconds, CPU seconds (all threads) and stdout of one run of the command."""
     c0, t0 = _children_cpu(), time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     dt, cpu = time.perf_counter() - t0, _children_cpu() - c0
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()}")
     return dt, cpu, proc.stdout
+
+
+def _site_for(checkout: Path, into: Path) -> Path:
+    """A folder for ``PYTHONPATH`` whose ``distillmark`` package is ``checkout``'s code, laid
+    out as it installs (``cli/_top`` at the top, ``watermark``, ``verify`` and ``cli``
+    beneath), so that the console script runs that checkout."""
+    pkg = into / "distillmark"
+    pkg.mkdir(parents=True)
+    for f in (checkout / "cli" / "_top").iterdir():
+        if f.suffix == ".py" or f.name == "py.typed":
+            (pkg / f.name).symlink_to(f.resolve())
+    for sub in ("watermark", "verify", "cli"):
+        (pkg / sub).symlink_to((checkout / sub).resolve())
+    return into
+
+
+def _env_for(site: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(site)}
+
+
+def _child_cpu(code: str, env: dict[str, str]) -> float:
+    """CPU seconds a fresh interpreter reports for ``code``, which prints them."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+_TOKENIZER_LOAD = ("import time\n"
+                   "from distillmark.watermark.tokenizer import BUILTIN_SMOLLM2, load_tokenizer\n"
+                   "c = time.process_time(); load_tokenizer(BUILTIN_SMOLLM2)\n"
+                   "print(time.process_time() - c)")
+
+
+def startup_only(args: argparse.Namespace) -> int:
+    """The command on a 1 kB file, this checkout against ``--baseline``: median wall and CPU
+    seconds of ``--runs`` runs each, taking turns."""
+    here = Path(__file__).resolve().parents[1]
+    trees = {"this checkout": here}
+    if args.baseline:
+        trees["baseline"] = Path(args.baseline).resolve()
+    _, info = load_tokenizer(BUILTIN_SMOLLM2)
+    spec = new_spec("greenlist", {}, info, secret=BENCH_SECRET)
+    cli = _cli()
+    with tempfile.TemporaryDirectory(prefix="distillmark-bench-") as tmp:
+        key = save_spec(spec, Path(tmp) / "key.json")
+        small = Path(tmp) / "small.txt"
+        small.write_text(human_text_of_size(1200, seed=3)[:1000].rsplit(" ", 1)[0] + "\n",
+                         encoding="utf-8")
+        envs = {name: _env_for(_site_for(tree, Path(tmp) / f"site{i}"))
+                for i, (name, tree) in enumerate(trees.items())}
+        cmd = cli + ["detect", "--key", str(key), str(small)]
+        outs = {name: _run_cli(cmd, env)[2] for name, env in envs.items()}  # warm the caches
+        if len(set(outs.values())) != 1:
+            raise RuntimeError(f"the checkouts disagree: {outs}")
+        wall: dict[str, list[float]] = {name: [] for name in trees}
+        cpu: dict[str, list[float]] = {name: [] for name in trees}
+        floor_py, floor_tok = [], []
+        for rnd in range(args.runs):
+            print(f"round {rnd + 1}/{args.runs}", file=sys.stderr)
+            for name, env in envs.items():
+                dt, c, _ = _run_cli(cmd, env)
+                wall[name].append(dt)
+                cpu[name].append(c)
+            if rnd < 3:
+                env = envs["this checkout"]
+                floor_py.append(_child_cpu("import time; print(time.process_time())", env))
+                floor_tok.append(_child_cpu(_TOKENIZER_LOAD, env))
+    med_w = {k: statistics.median(v) for k, v in wall.items()}
+    med_c = {k: statistics.median(v) for k, v in cpu.items()}
+    rows = [[f"`distillmark detect --key K small.txt`, {name}", f"{med_w[name]:.3f}",
+             f"{min(wall[name]):.3f}", f"{med_c[name]:.3f}",
+             f"{med_c[name] / med_c['this checkout']:.2f}×"] for name in trees]
+    rows.append(["  interpreter start-up alone (`python -c pass`, CPU)", "-", "-",
+                 f"{statistics.median(floor_py):.3f}", "-"])
+    rows.append(["  loading the key's tokenizer (read, parse, fingerprint; CPU, in process)",
+                 "-", "-", f"{statistics.median(floor_tok):.3f}", "-"])
+    info_m = machine()
+    table = markdown_table(["run", f"wall s (median of {args.runs})", "wall s (best)",
+                            "CPU s (median)", "CPU × this checkout"], rows)
+    print(f"\n`distillmark detect` on a 1 kB file; {machine_line(info_m)}\n")
+    print(table)
+    if "baseline" in trees:
+        print(f"\nbaseline / this checkout: wall {med_w['baseline'] / med_w['this checkout']:.2f}×,"
+              f" CPU {med_c['baseline'] / med_c['this checkout']:.2f}×")
+    if not args.no_json:
+        path = write_json("bench_detect_cli_startup", {
+            "runs": args.runs, "machine": info_m, "trees": {k: str(v) for k, v in trees.items()},
+            "wall_s": wall, "cpu_s": cpu, "median_wall_s": med_w, "median_cpu_s": med_c,
+            "interpreter_cpu_s": floor_py, "tokenizer_load_cpu_s": floor_tok, "table": table})
+        print(f"\nwrote {path}", file=sys.stderr)
+    return 0
 
 
 def _timed(fn: Any) -> tuple[float, float, Any]:
@@ -84,7 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mb", type=float, default=None, help="size of the text file in MB "
                     "(default 50, 5 with --quick)")
     ap.add_argument("--no-json", action="store_true", help="do not write benchmarks/out/")
+    ap.add_argument("--startup", action="store_true",
+                    help="only the command on a 1 kB file, --runs times")
+    ap.add_argument("--baseline", default=None,
+                    help="with --startup: a checkout of another commit to run side by side")
+    ap.add_argument("--runs", type=int, default=10, help="runs of --startup (default 10)")
     args = ap.parse_args(argv)
+    if args.startup:
+        return startup_only(args)
     mb = args.mb if args.mb is not None else (5.0 if args.quick else 50.0)
     repeat = 2 if args.quick else 3
 

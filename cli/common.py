@@ -83,14 +83,19 @@ class OneLineErrors(TyperGroup):
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
-app = typer.Typer(
-    name="distillmark",
-    cls=OneLineErrors,
-    help="Watermark language-model output and test texts for the watermark. " + EXIT_HELP,
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+def new_app() -> typer.Typer:
+    """The command group, without commands (:func:`distillmark.cli.main.build_app` adds
+    them)."""
+    app = typer.Typer(
+        name="distillmark",
+        cls=OneLineErrors,
+        help="Watermark language-model output and test texts for the watermark. " + EXIT_HELP,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    app.callback()(_setup)
+    return app
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
@@ -99,7 +104,6 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
     typer.echo(f"distillmark: warning: {message}", err=True)
 
 
-@app.callback()
 def _setup() -> None:
     warnings.showwarning = _show_warning
 

@@ -89,3 +89,47 @@ def test_the_installed_entry_point_prints_one_line() -> None:
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == ("distillmark: error: detect: missing option '--key' / '-k' "
                            "(see python -m distillmark detect --help)\n")
+
+
+#: Modules a run of ``distillmark detect`` must not import: scipy's statistics and its special
+#: functions' array-API layer (which imports most of numpy's submodules), the stacks of other
+#: commands, and the modules of the other commands themselves.
+NOT_FOR_DETECT = ("scipy.stats", "scipy.special", "scipy._lib._array_api", "numpy.f2py",
+                  "numpy.testing", "torch", "transformers", "fastapi", "httpx", "dask",
+                  "distillmark.verify.aggregate", "distillmark.verify.fraction",
+                  "distillmark.verify.probe", "distillmark.verify.scan",
+                  "distillmark.cli.scan", "distillmark.cli.serve", "distillmark.cli.audit",
+                  "distillmark.cli.attribute", "distillmark.cli.probe", "distillmark.cli.demo",
+                  "distillmark.watermark.serve")
+
+
+def test_detect_imports_only_what_it_needs(spec_factory: Any, tmp_path: Path) -> None:
+    """``distillmark detect`` loads its own command and scipy's compiled special functions
+    alone, and gives the p-value of the library with everything loaded, bit for bit."""
+    from distillmark.verify import Detector
+    from distillmark.watermark import save_spec
+
+    spec = spec_factory()
+    key = save_spec(spec, tmp_path / "k.json")
+    text = ("The committee met on Tuesday to discuss the budget for the coming year, and after "
+            "a long debate it agreed to fund the new library, the repairs to the bridge and a "
+            "study of the town's water supply. ") * 3
+    (tmp_path / "a.txt").write_text(text, encoding="utf-8")
+    code = ("import sys\n"
+            "from distillmark.cli.main import main\n"
+            f"sys.argv = ['distillmark', 'detect', '--json', '-k', {str(key)!r}, "
+            f"{str(tmp_path / 'a.txt')!r}]\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    status = exc.code\n"
+            f"print(sorted(m for m in {NOT_FOR_DETECT!r} if m in sys.modules))\n"
+            "print('scipy.special._ufuncs' in sys.modules, status)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    result, loaded, ufuncs = proc.stdout.splitlines()
+    assert loaded == "[]"
+    assert ufuncs == "True 1"
+    import json
+
+    got = json.loads(result)
+    want = Detector(spec).detect(text).to_dict(1e-3)
+    assert got["pvalue"] == want["pvalue"] and got["log10_pvalue"] == want["log10_pvalue"]
+    assert got["n_scored"] == want["n_scored"] > 25

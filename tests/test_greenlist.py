@@ -191,6 +191,41 @@ def test_lazy_key_scores_equal_table(params: dict[str, Any]) -> None:
     np.testing.assert_array_equal(from_lazy, table.reshape(-1)[keys.astype(np.intp)])
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_detection_cells_equal_the_whole_tables_cells(seed: int) -> None:
+    """Property: for random keys and texts, at h = 0, 1, 2, 4 (both seedings, both combines)
+    and several numbers of lists, the tuple keys are the reference ``row * V + token`` of
+    :meth:`tuple_rows` (rows from the windows themselves), and the green bit detection reads
+    for each (one AES block per distinct key, no table) is the whole table's cell: a row of
+    :attr:`table` where it is held (up to 512 lists here), a row of the keyed stream computed
+    alone beyond (65,536 lists)."""
+    rng = np.random.default_rng(100 + seed)
+    secret = rng.bytes(32)
+    gamma = float(rng.choice([0.25, 0.5, 0.1]))
+    full = make(secret, gamma=gamma, n_lists=512).table  # cells of every table up to 512 lists
+    ids = rng.integers(0, V, size=3_000)
+    ids[rng.integers(0, ids.size, size=300)] = rng.choice([0, 1, V - 1, 13], size=300)
+    ids[1000:1100] = ids[500:600]  # a repeated passage: repeated tuples
+    configs = [{"context_width": h, "seeding": seeding, "combine": combine}
+               for h in (0, 1, 2, 4) for seeding in ("lefthash", "selfhash")
+               for combine in ("hash", "min") if h or seeding == "lefthash"]
+    for cfg in configs:
+        for n_lists in (1, 64, 512, 65536):
+            g = make(secret, gamma=gamma, n_lists=n_lists, **cfg)
+            rows, tokens = g.context.tuple_rows(ids)
+            keys = g.tuple_keys(ids)
+            np.testing.assert_array_equal(
+                keys, rows.astype(np.uint64) * np.uint64(V) + tokens.astype(np.uint64))
+            green = g.key_scores(keys)
+            assert "table" not in g.__dict__
+            if g.n_rows <= 512:
+                np.testing.assert_array_equal(green, full[rows, tokens])
+            else:
+                for r in np.unique(rows[:40]).tolist():
+                    sel = rows == r
+                    np.testing.assert_array_equal(green[sel], g.green_row(r)[tokens[sel]])
+
+
 def test_many_keys_take_the_table_path_with_same_answer() -> None:
     big, lazy = make(n_lists=64), make(n_lists=64)
     rng = np.random.default_rng(6)

@@ -146,6 +146,24 @@ def test_unique_keys_equals_np_unique() -> None:
             np.testing.assert_array_equal(got, np.unique(keys))
 
 
+def test_unique_keys_below_2_32_sorts_narrow_with_the_same_result() -> None:
+    """Keys bounded by ``below <= 2**32`` (a key space of at most 2**32 cells) are sorted as
+    uint32: the same distinct values, as uint64, the input untouched; a bound above 2**32
+    keeps the 64-bit sort."""
+    rng = np.random.default_rng(4)
+    for size in (0, 1, 2, 1000, 100_000):
+        keys = rng.integers(0, 2**32, size=size, dtype=np.uint64)
+        keys[: size // 2] = keys[size // 2: 2 * (size // 2)]
+        if size:
+            keys[0] = 2**32 - 1
+        before = keys.copy()
+        for below in (2**32, 2**40):
+            got = unique_keys(keys, below=below)
+            assert got.dtype == np.uint64
+            np.testing.assert_array_equal(got, np.unique(keys))
+        np.testing.assert_array_equal(keys, before)
+
+
 def test_unique_keys_does_not_modify_input() -> None:
     keys = np.array([5, 3, 5, 1, 3], dtype=np.uint64)
     before = keys.copy()
@@ -170,3 +188,24 @@ def test_min_scored_for_is_the_smallest_all_green_count_below_alpha(alpha: float
     assert binomial_tail(m, m, p).log10_pvalue < math.log10(alpha)
     if m > 1:
         assert not binomial_tail(m - 1, m - 1, p).log10_pvalue < math.log10(alpha)
+
+
+def test_special_functions_without_scipy_special_are_scipy_specials() -> None:
+    """stats.ufuncs() in a fresh process imports scipy's compiled special functions without
+    scipy.special's package; a later import of scipy.special uses the very same functions."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from distillmark.verify.stats import binomial_tail, ufuncs\n"
+            "u = ufuncs()\n"
+            "t = binomial_tail(30, 100, 0.25)\n"
+            "print(sorted(m for m in ('scipy.special', 'scipy._lib._array_api', 'scipy.stats')"
+            " if m in sys.modules))\n"
+            "from scipy import special\n"
+            "print(all(getattr(special, f) is getattr(u, f) for f in "
+            "('bdtrc', 'gammaincc', 'expit', 'logit')), special._ufuncs is u)\n"
+            "print(t.pvalue == float(special.bdtrc(29, 100, 0.25)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out == ["[]", "True True", "True"]

@@ -124,7 +124,7 @@ def detect_ids(ids: np.ndarray, scheme: Scheme, *, prompt_len: int = 0, dedup: b
     keys = scorable_keys(ids, scheme, prompt_len)
     n_scorable = int(keys.size)
     if dedup:
-        keys = unique_keys(keys)
+        keys = unique_keys(keys, below=scheme.n_cells)
     outcome = run_test(scheme.test, scheme.key_scores(keys), scheme.test_params)
     return _result(outcome, scheme, n_tokens=int(ids.size - prompt_len), n_scored=int(keys.size),
                    n_scorable=n_scorable, min_scored=min_scored, dedup=dedup)

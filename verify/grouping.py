@@ -95,11 +95,12 @@ def group_distinct(keys: np.ndarray, groups: np.ndarray, n_groups: int, n_cells:
     groups = np.asarray(groups, dtype=np.int64)
     bits = (n_groups - 1).bit_length() if n_groups > 1 else 0
     if bits == 0:
-        u_keys = unique_keys(keys)
+        u_keys = unique_keys(keys, below=n_cells)
         u_groups = np.zeros(u_keys.size, dtype=np.int64)
     elif n_cells is not None and n_cells <= 1 << (64 - bits):
         shift = np.uint64(bits)
-        combined = unique_keys((keys << shift) | groups.astype(np.uint64))
+        combined = unique_keys((keys << shift) | groups.astype(np.uint64),
+                               below=n_cells << bits)
         u_keys = combined >> shift
         u_groups = (combined & np.uint64((1 << bits) - 1)).astype(np.int64)
     else:

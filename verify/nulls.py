@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import special
 
 from .stats import (
     binomial_tail,
     binomial_tails,
     log_gammaincc,
+    ufuncs,
     weighted_bernoulli_logsf_bound,
     weighted_binomial_logsf,
 )
@@ -269,7 +269,7 @@ def gamma(scores: np.ndarray, groups: np.ndarray, n_groups: int) -> GroupedOutco
         run = terms[rows]
         m, s = int(run.size), float(run.sum())
         log_p = log_gammaincc(m, s)
-        pvalue = float(special.gammaincc(m, s))
+        pvalue = float(ufuncs().gammaincc(m, s))
         if pvalue < 1e-300:
             pvalue = math.exp(log_p)
         stat[i], n[i] = s, m

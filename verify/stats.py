@@ -16,20 +16,74 @@ Benjamini-Hochberg (many records flagged at a false-discovery rate).
 
 from __future__ import annotations
 
+import importlib
 import math
+import os
+import sys
+import threading
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from scipy import special
 
 from distillmark.watermark.errors import ParameterError
 
 __all__ = ["BinomialTail", "benjamini_hochberg", "binomial_tail", "binomial_tails", "bonferroni",
-           "format_pvalue", "log_gammaincc", "min_scored_for", "unique_keys",
+           "format_pvalue", "log_gammaincc", "min_scored_for", "ufuncs", "unique_keys",
            "weighted_bernoulli_logsf_bound", "weighted_binomial_logsf"]
 
 _TAIL_TERMS = 200_000
+
+# -- scipy's special functions, without scipy.special's import cost --------------------------
+
+_UFUNCS: Any = None
+_UFUNCS_LOCK = threading.Lock()
+_UFUNCS_MODULE = "scipy.special._ufuncs"
+
+
+def ufuncs() -> Any:
+    """scipy.special's compiled functions (``bdtrc``, ``gammaincc``, ``expit``, ``logit``):
+    the module ``scipy.special._ufuncs``, whose functions *are* scipy.special's (the same
+    objects, so the same bits).
+
+    ``import scipy.special`` takes about half a second, nearly all of it in its array-API
+    layer (which imports most of numpy's submodules), and a few hundredths in these
+    functions. So while this process runs one thread and nothing has imported scipy.special
+    yet, the extension is imported under a stand-in for its package, removed at once; a later
+    ``import scipy.special`` finds the extension loaded and uses that same module. With other
+    threads running, or should the stand-in not serve, scipy.special is imported as usual.
+    """
+    global _UFUNCS
+    if _UFUNCS is None:
+        with _UFUNCS_LOCK:
+            if _UFUNCS is None:
+                _UFUNCS = _import_ufuncs()
+    return _UFUNCS
+
+
+def _import_ufuncs() -> Any:
+    loaded = sys.modules.get(_UFUNCS_MODULE)
+    if loaded is not None:
+        return loaded
+    if "scipy.special" not in sys.modules and threading.active_count() == 1:
+        import scipy
+
+        stand_in = types.ModuleType("scipy.special")
+        stand_in.__path__ = [os.path.join(os.path.dirname(scipy.__file__), "special")]
+        sys.modules["scipy.special"] = stand_in
+        try:
+            return importlib.import_module(_UFUNCS_MODULE)
+        except ImportError:
+            pass
+        finally:
+            if sys.modules.get("scipy.special") is stand_in:
+                del sys.modules["scipy.special"]
+    from scipy.special import _ufuncs
+
+    return _ufuncs
+
 
 
 @dataclass(frozen=True)
@@ -50,14 +104,14 @@ def binomial_tail(k: int, n: int, p: float) -> BinomialTail:
         return BinomialTail(0.0, -math.inf)
     # bdtrc(k - 1, n, p) = P(X > k - 1), the regularised incomplete beta I_p(k, n - k + 1):
     # as exact as stats.binom.sf and much cheaper per call, which matters for many short texts.
-    pv = float(special.bdtrc(k - 1, n, p))
+    pv = float(ufuncs().bdtrc(k - 1, n, p))
     if pv >= 1e-300:
         pv = min(pv, 1.0)
         return BinomialTail(pv, float(np.log10(pv)))  # np.log10: same bits as the array path
     # Deep tail (scipy's sf may return 0 well above the double-precision floor): the pmf
     # decreases geometrically beyond k > n p, so a bounded log-space sum of the leading terms is
     # exact to double precision; the float p-value is its exponential where representable.
-    from scipy import stats  # rare path; scipy.stats takes a second to import
+    from scipy import special, stats  # rare path; scipy.stats takes a second to import
 
     j = np.arange(k, min(n, k + _TAIL_TERMS) + 1, dtype=np.float64)
     log_sf = float(special.logsumexp(stats.binom.logpmf(j, n, p)))
@@ -75,7 +129,7 @@ def binomial_tails(k: np.ndarray, n: np.ndarray, p: float) -> tuple[np.ndarray, 
     if k.size == 1:  # one text: the scalar path, same bits, a fifth of the cost
         t = binomial_tail(int(k.flat[0]), int(n.flat[0]), p)
         return np.array([t.pvalue]), np.array([t.log10_pvalue])
-    pv = np.where(k <= 0, 1.0, special.bdtrc(k - 1, n, p))
+    pv = np.where(k <= 0, 1.0, ufuncs().bdtrc(k - 1, n, p))
     pv = np.minimum(pv, 1.0)
     lg = np.log10(pv, out=np.full(pv.shape, -np.inf), where=pv > 0)
     for i in np.flatnonzero(pv < 1e-300):
@@ -110,7 +164,7 @@ def log_gammaincc(a: float, x: float) -> float:
     a, x = float(a), float(x)
     if not (a > 0.0 and x >= 0.0 and math.isfinite(a) and math.isfinite(x)):
         raise ValueError(f"need a > 0 and x >= 0 (finite), got a={a}, x={x}")
-    q = float(special.gammaincc(a, x))
+    q = float(ufuncs().gammaincc(a, x))
     if q >= 1e-300 or x <= a + 1.0:
         return math.log(q) if q > 0.0 else -math.inf
     return _log_gammaincc_cf(a, x)
@@ -155,6 +209,7 @@ def _tilt(t: int, n: int, w: np.ndarray, p: float = 0.5) -> float:
     if the untilted mean already reaches it)."""
     if t <= n * float(w.sum()) * p:
         return 0.0
+    special = ufuncs()
     lg = float(special.logit(p))
 
     def excess(theta: float) -> float:
@@ -208,6 +263,7 @@ def weighted_binomial_logsf(s: int, n: int, weights: Sequence[int], *, p: float 
     if known[0] is not None and known[1] is not None:
         return known[0], known[1]
     t0 = s if known[0] is None else s + 1
+    special = ufuncs()
     lg = float(special.logit(p))
     theta = _tilt(t0, n, w, p)
     q = special.expit(theta * w + lg)
@@ -282,6 +338,7 @@ def weighted_bernoulli_logsf_bound(weights: np.ndarray, s: float, *, p: float
         return w.size * math.log(p), math.inf
     from scipy import optimize  # imported on use: it is slow to import
 
+    special = ufuncs()
     lg, l1 = float(special.logit(p)), math.log1p(-p)
 
     def excess(theta: float) -> float:
@@ -300,18 +357,26 @@ def weighted_bernoulli_logsf_bound(weights: np.ndarray, s: float, *, p: float
 # -- deduplication and corrections ----------------------------------------------------------
 
 
-def unique_keys(keys: np.ndarray) -> np.ndarray:
-    """Sorted distinct values of ``keys (n,) uint64``.
+def unique_keys(keys: np.ndarray, *, below: int | None = None) -> np.ndarray:
+    """Sorted distinct values of ``keys (n,) uint64``: ``(u,) uint64``.
 
-    A sort and a neighbour comparison: ``np.unique``'s result, without its extra passes.
+    A sort and a neighbour comparison: ``np.unique``'s result, without its extra passes. With
+    ``below`` (a bound on every key, such as a scheme's ``n_cells``) at most ``2**32``, the
+    keys are sorted as ``uint32``: the same values, in half the memory and less than half the
+    time.
     """
-    s = np.sort(np.asarray(keys, dtype=np.uint64))
+    keys = np.asarray(keys, dtype=np.uint64)
+    if below is not None and below <= 1 << 32 and keys.size > 1:
+        s = keys.astype(np.uint32)  # a copy of our own: sorted in place
+        s.sort()
+    else:
+        s = np.sort(keys)
     if s.size < 2:
         return s
     keep = np.empty(s.size, dtype=bool)
     keep[0] = True
     np.not_equal(s[1:], s[:-1], out=keep[1:])
-    return s[keep]
+    return s[keep].astype(np.uint64, copy=False)
 
 
 def bonferroni(pvalue: float, n_tests: int) -> float:

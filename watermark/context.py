@@ -38,6 +38,9 @@ COMBINES = ("hash", "min")
 ROTATION = 23
 #: The widest context a table scheme takes (``h``).
 MAX_CONTEXT_WIDTH = 8
+#: Tokens per chunk of :meth:`ContextRows.tuple_keys`: its two ``uint64`` buffers (256 KiB)
+#: stay in a core's L2 cache.
+KEY_CHUNK = 1 << 14
 
 
 _MASK64 = (1 << 64) - 1
@@ -145,23 +148,29 @@ class ContextRows:
                 s = (s + (((v << r) | (v >> (64 - r))) & _MASK64 if r else v)) & _MASK64
         return prf.fmix64_int(s) >> int(self._shift)
 
-    def tuple_rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Rows and tokens of every scorable token: ``ids (n,) -> rows, tokens (max(n-h,0),)``.
-
-        Entry ``i`` belongs to token ``ids[h + i]``.
-        """
+    def _checked_ids(self, ids: np.ndarray) -> np.ndarray:
+        """``ids`` as a 1-D ``int64`` array of token ids in the vocabulary (refused if not)."""
         ids = np.asarray(ids)
         if ids.ndim != 1:
             raise ParameterError(f"`ids` must be 1-D, got shape {ids.shape}")
         if not np.issubdtype(ids.dtype, np.integer):
             raise ParameterError(f"`ids` must hold integers, got dtype {ids.dtype}")
         ids = ids.astype(np.int64, copy=False)
+        if ids.size > self.context_width:
+            self.check_ids(ids)
+        return ids
+
+    def tuple_rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and tokens of every scorable token: ``ids (n,) -> rows, tokens (max(n-h,0),)``.
+
+        Entry ``i`` belongs to token ``ids[h + i]``.
+        """
+        ids = self._checked_ids(ids)
         h = self.context_width
         n = ids.size - h
         if n <= 0:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty
-        self.check_ids(ids)
         tokens = ids[h:]
         if self.window == 0 or self._shift is None:
             rows = np.zeros(n, dtype=np.int64)
@@ -172,12 +181,57 @@ class ContextRows:
             rows = self.rows(win[:n])
         return rows, tokens
 
+    @cached_property
+    def _row_starts(self) -> np.ndarray:
+        """First cell of the row a one-token window selects, ``row * V``, for every token:
+        ``(V,) uint64``."""
+        return self.rows_by_token.astype(np.uint64) * np.uint64(self.vocab_size)
+
+    @cached_property
+    def _position_values(self) -> list[np.ndarray]:
+        """What window position ``j`` adds to the combined value: ``rotl(P, 23 j)`` for
+        "hash", ``P`` itself for "min": :attr:`window` arrays ``(V,) uint64``."""
+        P = self.token_values
+        if self.combine == "min":
+            return [P] * self.window
+        return [_rotl(P, (ROTATION * j) % 64) for j in range(self.window)]
+
     def tuple_keys(self, ids: np.ndarray) -> np.ndarray:
-        """Tuple key ``row * V + token`` of every scorable token: ``(max(n-h,0),) uint64``."""
-        rows, tokens = self.tuple_rows(ids)
-        keys = rows.astype(np.uint64) * np.uint64(self.vocab_size)
-        keys += tokens.astype(np.uint64)
-        return keys
+        """Tuple key ``row * V + token`` of every scorable token: ``(max(n-h,0),) uint64``.
+
+        The same keys as ``rows * V + tokens`` of :meth:`tuple_rows`, computed in chunks of
+        :data:`KEY_CHUNK` tokens with every step in place, so that a long stream runs at the
+        speed of the cache rather than of memory: per chunk, one table read per window
+        position (the rotation is in the tables), the finaliser, and the token added.
+        """
+        ids = self._checked_ids(ids)
+        h, w = self.context_width, self.window
+        n = ids.size - h
+        if n <= 0:
+            return np.zeros(0, dtype=np.uint64)
+        tokens = ids[h:].view(np.uint64)  # in the vocabulary, so the same bits
+        if w == 0 or self._shift is None:
+            return tokens.copy()
+        out = np.empty(n, dtype=np.uint64)
+        scratch = np.empty(min(n, KEY_CHUNK), dtype=np.uint64)
+        tables = self._position_values if w > 1 else []
+        shift, V = self._shift, np.uint64(self.vocab_size)
+        combine = np.minimum if self.combine == "min" else np.add  # uint64 adds wrap mod 2**64
+        for a in range(0, n, KEY_CHUNK):
+            b = min(n, a + KEY_CHUNK)
+            o, t = out[a:b], scratch[:b - a]
+            if w == 1:
+                np.take(self._row_starts, ids[a:b], out=o, mode="clip")
+            else:
+                np.take(tables[0], ids[a:b], out=o, mode="clip")
+                for j in range(1, w):
+                    np.take(tables[j], ids[a + j:b + j], out=t, mode="clip")
+                    combine(o, t, out=o)
+                prf.fmix64_(o, t)
+                np.right_shift(o, shift, out=o)
+                np.multiply(o, V, out=o)
+            np.add(o, tokens[a:b], out=o)
+        return out
 
 
 @dataclass(frozen=True)

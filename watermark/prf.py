@@ -41,6 +41,7 @@ __all__ = [
     "LABEL_PREFIX",
     "derive_subkey",
     "fmix64",
+    "fmix64_",
     "fmix64_int",
     "keystream",
     "u32_at",
@@ -167,11 +168,19 @@ def fmix64(x: np.ndarray) -> np.ndarray:
     bit depends on every input bit. ``x: (...) uint64 -> (...) uint64``.
     """
     x = np.asarray(x, dtype=np.uint64).copy()
-    x ^= x >> _S33
-    x *= _M1
-    x ^= x >> _S33
-    x *= _M2
-    x ^= x >> _S33
+    return fmix64_(x, np.empty_like(x))
+
+
+def fmix64_(x: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """:func:`fmix64` in place: ``x (n,) uint64`` is overwritten with its image and returned;
+    ``scratch`` is a ``uint64`` array of ``x``'s shape that is overwritten too. No temporary
+    arrays: what a loop over cache-sized chunks of a long stream needs."""
+    for m in (_M1, _M2):
+        np.right_shift(x, _S33, out=scratch)
+        np.bitwise_xor(x, scratch, out=x)
+        np.multiply(x, m, out=x)
+    np.right_shift(x, _S33, out=scratch)
+    np.bitwise_xor(x, scratch, out=x)
     return x
 
 
