@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .attribute import ATTRIBUTE_EXIT_HELP, attribute
 from .audit import audit
+from .calibrate import CALIBRATE_EXIT_HELP, calibrate_command
 from .common import EXIT_HELP, app
 from .demo import demo
 from .detect import detect
@@ -29,6 +30,7 @@ app.command("serve")(serve)
 app.command("probe", epilog=PROBE_EXIT_HELP)(probe_command)
 app.command("audit", epilog=EXIT_HELP)(audit)
 app.command("attribute", epilog=ATTRIBUTE_EXIT_HELP)(attribute)
+app.command("calibrate", epilog=CALIBRATE_EXIT_HELP)(calibrate_command)
 
 
 def main() -> None:
