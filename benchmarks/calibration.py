@@ -46,7 +46,12 @@ from scipy import stats
 from distillmark.verify import detect_ids_batch
 from distillmark.verify.calibrate import corpus_texts, level_rates, tested_pvalues
 from distillmark.verify.grouping import batch_tuple_keys
-from distillmark.verify.shared import DEFAULT_MAX_SHARE, DEFAULT_MIN_TEXTS, shared_tuples
+from distillmark.verify.shared import (
+    DEFAULT_MAX_SHARE,
+    DEFAULT_MIN_TEXTS,
+    ngram_codes,
+    shared_tuples,
+)
 from distillmark.watermark import BUILTIN_SMOLLM2, load_tokenizer, new_spec, scheme_for
 
 LEVELS = (1e-2, 1e-3, 1e-4, 1e-5)
@@ -104,6 +109,31 @@ def z_nodedup(seqs: list[np.ndarray], scheme: Any) -> np.ndarray:
     return np.asarray(pv)
 
 
+def power_check(seqs: list[np.ndarray], h: int, shared: Any, *, green_rate: float = 0.5,
+                gamma: float = 0.25, level: float = 1e-6, seed: int = 0) -> dict[str, Any]:
+    """A synthetic check of the power cost (no model): each text is taken as watermarked, each
+    of its distinct scored tuples green with probability ``green_rate`` (about what a green
+    list with delta 2 gives), and read token by token; recorded: the share of texts whose
+    exact test reaches ``level`` within the text, and the median tokens it takes them."""
+    rng = np.random.default_rng(seed)
+    tokens_needed: list[int] = []
+    for s in seqs:
+        codes = ngram_codes(s, h + 1)
+        keep = np.ones(codes.size, dtype=bool) if shared is None else ~shared.left_out(s)
+        _, first = np.unique(codes, return_index=True)
+        new = np.zeros(codes.size, dtype=bool)
+        new[first] = True
+        new &= keep
+        green = new & (rng.random(codes.size) < green_rate)
+        n, g = np.cumsum(new), np.cumsum(green)
+        sf = stats.binom.sf(g - 1, np.maximum(n, 1), gamma)
+        hit = np.flatnonzero((sf < level) & (n > 0))
+        if hit.size:
+            tokens_needed.append(int(hit[0]) + h + 1)
+    return {"texts": len(seqs), "reached": len(tokens_needed),
+            "median_tokens": float(np.median(tokens_needed)) if tokens_needed else None}
+
+
 def summarise(per_key: list[np.ndarray]) -> dict[str, Any]:
     k = len(per_key)
     rows = [level_rates(p[np.isfinite(p)], LEVELS, n_comparisons=k) for p in per_key]
@@ -157,6 +187,8 @@ def run(n_keys: int, n_texts: int, labels: list[str], max_share: float | None, m
         for way, means in scored.items():
             entry[way]["mean_scored"] = float(np.mean(means))
         entry["shared"] = shared.to_dict()
+        entry["power"] = {"exact": power_check(seqs, h, None),
+                          "exact+shared": power_check(seqs, h, shared)}
         entry["seconds"] = round(time.time() - t1, 1)
         report["configs"][label] = entry
         print(table(label, entry), flush=True)
@@ -170,6 +202,10 @@ def table(label: str, entry: dict[str, Any]) -> str:
     cols = ("| test | tests | scored/text | alpha | keys exceeded | per-key rate min-max | "
             "per-key sd (binomial) | pooled rate [95% CP] |")
     lines = [head, cols, "|---|---|---|---|---|---|---|---|"]
+    for way, pw in entry.get("power", {}).items():
+        head += (f"\npower (synthetic, green rate 0.5): {way}: {pw['reached']}/{pw['texts']} "
+                 f"texts reach p < 1e-6, median {pw['median_tokens']} tokens")
+    lines[0] = head + "\n"
     for way, s in entry.items():
         if not isinstance(s, dict) or "levels" not in s:
             continue
@@ -184,6 +220,17 @@ def table(label: str, entry: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def power_only(n_texts: int, max_share: float | None, min_texts: int) -> None:
+    tok, _ = load_tokenizer(BUILTIN_SMOLLM2)
+    seqs = [np.asarray(e.ids, dtype=np.int64)
+            for e in tok.encode_batch_fast(corpus(n_texts), add_special_tokens=False)]
+    for h in (1, 2):
+        shared = shared_tuples(seqs, h, max_share=max_share, min_texts=min_texts)
+        for way, sh in (("exact", None), ("exact+shared", shared)):
+            print(f"h={h} {way}: {power_check(seqs, h, sh)}")
+    print(f"load average after: {os.getloadavg()}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--keys", type=int, default=100)
@@ -194,10 +241,15 @@ def main() -> None:
     ap.add_argument("--min-texts", type=int, default=DEFAULT_MIN_TEXTS)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--quick", action="store_true", help="10 keys, 500 texts")
+    ap.add_argument("--power-only", action="store_true",
+                    help="only the synthetic power check, no keys")
     a = ap.parse_args()
     if a.quick:
         a.keys, a.texts = 10, 500
     print(f"load average before: {os.getloadavg()}", file=sys.stderr)
+    if a.power_only:
+        power_only(a.texts, a.max_share, a.min_texts)
+        return
     report = run(a.keys, a.texts, [s.strip() for s in a.schemes.split(",")], a.max_share,
                  a.min_texts)
     report["load_average_after"] = os.getloadavg()
