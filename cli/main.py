@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "probe": ("probe", "probe_command", "PROBE_EXIT_HELP"),
     "audit": ("audit", "audit", "EXIT_HELP"),
     "attribute": ("attribute", "attribute", "ATTRIBUTE_EXIT_HELP"),
+    "calibrate": ("calibrate", "calibrate_command", "CALIBRATE_EXIT_HELP"),
     "report": ("report", "report_app", ""),
     "attack": ("attack", "attack", "ATTACK_EXIT_HELP"),
 }

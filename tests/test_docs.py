@@ -240,6 +240,13 @@ def test_scan_json_keys(files: dict[str, Path]) -> None:
     assert set(accounts) == keys[""] | keys["added with `--accounts` or `--account-space`"]
 
 
+def test_calibrate_json_keys(files: dict[str, Path], human_texts: list[str]) -> None:
+    corpus = files["dir"] / "corpus.txt"
+    corpus.write_text("\n".join(human_texts[:60]), encoding="utf-8")
+    d = json.loads(cli("calibrate", "-k", files["key"], corpus, "--json").stdout)
+    assert set(d) == documented_keys("calibrate")[""]
+
+
 def test_attribute_json_keys(files: dict[str, Path]) -> None:
     from distillmark.watermark.serve.log import RequestLog
 

@@ -19,8 +19,9 @@ from distillmark.watermark.registry import Scheme, scheme_for
 from distillmark.watermark.tokenizer import encoder_for
 
 from .decision import DEFAULT_MIN_SCORED, Decision, check_min_scored
-from .grouping import batch_tuple_keys, group_distinct
+from .grouping import batch_tuple_keys, check_shared, group_distinct
 from .nulls import Outcome, run_grouped, run_test
+from .shared import SharedTuples
 from .stats import unique_keys
 
 __all__ = [
@@ -107,7 +108,8 @@ def scorable_keys(ids: np.ndarray, scheme: Scheme, prompt_len: int = 0) -> np.nd
 
 
 def detect_ids(ids: np.ndarray, scheme: Scheme, *, prompt_len: int = 0, dedup: bool = True,
-               min_scored: int = DEFAULT_MIN_SCORED) -> DetectionResult:
+               min_scored: int = DEFAULT_MIN_SCORED,
+               shared: SharedTuples | None = None) -> DetectionResult:
     """Test token ids for ``scheme``'s watermark.
 
     Args:
@@ -116,12 +118,21 @@ def detect_ids(ids: np.ndarray, scheme: Scheme, *, prompt_len: int = 0, dedup: b
         scheme: the scheme object (``registry.scheme_for(spec)``).
         dedup: count each distinct tuple once (the only way the test is exact; keep it on).
         min_scored: below this many scored tuples the verdict is "insufficient evidence".
+        shared: tuples shared by many texts of the corpus the text belongs to
+            (:func:`~.shared.shared_tuples`): left out of the test (not counted in
+            ``n_scored`` nor ``n_repeated``).
     """
     ids = np.asarray(ids)
     if prompt_len < 0 or prompt_len > ids.size:
         raise ParameterError(f"`prompt_len` must be in 0..{ids.size}, got {prompt_len}")
     check_min_scored(min_scored)
-    keys = scorable_keys(ids, scheme, prompt_len)
+    if shared is None:
+        keys = scorable_keys(ids, scheme, prompt_len)
+    else:
+        check_shared(shared, scheme)
+        keep = ~shared.left_out(ids)
+        keep[:max(0, prompt_len - scheme.context_width)] = False
+        keys = scheme.tuple_keys(ids)[keep]
     n_scorable = int(keys.size)
     if dedup:
         keys = unique_keys(keys, below=scheme.n_cells)
@@ -132,12 +143,14 @@ def detect_ids(ids: np.ndarray, scheme: Scheme, *, prompt_len: int = 0, dedup: b
 
 def detect_ids_batch(seqs: Sequence[np.ndarray], scheme: Scheme, *,
                      prompt_lens: Sequence[int] | None = None,
-                     min_scored: int = DEFAULT_MIN_SCORED) -> list[DetectionResult]:
+                     min_scored: int = DEFAULT_MIN_SCORED,
+                     shared: SharedTuples | None = None) -> list[DetectionResult]:
     """:func:`detect_ids` for many sequences at once, with identical results.
 
     One tuple-key pass over the concatenation, one sort for the per-sequence dedup
     (:func:`~.grouping.group_distinct`) and the scheme's test run once over every sequence as
-    a group (:mod:`.nulls`), so short texts cost little more than their tokens.
+    a group (:mod:`.nulls`), so short texts cost little more than their tokens. ``shared``:
+    tuples left out of every sequence's test (:mod:`.shared`).
     """
     seqs = [np.asarray(s) for s in seqs]
     plens = list(prompt_lens) if prompt_lens is not None else [0] * len(seqs)
@@ -146,7 +159,7 @@ def detect_ids_batch(seqs: Sequence[np.ndarray], scheme: Scheme, *,
     check_min_scored(min_scored)
     if not seqs:
         return []
-    keys, owner = batch_tuple_keys(seqs, scheme, prompt_lens=plens)
+    keys, owner = batch_tuple_keys(seqs, scheme, prompt_lens=plens, shared=shared)
     n_seqs = len(seqs)
     distinct = group_distinct(keys, owner, n_seqs, scheme.n_cells)
     grouped = run_grouped(scheme.test, scheme.key_scores(distinct.keys), distinct.groups, n_seqs,

@@ -20,13 +20,23 @@ import numpy as np
 from distillmark.watermark.errors import ParameterError
 from distillmark.watermark.registry import Scheme
 
+from .shared import SharedTuples
 from .stats import unique_keys
 
-__all__ = ["Distinct", "batch_tuple_keys", "group_distinct", "sequence_tuple_keys"]
+__all__ = ["Distinct", "batch_tuple_keys", "check_shared", "group_distinct",
+           "sequence_tuple_keys"]
+
+
+def check_shared(shared: SharedTuples | None, scheme: Scheme) -> None:
+    """Refuse shared tuples counted for another context width than the scheme's."""
+    if shared is not None and shared.context_width != scheme.context_width:
+        raise ParameterError(f"shared tuples were counted for context width "
+                             f"{shared.context_width}, the scheme's is {scheme.context_width}")
 
 
 def sequence_tuple_keys(ids: np.ndarray, lens: np.ndarray, prompt_lens: np.ndarray,
-                        scheme: Scheme) -> tuple[np.ndarray, np.ndarray]:
+                        scheme: Scheme, *, shared: SharedTuples | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """Tuple keys of the scorable tokens of sequences laid end to end.
 
     Args:
@@ -34,6 +44,7 @@ def sequence_tuple_keys(ids: np.ndarray, lens: np.ndarray, prompt_lens: np.ndarr
         lens: ``(S,) int64``, each sequence's length (summing to ``N``).
         prompt_lens: ``(S,) int64``, each sequence's leading context tokens (never scored).
         scheme: the scheme whose tuple keys to compute.
+        shared: tuples shared by many texts of the corpus (:mod:`.shared`): left out.
 
     Returns:
         ``(keys (k,) uint64, seq (k,) int64)``: the key of every scorable token, in order, and
@@ -48,14 +59,18 @@ def sequence_tuple_keys(ids: np.ndarray, lens: np.ndarray, prompt_lens: np.ndarr
     seq = np.repeat(np.arange(lens.size, dtype=np.int64), lens)[h:]
     local = np.arange(h, n, dtype=np.int64) - starts[seq]
     valid = local >= np.maximum(h, prompt_lens)[seq]  # own full window, and not in the prompt
+    if shared is not None:
+        check_shared(shared, scheme)
+        valid &= ~shared.left_out(ids)
     return keys[valid], seq[valid]
 
 
 def batch_tuple_keys(seqs: Sequence[np.ndarray], scheme: Scheme, *,
-                     prompt_lens: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     prompt_lens: Sequence[int] | None = None,
+                     shared: SharedTuples | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`sequence_tuple_keys` of separate sequences ``(n_j,) int``: ``(keys (k,) uint64,
     owner (k,) int64)``, ``owner[i]`` the index of the sequence key ``i`` belongs to; the first
-    ``prompt_lens[j]`` tokens of sequence ``j`` are its prompt."""
+    ``prompt_lens[j]`` tokens of sequence ``j`` are its prompt; ``shared``: tuples left out."""
     seqs = [np.asarray(s, dtype=np.int64).reshape(-1) for s in seqs]
     if not seqs:
         return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int64)
@@ -68,7 +83,7 @@ def batch_tuple_keys(seqs: Sequence[np.ndarray], scheme: Scheme, *,
         j = int(np.flatnonzero((pl < 0) | (pl > lens))[0])
         raise ParameterError(f"`prompt_lens[{j}]` must be in 0..{lens[j]}, got {pl[j]}")
     ids = np.concatenate(seqs) if len(seqs) > 1 else seqs[0]
-    return sequence_tuple_keys(ids, lens, pl, scheme)
+    return sequence_tuple_keys(ids, lens, pl, scheme, shared=shared)
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ import numpy as np
 from distillmark.watermark.errors import ParameterError
 
 __all__ = ["BinomialTail", "benjamini_hochberg", "binomial_tail", "binomial_tails", "bonferroni",
-           "format_pvalue", "log_gammaincc", "min_scored_for", "ufuncs", "unique_keys",
-           "weighted_bernoulli_logsf_bound", "weighted_binomial_logsf"]
+           "clopper_pearson", "format_pvalue", "log_gammaincc", "min_scored_for", "ufuncs",
+           "unique_keys", "weighted_bernoulli_logsf_bound", "weighted_binomial_logsf"]
 
 _TAIL_TERMS = 200_000
 
@@ -83,7 +83,6 @@ def _import_ufuncs() -> Any:
     from scipy.special import _ufuncs
 
     return _ufuncs
-
 
 
 @dataclass(frozen=True)
@@ -405,6 +404,20 @@ def benjamini_hochberg(log10_pvalues: np.ndarray, q: float) -> tuple[np.ndarray,
         return np.zeros(m, dtype=bool), -math.inf
     t = float(s[ok[-1]])
     return lg <= t, t
+
+
+def clopper_pearson(k: int, n: int, confidence: float) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) two-sided ``confidence`` interval of a binomial proportion
+    from ``k`` successes in ``n`` trials: each end holds with probability at least
+    ``(1 + confidence) / 2``."""
+    if not 0.0 < confidence < 1.0:
+        raise ParameterError(f"`confidence` must be in (0, 1), got {confidence}")
+    if n < 1 or not 0 <= k <= n:
+        raise ParameterError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    tail = (1.0 - confidence) / 2.0
+    lower = 0.0 if k == 0 else float(ufuncs().betaincinv(k, n - k + 1, tail))
+    upper = 1.0 if k == n else float(ufuncs().betaincinv(k + 1, n - k, 1.0 - tail))
+    return lower, upper
 
 
 def min_scored_for(alpha: float, p: float) -> int:
