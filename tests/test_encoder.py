@@ -192,3 +192,22 @@ def test_scan_output_is_the_same_on_both_paths(mixed: tuple[Path, list[str], np.
         outs.append((json.loads(res.stdout), out.read_bytes()))
     assert outs[0] == outs[1]
     assert len(read_rows(tmp_path / "rows-0.jsonl")) == len(mixed[1])
+
+
+def test_known_fingerprints_are_the_canonical_ones() -> None:
+    """The shipped tokenizers' fingerprints, looked up by their bytes' digest, are what the
+    canonical form gives; any other text is fingerprinted from its canonical form."""
+    import hashlib
+
+    from distillmark.watermark import tokenizer as tk
+
+    raws = [tk.builtin_tokenizer_path(name).read_text(encoding="utf-8")
+            for name in tk._BUILTIN_FILES]
+    digests = {hashlib.sha256(r.encode("utf-8")).hexdigest() for r in raws}
+    assert set(tk._KNOWN_FINGERPRINTS) == digests
+    for raw in raws:
+        assert tk.fingerprint(raw) == tk.canonical_fingerprint(raw)
+        assert tk._KNOWN_FINGERPRINTS[hashlib.sha256(raw.encode("utf-8")).hexdigest()] == (
+            tk.canonical_fingerprint(raw))
+    spaced = raws[0].replace("{", "{ ", 1)
+    assert spaced != raws[0] and tk.fingerprint(spaced) == tk.canonical_fingerprint(raws[0])

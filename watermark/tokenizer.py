@@ -40,6 +40,13 @@ __all__ = [
 #: Name under which specs refer to the shipped SmolLM2 tokenizer.
 BUILTIN_SMOLLM2 = "builtin:smollm2-135m-instruct"
 _BUILTIN_FILES = {BUILTIN_SMOLLM2: "smollm2-135m-instruct.tokenizer.json"}
+#: SHA-256 of a shipped tokenizer file's bytes -> its fingerprint (:func:`fingerprint`): the
+#: canonical form costs a quarter second to compute, its bytes' digest a few milliseconds.
+#: A test recomputes every entry.
+_KNOWN_FINGERPRINTS = {
+    "bf346d64f6f0fbcefb4c1b6928a98241467dff36c6fbae5fe1785c4ff90667f4":
+        "ccfa9f7cf67748ee56807e4b2d193771e7bf25b8cdcfb7e2a97ecda7db44c6e7",
+}
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,14 @@ def _load(path_str: str, mtime_ns: int, size: int) -> tuple[Tokenizer, str, int,
 
 def fingerprint(tokenizer_json: str) -> str:
     """SHA-256 (hex) of a tokenizer.json's canonical form."""
+    known = _KNOWN_FINGERPRINTS.get(hashlib.sha256(tokenizer_json.encode("utf-8")).hexdigest())
+    if known is not None:
+        return known
+    return canonical_fingerprint(tokenizer_json)
+
+
+def canonical_fingerprint(tokenizer_json: str) -> str:
+    """:func:`fingerprint` computed from the canonical form itself."""
     canon = json.dumps(json.loads(tokenizer_json), sort_keys=True, separators=(",", ":"),
                        ensure_ascii=False)
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
