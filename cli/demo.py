@@ -72,8 +72,9 @@ def demo(
     A bigram student is trained on the teacher's watermarked answers and a control student on
     its unwatermarked answers to the same prompts; each is served on loopback and probed
     (closed-model test), and its weights are audited (open-model test). Exit status 0 if every
-    answer was classified correctly and the student trained on watermarked answers was found
-    by both tests while the control was found by neither; 1 otherwise; 2 on an error.
+    answer was classified correctly (a watermarked answer too short to decide, "insufficient
+    evidence", is no error) and the student trained on watermarked answers was found by both
+    tests while the control was found by neither; 1 otherwise; 2 on an error.
     """
     from rich import box
     from rich.console import Console
@@ -142,9 +143,12 @@ def demo(
                          no_wrap=True, overflow="ellipsis",
                          min_width={"answer": 11, "p-value": 8, "verdict": 15}.get(col, len(col)),
                          max_width=16 if col == "prompt" else None)
+    undecided = 0  # watermarked answers too short to decide: no error of the test
     for label, o, r in rows:
         ok = r is not None and (r.is_watermarked(alpha) == (label == "watermarked"))
+        short = r is not None and label == "watermarked" and not r.is_sufficient()
         correct += ok
+        undecided += short
         if r is None:
             table.add_row(label, o.prompt, "0", "0", "-", "-", "empty answer")
             continue
@@ -152,13 +156,15 @@ def demo(
                       format_pvalue(r.pvalue, r.log10_pvalue), r.verdict(alpha))
     console = Console(stderr=as_json)
     console.print(table)
-    console.print(f"{correct}/{len(rows)} answers classified correctly: watermarked answers "
-                  f"should be found, controls not. Expected green share without the key: "
-                  f"{spec.params['gamma']:.0%}.")
+    short_note = (f" ({undecided} watermarked too short to decide: fewer than "
+                  f"{detector.min_scored} scored tokens)" if undecided else "")
+    console.print(f"{correct}/{len(rows)} answers classified correctly{short_note}: "
+                  f"watermarked answers should be found, controls not. Expected green share "
+                  f"without the key: {spec.params['gamma']:.0%}.")
     if rows:
         sample = next(o for label, o, _ in rows if label == "watermarked")
         console.print(f"\nA watermarked answer:\n[italic]{sample.text.strip()[:400]}[/italic]")
-    right = correct == len(rows)
+    right = correct + undecided == len(rows)
     if students:
         with errors_exit():
             info("\nNow the distillation story: was a model trained on our answers?", as_json)

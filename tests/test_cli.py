@@ -744,6 +744,22 @@ def test_demo_with_a_local_model(tiny_model_dir: Path, monkeypatch: pytest.Monke
     assert "distilled" not in result.stderr
 
 
+def test_demo_short_watermarked_answers_are_undecided_not_wrong(
+        tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Answers too short to decide ("insufficient evidence") are no error of the test: the
+    demo says how many and still exits 0; a control flagged would be one."""
+    monkeypatch.setattr("distillmark.watermark.keys._secrets.token_bytes",
+                        lambda n: bytes(range(200, 200 + n)))
+    result = run("demo", "--model", tiny_model_dir, "--engine", "transformers", "--json",
+                 "--max-new-tokens", "12", "--no-students")
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["verdict"] for r in rows] == ["insufficient evidence"] * 8
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "4/8 answers classified correctly (4 watermarked too short to decide: fewer than 25 " \
+           "scored tokens)" in said
+
+
 def test_demo_tells_the_distillation_story(tiny_model_dir: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """The students' stage: the student trained on the watermarked answers is found by the
