@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from distillmark.verify import DEFAULT_ALPHA, DetectionResult, Detector
+from distillmark.verify.aggregate import AggregateAccumulator
 from distillmark.verify.stats import format_pvalue
 from distillmark.watermark import (
     BUILTIN_SMOLLM2,
@@ -71,10 +72,10 @@ def demo(
 
     A bigram student is trained on the teacher's watermarked answers and a control student on
     its unwatermarked answers to the same prompts; each is served on loopback and probed
-    (closed-model test), and its weights are audited (open-model test). Exit status 0 if every
-    answer was classified correctly (a watermarked answer too short to decide, "insufficient
-    evidence", is no error) and the student trained on watermarked answers was found by both
-    tests while the control was found by neither; 1 otherwise; 2 on an error.
+    (closed-model test), and its weights are audited (open-model test). Exit status 0 if the
+    watermarked answers, tested together, carry the mark, no control answer is flagged, and
+    the student trained on watermarked answers was found by both tests while the control was
+    found by neither; 1 otherwise; 2 on an error.
     """
     from rich import box
     from rich.console import Console
@@ -143,7 +144,7 @@ def demo(
                          no_wrap=True, overflow="ellipsis",
                          min_width={"answer": 11, "p-value": 8, "verdict": 15}.get(col, len(col)),
                          max_width=16 if col == "prompt" else None)
-    undecided = 0  # watermarked answers too short to decide: no error of the test
+    undecided = 0  # watermarked answers too short to decide
     for label, o, r in rows:
         ok = r is not None and (r.is_watermarked(alpha) == (label == "watermarked"))
         short = r is not None and label == "watermarked" and not r.is_sufficient()
@@ -164,7 +165,21 @@ def demo(
     if rows:
         sample = next(o for label, o, _ in rows if label == "watermarked")
         console.print(f"\nA watermarked answer:\n[italic]{sample.text.strip()[:400]}[/italic]")
-    right = correct + undecided == len(rows)
+    # The verdict on the mark is one test on all the watermarked answers together, as an
+    # investigator pools a suspect's texts: a short answer has too little evidence alone.
+    pooled = AggregateAccumulator(scheme)
+    for label, o, r in rows:
+        if label == "watermarked" and r is not None:
+            pooled.add(detector.encode(o.text))
+    together = pooled.result(min_scored=detector.min_scored)
+    flagged = sum(label == "control" and r is not None and r.is_watermarked(alpha)
+                  for label, o, r in rows)
+    n_control = sum(label == "control" for label, _, _ in rows)
+    console.print(f"The watermarked answers together: {together.verdict(alpha)} (p = "
+                  f"{format_pvalue(together.pvalue, together.log10_pvalue)}; "
+                  f"{together.statistic}/{together.n_scored} distinct tuples green); controls "
+                  f"flagged: {flagged}/{n_control}.")
+    right = together.is_watermarked(alpha) and flagged == 0
     if students:
         with errors_exit():
             info("\nNow the distillation story: was a model trained on our answers?", as_json)

@@ -746,8 +746,8 @@ def test_demo_with_a_local_model(tiny_model_dir: Path, monkeypatch: pytest.Monke
 
 def test_demo_short_watermarked_answers_are_undecided_not_wrong(
         tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Answers too short to decide ("insufficient evidence") are no error of the test: the
-    demo says how many and still exits 0; a control flagged would be one."""
+    """Answers too short to decide alone ("insufficient evidence"): the demo says how many, and
+    its verdict is the test of the watermarked answers together, which finds the mark."""
     monkeypatch.setattr("distillmark.watermark.keys._secrets.token_bytes",
                         lambda n: bytes(range(200, 200 + n)))
     result = run("demo", "--model", tiny_model_dir, "--engine", "transformers", "--json",
@@ -758,6 +758,8 @@ def test_demo_short_watermarked_answers_are_undecided_not_wrong(
     said = " ".join(result.stderr.split())
     assert "4/8 answers classified correctly (4 watermarked too short to decide: fewer than 25 " \
            "scored tokens)" in said
+    assert "The watermarked answers together: watermarked (p = " in said
+    assert "controls flagged: 0/4." in said
 
 
 def test_demo_tells_the_distillation_story(tiny_model_dir: Path,
