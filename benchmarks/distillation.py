@@ -608,11 +608,19 @@ def main() -> None:
                     default="transformers",
                     help="the teacher's engine (llama.cpp: faster at batch 1 on CPU; answers "
                          "are cached per engine)")
+    ap.add_argument("--n-train", type=int, default=None,
+                    help="training prompts (default: the configuration's)")
+    ap.add_argument("--fractions", default=None,
+                    help="watermarked fractions, comma-separated (default: the configuration's)")
     args = ap.parse_args()
     quick = QUICK if args.student == "bigram" else QUICK_FINETUNED
     cfg = replace(quick if args.quick else Config(), threads=args.threads,
                   student=args.student, engine=args.engine, closed_via=args.closed,
                   lists=args.lists)
+    if args.n_train is not None:
+        cfg = replace(cfg, n_train=args.n_train)
+    if args.fractions is not None:
+        cfg = replace(cfg, fractions=tuple(float(f) for f in args.fractions.split(",")))
     if args.scale != 1.0:
         s = args.scale
         cfg = replace(cfg, n_train=int(cfg.n_train * s), closed_queries=int(cfg.closed_queries * s),
@@ -630,6 +638,7 @@ def main() -> None:
     res["teacher_seconds"] = t_teacher
     res["wall_seconds"] += t_teacher
     name = ("quick" if args.quick else f"scale{args.scale:g}") + (
+        f"-n{cfg.n_train}" if args.n_train is not None else "") + (
         f"-{cfg.student}" if cfg.student != "bigram" else "") + (
         f"-lists{cfg.lists}" if cfg.lists != Config.lists else "")
     _write_atomic(OUT / f"results-{name}.json", json.dumps(res, indent=1, default=str))
