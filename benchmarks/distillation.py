@@ -23,10 +23,10 @@ while it trains and is expanded back to the full 49,152-token vocabulary when sa
 ``--student transformer`` is what a competitor distils into: the pretrained SmolLM2-135M-Instruct
 (the teacher's own weights, so the mark can only come from the sampled answers) fine-tuned on the
 answers with transformers' Trainer, loss on the answers only, ``ft_epochs`` passes;
-``--student lora`` the same with LoRA adapters (rank 16, merged when saved). Full fine-tuning ran
-at 75-86 answer tokens/s on 2 CPU cores at load 2: ``--quick`` with a transformer student trains the 0%,
-10% and 100% students on 200 answers (about 21,000 answer tokens) each, under an hour on 2 idle
-cores; the full sweep is for a GPU.
+``--student lora`` the same with LoRA adapters (rank 16, merged when saved). Full fine-tuning
+ran at 75-86 answer tokens/s on 2 CPU cores at load 2: ``--quick`` with a transformer student
+trains the 0%, 10% and 100% students on 200 answers (about 21,000 answer tokens) each, under an
+hour on 2 idle cores; the full sweep is for a GPU.
 
 Tests, per student:
 
