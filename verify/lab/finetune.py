@@ -17,9 +17,6 @@ written beside its destination and renamed onto it, so an interrupted run leaves
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +24,7 @@ from typing import Any
 
 from distillmark.watermark.errors import InputError, ParameterError
 
-from .students import TOKENIZER_FILES, TokenPairs, _check_pairs, default_tokenizer_dir
+from .students import TokenPairs, _check_pairs, default_tokenizer_dir, save_student
 
 __all__ = ["train_transformer_student"]
 
@@ -118,9 +115,6 @@ def train_transformer_student(pairs: TokenPairs, out_dir: str | Path, *,
         model = get_peft_model(model, LoraConfig(
             r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
             target_modules="all-linear", task_type="CAUSAL_LM"))
-    out = Path(out_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="distillmark-sft-") as work:
         args = TrainingArguments(
             output_dir=work, per_device_train_batch_size=batch_size, num_train_epochs=epochs,
@@ -141,11 +135,5 @@ def train_transformer_student(pairs: TokenPairs, out_dir: str | Path, *,
             "epochs": epochs, "n_seqs": len(data), "train_tokens": n_tok,
             "tokens_per_s": n_tok * epochs / train_s if train_s > 0 else 0.0,
             "lora_rank": lora_rank, "lr": lr, "base": str(base_dir)}
-    trained.save_pretrained(tmp)
-    for name in TOKENIZER_FILES:
-        if (base_dir / name).is_file():
-            shutil.copy(base_dir / name, tmp / name)
-    (tmp / "distill_train.json").write_text(json.dumps(info))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    save_student(trained, Path(out_dir), base_dir, info)
     return info

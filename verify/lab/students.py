@@ -180,13 +180,20 @@ def train_bigram_student(pairs: TokenPairs, out_dir: str | Path, *, d_model: int
     info = {"train_s": train_s, "steps": steps, "final_loss": float(loss.detach()),
             "bigram_mle_loss": mle, "vocab_used": len(used), "n_seqs": len(checked),
             "train_tokens": int(t_all.size), "distinct_bigrams": int(cells.size)}
+    save_student(full, out, tok_dir, info)
+    return info
+
+
+def save_student(model: Any, out: Path, tok_dir: Path, info: dict[str, Any]) -> None:
+    """Save a trained student as a Hugging Face model folder at ``out``, with ``tok_dir``'s
+    tokenizer files and ``distill_train.json`` (``info``): written beside ``out`` and renamed
+    onto it, so an interrupted run leaves no half model."""
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    full.save_pretrained(tmp)
+    model.save_pretrained(tmp)
     for name in TOKENIZER_FILES:
         if (tok_dir / name).is_file():
             shutil.copy(tok_dir / name, tmp / name)
     (tmp / "distill_train.json").write_text(json.dumps(info))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
-    return info
